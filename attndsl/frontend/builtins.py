@@ -1,0 +1,575 @@
+"""Built-in functions of the language: layers, tensor functions, patterns, training settings.
+
+Each built-in is a Python function `f(b: Builder, span, scope, *args, **kwargs)`; the
+`builtin` decorator checks arguments against its signature (so arity and keyword errors
+name the function and its signature) and, for layers that own parameters, opens the
+parameter scope (`name_hint` or the function's name).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from attndsl.errors import ArgumentError, ShapeError, Span, TypeError_, did_you_mean
+from attndsl.frontend import ast
+from attndsl.frontend.values import OutputRef, Tensor, describe
+from attndsl.ir import patterns as pat
+from attndsl.ir.dims import Dim
+
+BUILTINS: dict[str, Any] = {}
+TRAIN_BUILTINS: dict[str, Any] = {}
+NONE = object()  # the language's `none`
+
+
+def builtin(name: str, *, layer: bool = False, table: dict[str, Any] | None = None
+            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn(b, span, *args, **kwargs)` as a built-in; `layer=True` opens a scope."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())[2:]
+        shown = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}=..."
+                          for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+        usage = f"{name}({shown})"
+
+        def call(b: Any, args: list[Any], kwargs: dict[str, Any], node: ast.Call,
+                 name_hint: str | None) -> Any:
+            kwargs = {k: (None if v is NONE else v) for k, v in kwargs.items()}
+            args = [None if v is NONE else v for v in args]
+            names = [p.name for p in params]
+            for key in kwargs:
+                if key not in names:
+                    raise ArgumentError(f"{name}() has no argument '{key}'", node.span,
+                                        did_you_mean(key, names) or f"usage: {usage}")
+            try:
+                bound = sig.bind(b, node.span, *args, **kwargs)
+            except TypeError as e:
+                raise ArgumentError(f"{name}(): {e}", node.span, f"usage: {usage}") from None
+            if not layer:
+                return fn(*bound.args, **bound.kwargs)
+            with b.in_scope([b.claim_name(name_hint or name)]):
+                return fn(*bound.args, **bound.kwargs)
+
+        call.__name__ = name
+        call.usage = usage  # type: ignore[attr-defined]
+        (BUILTINS if table is None else table)[name] = call
+        return fn
+
+    return wrap
+
+
+# -- argument checking ----------------------------------------------------------------------
+
+def tensor(b: Any, value: Any, span: Span, what: str, rank: int | None = None,
+           dtype: str | None = None) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError_(f"{what} must be a tensor, got {describe(value)}", span)
+    if rank is not None and value.type.rank != rank:
+        raise ShapeError(f"{what} must have rank {rank}, got {value.type}", span)
+    if dtype is not None and value.type.dtype != dtype:
+        raise TypeError_(f"{what} must be a {dtype} tensor, got {value.type}", span)
+    return value
+
+
+def integer(value: Any, span: Span, what: str, positive: bool = True) -> int:
+    if isinstance(value, Dim) and value.as_int() is not None:
+        value = value.as_int()
+    if isinstance(value, bool) or not isinstance(value, int) or (positive and value <= 0):
+        kind = "a positive integer" if positive else "an integer"
+        raise TypeError_(f"{what} must be {kind}, got {describe(value)}", span)
+    return value
+
+
+def number(value: Any, span: Span, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError_(f"{what} must be a number, got {describe(value)}", span)
+    return float(value)
+
+
+def size(value: Any, span: Span, what: str) -> Dim:
+    if isinstance(value, bool) or not isinstance(value, (int, Dim)):
+        raise TypeError_(f"{what} must be a size (integer or dimension), got {describe(value)}",
+                         span)
+    return Dim.of(value)
+
+
+def axis_arg(value: Any, span: Span) -> int:
+    return integer(value, span, "axis", positive=False)
+
+
+def choice(value: Any, options: tuple[str, ...], span: Span, what: str) -> str:
+    if value not in options:
+        raise ArgumentError(f"{what} must be one of {', '.join(map(repr, options))}, got "
+                            f"{describe(value)}", span)
+    return value
+
+
+INITS = ("normal", "zeros", "ones", "xavier")
+
+
+# -- layers with parameters -------------------------------------------------------------------
+
+def linear_layer(b: Any, span: Span, x: Tensor, out: int, bias: bool = True, tie: Any = None,
+                 init: str = "normal", std: float = 0.02) -> Tensor:
+    """y = x W^T + b; W: [out, in]. Parameters `weight` and (if bias) `bias`."""
+    x = tensor(b, x, span, "linear input")
+    out = integer(out, span, "linear output size")
+    d_in = x.type.shape[-1] if x.type.rank else Dim.of(0)
+    if d_in.as_int() is None:
+        raise ShapeError(f"linear needs a fixed feature size, got {x.type}", span)
+    if tie is not None:
+        if not isinstance(tie, str):
+            raise TypeError_("tie= names the layer to share with, as a string", span)
+        w = b.tied_param(tie, "weight", span)
+        if w.type.shape != (Dim.of(out), d_in):
+            raise ShapeError(f"tie='{tie}': weight is {w.type}, but this layer needs "
+                             f"[{out}, {d_in}]", span)
+    else:
+        init = choice(init, INITS, span, "init")
+        w = b.param("weight", (out, d_in), init, span, number(std, span, "std"))
+    inputs = [x, w]
+    if bias:
+        inputs.append(b.param("bias", (out,), "zeros", span))
+    return b.add("linear", inputs, {"has_bias": bool(bias)}, span)
+
+
+builtin("linear", layer=True)(linear_layer)
+
+
+@builtin("embedding", layer=True)
+def embedding(b: Any, span: Span, ids: Tensor, num: int, dim: int, tie: Any = None,
+              std: float = 0.02) -> Tensor:
+    """table[ids] with table: [num, dim] (parameter `weight`)."""
+    ids = tensor(b, ids, span, "embedding ids", dtype="int")
+    num, dim = integer(num, span, "embedding count"), integer(dim, span, "embedding size")
+    if tie is not None:
+        table = b.tied_param(tie, "weight", span)
+        if table.type.shape != (Dim.of(num), Dim.of(dim)):
+            raise ShapeError(f"tie='{tie}': table is {table.type}, need [{num}, {dim}]", span)
+    else:
+        table = b.param("weight", (num, dim), "normal", span, number(std, span, "std"))
+    return b.add("embedding", [table, ids], {}, span)
+
+
+def _norm_features(x: Tensor, span: Span) -> Dim:
+    if x.type.rank == 0 or x.type.shape[-1].as_int() is None:
+        raise ShapeError(f"normalization needs a fixed last dimension, got {x.type}", span)
+    return x.type.shape[-1]
+
+
+@builtin("layer_norm", layer=True)
+def layer_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-5, bias: bool = True) -> Tensor:
+    """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis."""
+    x = tensor(b, x, span, "layer_norm input")
+    d = _norm_features(x, span)
+    inputs = [x, b.param("weight", (d,), "ones", span)]
+    if bias:
+        inputs.append(b.param("bias", (d,), "zeros", span))
+    return b.add("layer_norm", inputs, {"eps": number(eps, span, "eps"), "has_bias": bool(bias)},
+                 span)
+
+
+@builtin("rms_norm", layer=True)
+def rms_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-6) -> Tensor:
+    """gamma * x / sqrt(mean(x^2) + eps) over the last axis."""
+    x = tensor(b, x, span, "rms_norm input")
+    d = _norm_features(x, span)
+    return b.add("rms_norm", [x, b.param("weight", (d,), "ones", span)],
+                 {"eps": number(eps, span, "eps")}, span)
+
+
+@builtin("parameter", layer=True)
+def parameter(b: Any, span: Span, shape: tuple, init: str = "normal", std: float = 0.02) -> Tensor:
+    """A free parameter (`weight`) of the given shape, e.g. a [CLS] token."""
+    if not isinstance(shape, tuple):
+        raise TypeError_("parameter() takes a shape list like [1, 1, d_model]", span)
+    dims = tuple(integer(d, span, "parameter size") for d in shape)
+    return b.param("weight", dims, choice(init, INITS, span, "init"), span,
+                   number(std, span, "std"))
+
+
+def split_heads(b: Any, x: Tensor, heads: int, span: Span) -> Tensor:
+    """[B, T, H*D] -> [B, H, T, D]."""
+    bsz, t, d = x.type.shape
+    hd = d.divide(heads)
+    if hd is None or hd.as_int() is None:
+        raise ShapeError(f"model width {d} is not divisible by heads={heads}", span)
+    x = b.add("reshape", [x], {"shape": (bsz, t, Dim.of(heads), hd)}, span)
+    return b.add("transpose", [x], {"perm": (0, 2, 1, 3)}, span)
+
+
+def merge_heads(b: Any, x: Tensor, span: Span) -> Tensor:
+    """[B, H, T, D] -> [B, T, H*D]."""
+    bsz, h, t, hd = x.type.shape
+    x = b.add("transpose", [x], {"perm": (0, 2, 1, 3)}, span)
+    return b.add("reshape", [x], {"shape": (bsz, t, h * hd)}, span)
+
+
+def _pattern(value: Any, span: Span) -> pat.Pattern:
+    if not isinstance(value, pat.Pattern):
+        raise TypeError_(f"pattern must be an attention pattern (causal, full, window(n), ...), "
+                         f"got {describe(value)}", span)
+    return value
+
+
+def _padding(b: Any, value: Any, span: Span) -> list[Tensor]:
+    if value is None:
+        return []
+    return [tensor(b, value, span, "key_padding", rank=2, dtype="bool")]
+
+
+@builtin("attention", layer=True)
+def attention(b: Any, span: Span, x: Tensor, heads: int, pattern: Any = pat.FULL,
+              kv: Any = None, key_padding: Any = None, bias: bool = True, dropout: float = 0.0,
+              scale: Any = None) -> Tensor:
+    """Multi-head attention on x: [B, T, d]; projections `q`, `k`, `v`, `o` (each d x d).
+
+    kv: [B, S, d] for cross-attention (keys and values from another sequence).
+    """
+    x = tensor(b, x, span, "attention input", rank=3)
+    heads = integer(heads, span, "heads")
+    src = x if kv is None else tensor(b, kv, span, "kv", rank=3)
+    d = x.type.shape[-1].as_int()
+    if d is None:
+        raise ShapeError(f"attention needs a fixed model width, got {x.type}", span)
+
+    def proj(name: str, inp: Tensor) -> Tensor:
+        with b.in_scope([b.claim_name(name)]):
+            return linear_layer(b, span, inp, d, bias=bias)
+
+    q = split_heads(b, proj("q", x), heads, span)      # (B, H, T, hd)
+    k = split_heads(b, proj("k", src), heads, span)    # (B, H, S, hd)
+    v = split_heads(b, proj("v", src), heads, span)    # (B, H, S, hd)
+    a = sdpa_node(b, span, q, k, v, pattern, scale, key_padding, dropout)
+    with b.in_scope([b.claim_name("o")]):
+        return linear_layer(b, span, merge_heads(b, a, span), d, bias=bias)
+
+
+def sdpa_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any, scale: Any,
+              key_padding: Any, dropout: float) -> Tensor:
+    hd = q.type.shape[-1].as_int() if q.type.rank == 4 else None
+    scale_v = (1.0 / math.sqrt(hd) if hd else 1.0) if scale is None else number(scale, span,
+                                                                                  "scale")
+    return b.add("attention", [q, k, v, *_padding(b, key_padding, span)],
+                 {"pattern": _pattern(pattern, span), "scale": scale_v,
+                  "dropout": number(dropout, span, "dropout")}, span)
+
+
+@builtin("sdpa")
+def sdpa(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any = pat.FULL,
+         scale: Any = None, key_padding: Any = None, dropout: float = 0.0) -> Tensor:
+    """Scaled dot-product attention on [B, H, T, D] tensors (no projections)."""
+    q, k, v = (tensor(b, t, span, n, rank=4) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+    return sdpa_node(b, span, q, k, v, pattern, scale, key_padding, dropout)
+
+
+@builtin("split_heads")
+def split_heads_fn(b: Any, span: Span, x: Tensor, heads: int) -> Tensor:
+    """[B, T, H*D] -> [B, H, T, D]."""
+    return split_heads(b, tensor(b, x, span, "input", rank=3), integer(heads, span, "heads"),
+                       span)
+
+
+@builtin("merge_heads")
+def merge_heads_fn(b: Any, span: Span, x: Tensor) -> Tensor:
+    """[B, H, T, D] -> [B, T, H*D]."""
+    return merge_heads(b, tensor(b, x, span, "input", rank=4), span)
+
+
+@builtin("patch_embed", layer=True)
+def patch_embed(b: Any, span: Span, image: Tensor, patch: int, dim: int) -> Tensor:
+    """[B, C, H, W] -> [B, (H/p)(W/p), dim]: non-overlapping p x p patches, then a linear map
+    (the same as a stride-p convolution; parameters `weight` [dim, C*p*p] and `bias`)."""
+    image = tensor(b, image, span, "image", rank=4)
+    p = integer(patch, span, "patch")
+    bsz, c, h, w = image.type.shape
+    gh, gw = h.divide(p), w.divide(p)
+    if gh is None or gw is None or (h.as_int() or 0) % p or (w.as_int() or 0) % p:
+        raise ShapeError(f"image size {h} x {w} is not divisible by patch {p}", span)
+    x = b.add("reshape", [image], {"shape": (bsz, c, gh, Dim.of(p), gw, Dim.of(p))}, span)
+    x = b.add("transpose", [x], {"perm": (0, 2, 4, 1, 3, 5)}, span)  # (B, gh, gw, C, p, p)
+    x = b.add("reshape", [x], {"shape": (bsz, gh * gw, c * p * p)}, span)
+    return linear_layer(b, span, x, integer(dim, span, "dim"))
+
+
+# -- functions without parameters ---------------------------------------------------------------
+
+def _unary(op: str, doc: str, float_fn: Callable[[float], float] | None = None) -> None:
+    def fn(b: Any, span: Span, x: Any) -> Any:
+        if float_fn is not None and isinstance(x, (int, float)) and not isinstance(x, bool):
+            try:
+                return float_fn(x)
+            except (ValueError, OverflowError):
+                raise TypeError_(f"{op}({x}) is undefined", span) from None
+        return b.add(op, [tensor(b, x, span, f"{op} input")], {}, span)
+
+    fn.__doc__ = doc
+    builtin(op)(fn)
+
+
+_unary("relu", "max(x, 0)")
+_unary("silu", "x * sigmoid(x)")
+_unary("sigmoid", "1 / (1 + exp(-x))")
+_unary("tanh", "tanh(x)", math.tanh)
+_unary("exp", "e^x", math.exp)
+_unary("log", "natural log", math.log)
+_unary("sqrt", "square root", math.sqrt)
+_unary("abs", "|x|", abs)
+
+
+@builtin("gelu")
+def gelu(b: Any, span: Span, x: Tensor, approximate: str = "tanh") -> Tensor:
+    """GELU; approximate='tanh' (GPT-2, BERT) or 'none' (exact erf form)."""
+    return b.add("gelu", [tensor(b, x, span, "gelu input")],
+                 {"approximate": choice(approximate, ("tanh", "none"), span, "approximate")}, span)
+
+
+@builtin("softmax")
+def softmax(b: Any, span: Span, x: Tensor, axis: int = -1) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along `axis`."""
+    x = tensor(b, x, span, "softmax input")
+    return b.add("softmax", [x], {"axis": axis_arg(axis, span)}, span)
+
+
+@builtin("dropout")
+def dropout(b: Any, span: Span, x: Tensor, p: float = 0.1) -> Tensor:
+    """Zero elements with probability p while training (identity at inference)."""
+    p = number(p, span, "p")
+    if not 0.0 <= p < 1.0:
+        raise TypeError_(f"dropout probability must be in [0, 1), got {p}", span)
+    return b.add("dropout", [tensor(b, x, span, "dropout input")], {"p": p}, span)
+
+
+def _reduction(op: str) -> None:
+    def fn(b: Any, span: Span, x: Tensor, axis: Any = -1, keepdims: bool = False) -> Tensor:
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        return b.add(op, [tensor(b, x, span, f"{op} input")],
+                     {"axes": tuple(axis_arg(a, span) for a in axes), "keepdims": bool(keepdims)},
+                     span)
+
+    fn.__doc__ = f"{op} over `axis` (an int or a list of ints)."
+    builtin(op)(fn)
+
+
+for _op in ("sum", "mean", "max"):
+    _reduction(_op)
+
+
+def _binary_fn(op: str) -> None:
+    def fn(b: Any, span: Span, x: Any, y: Any) -> Tensor:
+        return b.add(op, [b.to_tensor(x, span), b.to_tensor(y, span)], {}, span)
+
+    fn.__doc__ = f"Elementwise {op}, broadcasting."
+    builtin(op)(fn)
+
+
+for _op in ("maximum", "minimum", "less", "greater", "equal"):
+    _binary_fn(_op)
+
+
+@builtin("where")
+def where(b: Any, span: Span, cond: Tensor, x: Any, y: Any) -> Tensor:
+    """cond ? x : y."""
+    cond = tensor(b, cond, span, "condition", dtype="bool")
+    return b.add("where", [cond, b.to_tensor(x, span), b.to_tensor(y, span)], {}, span)
+
+
+@builtin("reshape")
+def reshape(b: Any, span: Span, x: Tensor, shape: tuple) -> Tensor:
+    """Reshape to `shape` (a list of sizes; sizes may be symbolic like B or T)."""
+    x = tensor(b, x, span, "reshape input")
+    if not isinstance(shape, tuple):
+        raise TypeError_("reshape takes a shape list like [B, T, heads, d_model / heads]", span)
+    return b.add("reshape", [x], {"shape": tuple(size(d, span, "size") for d in shape)}, span)
+
+
+@builtin("transpose")
+def transpose(b: Any, span: Span, x: Tensor, perm: Any = None) -> Tensor:
+    """Permute axes (default: swap the last two)."""
+    x = tensor(b, x, span, "transpose input")
+    if perm is None:
+        if x.type.rank < 2:
+            raise ShapeError(f"transpose needs rank >= 2, got {x.type}", span)
+        perm = list(range(x.type.rank))
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+    if not isinstance(perm, (tuple, list)):
+        raise TypeError_("perm must be a list of axes", span)
+    return b.add("transpose", [x], {"perm": tuple(axis_arg(p, span) for p in perm)}, span)
+
+
+@builtin("concat")
+def concat(b: Any, span: Span, tensors: tuple, axis: int = -1) -> Tensor:
+    """Join a list of tensors along `axis`."""
+    if not isinstance(tensors, tuple) or not tensors:
+        raise TypeError_("concat takes a non-empty list of tensors", span)
+    ts = [tensor(b, t, span, "concat item") for t in tensors]
+    return b.add("concat", ts, {"axis": axis_arg(axis, span)}, span)
+
+
+@builtin("expand")
+def expand(b: Any, span: Span, x: Tensor, shape: tuple) -> Tensor:
+    """Broadcast x to `shape` (e.g. a [1, 1, d] token to [B, 1, d])."""
+    x = tensor(b, x, span, "expand input")
+    if not isinstance(shape, tuple):
+        raise TypeError_("expand takes a shape list", span)
+    return b.add("expand", [x], {"shape": tuple(size(d, span, "size") for d in shape)}, span)
+
+
+@builtin("arange")
+def arange(b: Any, span: Span, n: Any) -> Tensor:
+    """The positions 0..n-1 as int[n]."""
+    return b.add("arange", [], {"n": size(n, span, "n"), "offset": 0}, span)
+
+
+@builtin("sinusoidal")
+def sinusoidal(b: Any, span: Span, n: Any, dim: int) -> Tensor:
+    """Sinusoidal position table [n, dim] (Vaswani et al. 2017)."""
+    dim = integer(dim, span, "dim")
+    if dim % 2:
+        raise ShapeError(f"sinusoidal positions need an even dim, got {dim}", span)
+    return b.add("sinusoidal", [], {"n": size(n, span, "n"), "dim": dim, "offset": 0}, span)
+
+
+@builtin("cast")
+def cast(b: Any, span: Span, x: Tensor, dtype: str) -> Tensor:
+    """Convert to 'float', 'int' or 'bool'."""
+    return b.add("cast", [tensor(b, x, span, "cast input")],
+                 {"dtype": choice(dtype, ("float", "int", "bool"), span, "dtype")}, span)
+
+
+@builtin("size")
+def size_of(b: Any, span: Span, x: Tensor, axis: int) -> Any:
+    """The (possibly symbolic) size of x along `axis`."""
+    x = tensor(b, x, span, "input")
+    axis = axis_arg(axis, span)
+    if not -x.type.rank <= axis < x.type.rank:
+        raise ShapeError(f"axis {axis} is out of range for {x.type}", span)
+    d = x.type.shape[axis]
+    return d.as_int() if d.as_int() is not None else d
+
+
+# -- attention patterns ---------------------------------------------------------------------------
+
+BUILTINS["causal"] = pat.CAUSAL
+BUILTINS["full"] = pat.FULL
+BUILTINS["true"] = True
+BUILTINS["false"] = False
+BUILTINS["none"] = NONE
+BUILTINS["pi"] = math.pi
+
+
+@builtin("window")
+def window(b: Any, span: Span, size: int) -> pat.Pattern:
+    """Local band |i - j| < size."""
+    return pat.Window(integer(size, span, "window size"))
+
+
+@builtin("dilated")
+def dilated(b: Any, span: Span, size: int, dilation: int) -> pat.Pattern:
+    """Dilated band: every `dilation`-th position within size * dilation."""
+    return pat.Dilated(integer(size, span, "size"), integer(dilation, span, "dilation"))
+
+
+@builtin("strided")
+def strided(b: Any, span: Span, stride: int) -> pat.Pattern:
+    """Sparse-Transformer strided pattern: (i - j) divisible by stride."""
+    return pat.Strided(integer(stride, span, "stride"))
+
+
+@builtin("global_tokens")
+def global_tokens(b: Any, span: Span, positions: tuple) -> pat.Pattern:
+    """Global positions that see and are seen by all."""
+    if not isinstance(positions, tuple):
+        raise TypeError_("global_tokens takes a list of positions, like global_tokens([0])", span)
+    return pat.Global(tuple(integer(p, span, "position", positive=False) for p in positions))
+
+
+BUILTINS["global"] = BUILTINS.pop("global_tokens")
+
+
+@builtin("prefix")
+def prefix(b: Any, span: Span, length: int) -> pat.Pattern:
+    """Prefix-LM: the first `length` positions are visible to all queries."""
+    return pat.Prefix(integer(length, span, "prefix length", positive=False))
+
+
+# -- training settings ----------------------------------------------------------------------------
+
+def _setting(kind: str, name: str, **values: Any) -> dict[str, Any]:
+    return {"kind": kind, "name": name, **values}
+
+
+@builtin("cross_entropy", table=TRAIN_BUILTINS)
+def cross_entropy(b: Any, span: Span, output: Any, label_smoothing: float = 0.0,
+                  ignore_index: int = -100, target: str = "causal_lm") -> dict[str, Any]:
+    """Mean cross-entropy of a logits output; target: 'causal_lm', 'masked_lm' or 'labels'."""
+    if not isinstance(output, OutputRef):
+        raise TypeError_("cross_entropy takes a model output name, like cross_entropy(logits)",
+                         span)
+    return _setting("loss", "cross_entropy", output=output.name,
+                    label_smoothing=number(label_smoothing, span, "label_smoothing"),
+                    ignore_index=integer(ignore_index, span, "ignore_index", positive=False),
+                    target=choice(target, ("causal_lm", "masked_lm", "labels"), span, "target"))
+
+
+@builtin("sgd", table=TRAIN_BUILTINS)
+def sgd(b: Any, span: Span, lr: float = 0.1, momentum: float = 0.9,
+        weight_decay: float = 0.0) -> dict[str, Any]:
+    """SGD with momentum."""
+    return _setting("optimizer", "sgd", lr=number(lr, span, "lr"),
+                    momentum=number(momentum, span, "momentum"),
+                    weight_decay=number(weight_decay, span, "weight_decay"))
+
+
+def _adam(name: str) -> None:
+    def fn(b: Any, span: Span, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+           weight_decay: float = 0.0) -> dict[str, Any]:
+        if not isinstance(betas, tuple) or len(betas) != 2:
+            raise TypeError_("betas must be a pair like (0.9, 0.999)", span)
+        return _setting("optimizer", name, lr=number(lr, span, "lr"),
+                        betas=tuple(number(x, span, "beta") for x in betas),
+                        eps=number(eps, span, "eps"),
+                        weight_decay=number(weight_decay, span, "weight_decay"))
+
+    fn.__doc__ = f"{name} optimizer" + (" (decoupled weight decay)" if name == "adamw" else "")
+    builtin(name, table=TRAIN_BUILTINS)(fn)
+
+
+_adam("adam")
+_adam("adamw")
+
+
+@builtin("constant", table=TRAIN_BUILTINS)
+def constant(b: Any, span: Span) -> dict[str, Any]:
+    """A constant learning rate."""
+    return _setting("schedule", "constant")
+
+
+@builtin("noam", table=TRAIN_BUILTINS)
+def noam(b: Any, span: Span, d_model: int, warmup: int = 4000, scale: float = 1.0
+         ) -> dict[str, Any]:
+    """lr = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    return _setting("schedule", "noam", d_model=integer(d_model, span, "d_model"),
+                    warmup=integer(warmup, span, "warmup"), scale=number(scale, span, "scale"))
+
+
+@builtin("cosine", table=TRAIN_BUILTINS)
+def cosine(b: Any, span: Span, warmup: int = 0, min_lr: float = 0.0) -> dict[str, Any]:
+    """Linear warm-up, then cosine decay to min_lr at the last step."""
+    return _setting("schedule", "cosine", warmup=integer(warmup, span, "warmup", positive=False),
+                    min_lr=number(min_lr, span, "min_lr"))
+
+
+@builtin("linear_decay", table=TRAIN_BUILTINS)
+def linear_decay(b: Any, span: Span, warmup: int = 0, min_lr: float = 0.0) -> dict[str, Any]:
+    """Linear warm-up, then linear decay to min_lr at the last step."""
+    return _setting("schedule", "linear", warmup=integer(warmup, span, "warmup", positive=False),
+                    min_lr=number(min_lr, span, "min_lr"))
+
+
+def builtin_signature(name: str) -> str:
+    fn = BUILTINS.get(name) or TRAIN_BUILTINS.get(name)
+    return getattr(fn, "usage", name)

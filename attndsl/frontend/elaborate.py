@@ -1,0 +1,576 @@
+"""Elaboration: AST -> Graph.
+
+Resolves imports and constants (with config overrides), evaluates the model body,
+inlines blocks and `repeat` stacks, names parameters hierarchically and runs shape
+inference as each node is added, so a shape error points at the spec line.
+
+Parameter naming (identical on every backend):
+- `v = f(...)` where `f` creates parameters (an op like `linear` or a block) opens the
+  scope `v`: `attn = attention(x, ...)` gives `attn.q.weight`, `attn.q.bias`, ...
+- a call that is not the whole right-hand side of an assignment to a new name (nested
+  calls, rebinding `x = f(x)`) is named after the function: `layer_norm`, `layer_norm_1`;
+- `repeat N as layers { ... }` names iteration i `layers.i`; `repeat N as layers shared`
+  uses one scope `layers` (ALBERT-style sharing);
+- `tie="wte"` makes an op use the parameters of scope `wte` instead of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attndsl.errors import (
+    ArgumentError,
+    AttnError,
+    ConfigError,
+    DefinitionError,
+    ImportError_,
+    NameError_,
+    RecursionError_,
+    ShapeError,
+    Span,
+    TypeError_,
+    did_you_mean,
+)
+from attndsl.frontend import ast
+from attndsl.frontend.parser import parse_text, read_source
+from attndsl.frontend.values import BlockRef, OutputRef, Tensor, describe
+from attndsl.ir import ops
+from attndsl.ir.dims import Dim
+from attndsl.ir.graph import Graph, TensorType
+from attndsl.ir.patterns import Pattern
+
+MAX_CALL_DEPTH = 64
+MAX_REPEAT = 4096
+
+
+@dataclass
+class Namespace:
+    """Top-level definitions of one file (and what it imported)."""
+
+    path: str
+    consts: dict[str, Any] = field(default_factory=dict)
+    blocks: dict[str, BlockRef] = field(default_factory=dict)
+    modules: dict[str, Namespace] = field(default_factory=dict)
+    model: ast.Model | None = None
+    train: ast.Train | None = None
+
+
+@dataclass
+class Frame:
+    """Local variables of a model or block body."""
+
+    vars: dict[str, Any]
+    ns: Namespace
+
+
+class Builder:
+    """Builds a Graph from a parsed root module."""
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        self.graph = Graph()
+        self.config = dict(config or {})
+        self.scope: list[str] = []
+        self.used_names: dict[tuple[str, ...], set[str]] = {}
+        self.sharing = 0
+        self.call_stack: list[str] = []
+        self.loading: list[str] = []
+        self.loaded: dict[str, Namespace] = {}
+        self.dim_bounds: dict[str, Any] = {}
+        self.current_span: Span | None = None
+        from attndsl.frontend.builtins import BUILTINS  # late: builtins import this module
+        self.builtins = BUILTINS
+
+    # -- loading and constants -------------------------------------------------------------
+    def load_module(self, module: ast.Module, root: bool) -> Namespace:
+        ns = Namespace(module.path)
+        for item in module.items:
+            if isinstance(item, ast.Import):
+                self._import(item, ns)
+        for item in module.items:
+            if isinstance(item, ast.Const):
+                if item.name in ns.consts:
+                    raise DefinitionError(f"constant '{item.name}' is defined twice", item.span)
+                if root and item.name in self.config:
+                    ns.consts[item.name] = self._config_value(item)
+                else:
+                    ns.consts[item.name] = self.eval(item.value, Frame({}, ns))
+            elif isinstance(item, ast.Block):
+                if item.name in ns.blocks or item.name in self.builtins:
+                    what = "a built-in" if item.name in self.builtins else "defined twice"
+                    raise DefinitionError(f"block '{item.name}' is {what}", item.span,
+                                          "choose another name")
+                ns.blocks[item.name] = BlockRef(item, ns)
+            elif isinstance(item, ast.Model):
+                if ns.model is not None:
+                    raise DefinitionError("a spec has at most one model", item.span)
+                ns.model = item
+            elif isinstance(item, ast.Train):
+                if ns.train is not None:
+                    raise DefinitionError("a spec has at most one train section", item.span)
+                ns.train = item
+        if root:
+            unknown = [k for k in self.config if k not in ns.consts]
+            if unknown:
+                raise ConfigError(f"--set {unknown[0]}: the spec has no constant '{unknown[0]}'",
+                                  None, did_you_mean(unknown[0], ns.consts))
+        return ns
+
+    def _config_value(self, item: ast.Const) -> Any:
+        value = self.config[item.name]
+        if isinstance(value, str):
+            try:
+                value = parse_number(value)
+            except ValueError:
+                raise ConfigError(f"--set {item.name}={value}: not a number", item.span) from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"--set {item.name}: expected a number, got {value!r}", item.span)
+        return value
+
+    def _import(self, item: ast.Import, ns: Namespace) -> None:
+        base = Path(ns.path).parent if not ns.path.startswith("<") else Path.cwd()
+        target = (base / item.path).resolve()
+        key = str(target)
+        if key in self.loading:
+            raise ImportError_(f"circular import of '{item.path}'", item.span)
+        if key not in self.loaded:
+            try:
+                text = read_source(target)
+            except AttnError as e:
+                raise ImportError_(f"cannot import '{item.path}': {e.message}", item.span) from None
+            self.loading.append(key)
+            try:
+                self.loaded[key] = self.load_module(parse_text(text, str(target)), root=False)
+            finally:
+                self.loading.pop()
+        imported = self.loaded[key]
+        if item.alias:
+            ns.modules[item.alias] = imported
+        else:
+            ns.consts.update(imported.consts)
+            ns.blocks.update(imported.blocks)
+            ns.modules.update(imported.modules)
+
+    # -- model -------------------------------------------------------------------------------
+    def build_model(self, ns: Namespace) -> Graph:
+        if ns.model is None:
+            span = Span(ns.path, 1, 1, 1, 2, "")
+            raise DefinitionError("the spec defines no `model { ... }`", span,
+                                  "add a model section with inputs and outputs")
+        frame = Frame({}, ns)
+        self.exec_body(ns.model.body, frame, in_model=True)
+        if not self.graph.outputs:
+            raise DefinitionError("the model has no outputs", ns.model.span,
+                                  "declare one with `output name = expr`")
+        self.graph.meta.update(consts=dict(ns.consts), dim_bounds=dict(self.dim_bounds),
+                               name=ns.model.name or Path(ns.path).stem)
+        if ns.train is not None:
+            self.graph.meta["train"] = self.eval_train(ns.train, ns)
+        return self.graph
+
+    def eval_train(self, train: ast.Train, ns: Namespace) -> dict[str, Any]:
+        from attndsl.frontend.builtins import TRAIN_BUILTINS
+        frame = Frame({name: OutputRef(name) for name in self.graph.outputs}, ns)
+        saved = self.builtins
+        self.builtins = {**saved, **TRAIN_BUILTINS}
+        try:
+            settings: dict[str, Any] = {}
+            for s in train.settings:
+                if s.name in settings:
+                    raise DefinitionError(f"training setting '{s.name}' is given twice", s.span)
+                settings[s.name] = self.eval(s.value, frame)
+                settings.setdefault("_spans", {})[s.name] = s.span
+            return settings
+        finally:
+            self.builtins = saved
+
+    def exec_body(self, body: tuple[ast.Stmt, ...], frame: Frame, in_model: bool) -> Any:
+        """Run statements; returns the block's return value (None if none)."""
+        for stmt in body:
+            self.current_span = stmt.span
+            if isinstance(stmt, ast.Assign):
+                frame.vars[stmt.target] = self.eval_assigned(stmt, frame)
+            elif isinstance(stmt, ast.Return):
+                if in_model:
+                    raise DefinitionError("`return` is for blocks; a model declares `output`s",
+                                          stmt.span, "write `output name = expr`")
+                return self.eval(stmt.value, frame)
+            elif isinstance(stmt, ast.Input):
+                self.declare_input(stmt, frame, in_model)
+            elif isinstance(stmt, ast.Output):
+                self.declare_output(stmt, frame, in_model)
+            elif isinstance(stmt, ast.Repeat):
+                self.run_repeat(stmt, frame, in_model)
+        return None
+
+    def eval_assigned(self, stmt: ast.Assign, frame: Frame) -> Any:
+        value = stmt.value
+        if isinstance(value, ast.Call) and stmt.target not in frame.vars:
+            return self.eval_call(value, frame, name_hint=stmt.target)
+        return self.eval(value, frame)
+
+    def declare_input(self, stmt: ast.Input, frame: Frame, in_model: bool) -> None:
+        if not in_model:
+            raise DefinitionError("inputs are declared in the model, not in blocks", stmt.span,
+                                  "pass the tensor to the block as an argument")
+        if stmt.name in self.graph.inputs or stmt.name in frame.vars:
+            raise DefinitionError(f"'{stmt.name}' is already defined", stmt.span)
+        shape: list[Dim] = []
+        for d in stmt.type.dims:
+            dim = self.eval_dim(d.size, frame)
+            if d.max is not None:
+                bound = self.eval(d.max, frame)
+                if not isinstance(bound, int) or len(dim.symbols()) != 1 or not isinstance(
+                        d.size, ast.Name):
+                    raise TypeError_("a bound `T <= n` needs a dimension name and an integer",
+                                     d.span)
+                self.dim_bounds[d.size.id] = bound
+            shape.append(dim)
+        ttype = TensorType(tuple(shape), stmt.type.dtype)
+        nid = self.graph.add("input", (), {"name": stmt.name, "type": ttype}, ttype, stmt.span)
+        self.graph.inputs[stmt.name] = nid
+        frame.vars[stmt.name] = Tensor(nid, ttype)
+
+    def eval_dim(self, expr: ast.Expr, frame: Frame) -> Dim:
+        """A dim in an input type: names not yet bound become new symbols (B, T, ...)."""
+        if isinstance(expr, ast.Name) and self.lookup_optional(expr.id, frame) is None:
+            frame.vars[expr.id] = Dim.symbol(expr.id)
+        value = self.eval(expr, frame)
+        if isinstance(value, bool) or not isinstance(value, (int, Dim)):
+            raise TypeError_(f"a dimension must be an integer or a size name, got "
+                             f"{describe(value)}", expr.span)
+        return Dim.of(value)
+
+    def declare_output(self, stmt: ast.Output, frame: Frame, in_model: bool) -> None:
+        if not in_model:
+            raise DefinitionError("outputs are declared in the model, not in blocks", stmt.span,
+                                  "use `return` in a block")
+        if stmt.name in self.graph.outputs:
+            raise DefinitionError(f"output '{stmt.name}' is declared twice", stmt.span)
+        if stmt.value is None:
+            value = self.lookup(stmt.name, frame, stmt.span)
+        elif isinstance(stmt.value, ast.Call):
+            value = self.eval_call(stmt.value, frame, name_hint=stmt.name)
+        else:
+            value = self.eval(stmt.value, frame)
+        if not isinstance(value, Tensor):
+            raise TypeError_(f"output '{stmt.name}' must be a tensor, got {describe(value)}",
+                             stmt.span)
+        self.graph.outputs[stmt.name] = value.node
+        frame.vars[stmt.name] = value
+
+    def run_repeat(self, stmt: ast.Repeat, frame: Frame, in_model: bool) -> None:
+        count = self.eval(stmt.count, frame)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_REPEAT:
+            raise TypeError_(f"repeat needs an integer count in 0..{MAX_REPEAT}, got "
+                             f"{describe(count)}", stmt.count.span)
+        scope = self.claim_name(stmt.scope)
+        for i in range(count):
+            path = [scope] if stmt.shared else [scope, str(i)]
+            if stmt.shared:
+                self.used_names.pop(tuple(self.scope + path), None)
+            with self.in_scope(path), self.sharing_params(stmt.shared and i > 0):
+                result = self.exec_body(stmt.body, frame, in_model)
+            if result is not None:
+                raise DefinitionError("`return` inside repeat", stmt.span)
+
+    # -- scopes and parameters ----------------------------------------------------------------
+    def claim_name(self, base: str) -> str:
+        """Reserve a scope name in the current scope, suffixing _1, _2 ... if taken."""
+        used = self.used_names.setdefault(tuple(self.scope), set())
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        return name
+
+    @contextlib.contextmanager
+    def in_scope(self, path: list[str]) -> Iterator[None]:
+        self.scope.extend(path)
+        try:
+            yield
+        finally:
+            del self.scope[len(self.scope) - len(path):]
+
+    @contextlib.contextmanager
+    def sharing_params(self, on: bool) -> Iterator[None]:
+        self.sharing += on
+        try:
+            yield
+        finally:
+            self.sharing -= on
+
+    def param(self, local: str, shape: tuple[Dim | int, ...], init: str, span: Span,
+              std: float = 0.02) -> Tensor:
+        """The parameter `<scope>.<local>`: created once, reused inside shared repeats."""
+        dims = tuple(Dim.of(d) for d in shape)
+        for d in dims:
+            if d.as_int() is None or d.as_int() <= 0:
+                raise ShapeError(f"parameter sizes must be positive integers, got {d}", span)
+        name = ".".join(self.scope + [local])
+        ttype = TensorType(dims, "float")
+        if name in self.graph.params:
+            nid = self.graph.params[name]
+            if not self.sharing or self.graph.nodes[nid].type != ttype:
+                raise DefinitionError(f"parameter '{name}' is defined twice", span)
+            return Tensor(nid, ttype)
+        nid = self.graph.add("param", (), {"name": name, "type": ttype, "init": init, "std": std},
+                             ttype, span)
+        self.graph.params[name] = nid
+        return Tensor(nid, ttype)
+
+    def tied_param(self, scope_name: str, local: str, span: Span) -> Tensor:
+        """Resolve `tie="wte"`: the parameter `wte.<local>`, looked up from the innermost scope."""
+        for depth in range(len(self.scope), -1, -1):
+            name = ".".join(self.scope[:depth] + [scope_name, local])
+            if name in self.graph.params:
+                nid = self.graph.params[name]
+                return Tensor(nid, self.graph.nodes[nid].type)
+        known = sorted({n.rsplit(".", 1)[0] for n in self.graph.params})
+        raise NameError_(f"tie: no parameters named '{scope_name}.{local}' are defined yet", span,
+                         did_you_mean(scope_name, known))
+
+    # -- graph construction ---------------------------------------------------------------------
+    def add(self, op: str, inputs: list[Tensor], attrs: dict[str, Any], span: Span) -> Tensor:
+        """Add a node, inferring its type; errors are located at `span`."""
+        try:
+            ttype = ops.infer(op, [t.type for t in inputs], attrs)
+        except AttnError as e:
+            raise type(e)(e.message, span, e.hint) from None
+        nid = self.graph.add(op, tuple(t.node for t in inputs), attrs, ttype, span)
+        return Tensor(nid, ttype)
+
+    def to_tensor(self, value: Any, span: Span) -> Tensor:
+        if isinstance(value, Tensor):
+            return value
+        if isinstance(value, bool):
+            return self.add("constant", [], {"value": value, "dtype": "bool"}, span)
+        if isinstance(value, (int, float)):
+            return self.add("constant", [], {"value": float(value), "dtype": "float"}, span)
+        if isinstance(value, Dim) and value.as_int() is not None:
+            return self.add("constant", [], {"value": float(value.as_int()), "dtype": "float"},
+                            span)
+        raise TypeError_(f"expected a tensor or a number, got {describe(value)}", span)
+
+    # -- expressions ----------------------------------------------------------------------------
+    def lookup_optional(self, name: str, frame: Frame) -> Any:
+        for table in (frame.vars, frame.ns.consts, frame.ns.blocks, frame.ns.modules,
+                      self.builtins):
+            if name in table:
+                return table[name]
+        return None
+
+    def lookup(self, name: str, frame: Frame, span: Span) -> Any:
+        value = self.lookup_optional(name, frame)
+        if value is None:
+            known = [*frame.vars, *frame.ns.consts, *frame.ns.blocks, *self.builtins]
+            raise NameError_(f"unknown name '{name}'", span, did_you_mean(name, known))
+        return value
+
+    def eval(self, expr: ast.Expr, frame: Frame) -> Any:
+        if isinstance(expr, ast.Number | ast.String):
+            return expr.value
+        if isinstance(expr, ast.Name):
+            return self.lookup(expr.id, frame, expr.span)
+        if isinstance(expr, ast.Call):
+            return self.eval_call(expr, frame, None)
+        if isinstance(expr, ast.BinOp):
+            return self.binop(expr.op, self.eval(expr.left, frame),
+                              self.eval(expr.right, frame), expr.span)
+        if isinstance(expr, ast.Neg):
+            value = self.eval(expr.value, frame)
+            if isinstance(value, Tensor):
+                return self.add("neg", [value], {}, expr.span)
+            if isinstance(value, (int, float, Dim)) and not isinstance(value, bool):
+                return -value
+            raise TypeError_(f"cannot negate {describe(value)}", expr.span)
+        if isinstance(expr, ast.TupleExpr | ast.ListExpr):
+            return tuple(self.eval(e, frame) for e in expr.items)
+        if isinstance(expr, ast.Attr):
+            return self.eval_attr(expr, frame)
+        if isinstance(expr, ast.Subscript):
+            return self.eval_subscript(expr, frame)
+        raise TypeError_(f"cannot evaluate {type(expr).__name__}", expr.span)
+
+    def eval_attr(self, expr: ast.Attr, frame: Frame) -> Any:
+        if isinstance(expr.value, ast.Name) and expr.value.id in frame.ns.modules:
+            mod = frame.ns.modules[expr.value.id]
+            for table in (mod.consts, mod.blocks):
+                if expr.attr in table:
+                    return table[expr.attr]
+            raise NameError_(f"module '{expr.value.id}' has no '{expr.attr}'", expr.span,
+                             did_you_mean(expr.attr, [*mod.consts, *mod.blocks]))
+        value = self.eval(expr.value, frame)
+        if isinstance(value, Tensor) and expr.attr == "T":
+            if value.type.rank < 2:
+                raise ShapeError(f".T needs rank >= 2, got {value.type}", expr.span)
+            perm = list(range(value.type.rank))
+            perm[-1], perm[-2] = perm[-2], perm[-1]
+            return self.add("transpose", [value], {"perm": tuple(perm)}, expr.span)
+        if isinstance(value, Tensor) and expr.attr == "shape":
+            return tuple(value.type.shape)
+        raise NameError_(f"{describe(value)} has no attribute '{expr.attr}'", expr.span,
+                         "tensors have .T and .shape")
+
+    def eval_subscript(self, expr: ast.Subscript, frame: Frame) -> Any:
+        value = self.eval(expr.value, frame)
+        if isinstance(value, tuple):
+            if len(expr.items) != 1 or isinstance(expr.items[0], ast.Slice):
+                raise TypeError_("a tuple takes one integer index", expr.span)
+            i = self.eval(expr.items[0], frame)
+            if not isinstance(i, int) or not -len(value) <= i < len(value):
+                raise TypeError_(f"index {i!r} is out of range for a {len(value)}-tuple", expr.span)
+            return value[i]
+        if not isinstance(value, Tensor):
+            raise TypeError_(f"cannot index {describe(value)}", expr.span)
+        index: list[Any] = []
+        for item in expr.items:
+            if isinstance(item, ast.Slice):
+                start = self.eval(item.start, frame) if item.start is not None else None
+                stop = self.eval(item.stop, frame) if item.stop is not None else None
+                for b in (start, stop):
+                    if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 0):
+                        raise TypeError_("slice bounds must be non-negative integers", item.span)
+                index.append((start, stop))
+            else:
+                i = self.eval(item, frame)
+                if not isinstance(i, int) or isinstance(i, bool):
+                    raise TypeError_(f"tensor indices must be integers, got {describe(i)}",
+                                     item.span)
+                index.append(i)
+        return self.add("index", [value], {"index": tuple(index)}, expr.span)
+
+    def binop(self, op: str, a: Any, b: Any, span: Span) -> Any:
+        if isinstance(a, Pattern) and isinstance(b, Pattern) and op in "&|":
+            return a & b if op == "&" else a | b
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            name = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul",
+                    "**": "pow"}.get(op)
+            if name is None:
+                raise TypeError_(f"operator '{op}' is not defined for tensors", span)
+            return self.add(name, [self.to_tensor(a, span), self.to_tensor(b, span)], {}, span)
+        return scalar_binop(op, a, b, span)
+
+    def eval_call(self, call: ast.Call, frame: Frame, name_hint: str | None) -> Any:
+        func = self.eval(call.func, frame)
+        args = [self.eval(a, frame) for a in call.args]
+        kwargs: dict[str, Any] = {}
+        for kw in call.kwargs:
+            if kw.name in kwargs:
+                raise ArgumentError(f"keyword argument '{kw.name}' is given twice", kw.span)
+            kwargs[kw.name] = self.eval(kw.value, frame)
+        if isinstance(func, BlockRef):
+            return self.call_block(func, args, kwargs, call, name_hint)
+        if callable(func):
+            return func(self, args, kwargs, call, name_hint)
+        raise TypeError_(f"{describe(func)} is not callable", call.func.span)
+
+    def call_block(self, ref: BlockRef, args: list[Any], kwargs: dict[str, Any], call: ast.Call,
+                   name_hint: str | None) -> Any:
+        block = ref.block
+        if block.name in self.call_stack:
+            chain = " -> ".join([*self.call_stack[self.call_stack.index(block.name):], block.name])
+            raise RecursionError_(f"block '{block.name}' calls itself ({chain})", call.span,
+                                  "blocks are inlined, so they cannot recurse; use repeat")
+        if len(self.call_stack) >= MAX_CALL_DEPTH:
+            raise RecursionError_(f"blocks nested more than {MAX_CALL_DEPTH} deep", call.span)
+        names = [p.name for p in block.params]
+        if len(args) > len(names):
+            raise ArgumentError(f"block '{block.name}' takes {len(names)} arguments, got "
+                                f"{len(args)}", call.span, f"signature: {signature(block)}")
+        bound: dict[str, Any] = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names:
+                raise ArgumentError(f"block '{block.name}' has no parameter '{key}'", call.span,
+                                    did_you_mean(key, names) or f"signature: {signature(block)}")
+            if key in bound:
+                raise ArgumentError(f"argument '{key}' of block '{block.name}' is given twice",
+                                    call.span)
+            bound[key] = value
+        callee = Frame({}, ref.module)
+        for p in block.params:
+            if p.name in bound:
+                callee.vars[p.name] = bound[p.name]
+            elif p.default is not None:
+                callee.vars[p.name] = self.eval(p.default, callee)
+            else:
+                raise ArgumentError(f"block '{block.name}' is missing argument '{p.name}'",
+                                    call.span, f"signature: {signature(block)}")
+        scope = self.claim_name(name_hint or block.name)
+        self.call_stack.append(block.name)
+        try:
+            with self.in_scope([scope]):
+                result = self.exec_body(block.body, callee, in_model=False)
+        finally:
+            self.call_stack.pop()
+        if result is None:
+            raise DefinitionError(f"block '{block.name}' returns nothing", block.span,
+                                  "end it with `return expr`")
+        return result
+
+
+def signature(block: ast.Block) -> str:
+    return f"{block.name}({', '.join(p.name for p in block.params)})"
+
+
+def parse_number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def scalar_binop(op: str, a: Any, b: Any, span: Span) -> Any:
+    """Arithmetic on numbers and symbolic dims (constant folding)."""
+    numeric = (int, float, Dim)
+    if isinstance(a, bool) or isinstance(b, bool) or not (
+            isinstance(a, numeric) and isinstance(b, numeric)):
+        raise TypeError_(f"operator '{op}' cannot combine {describe(a)} and {describe(b)}", span)
+    if isinstance(a, Dim) or isinstance(b, Dim):
+        a_d, b_d = Dim.of(a) if not isinstance(a, float) else None, Dim.of(b) if not isinstance(
+            b, float) else None
+        if a_d is None or b_d is None:
+            raise TypeError_("sizes combine with integers only", span)
+        if op == "+":
+            return _simplify(a_d + b_d)
+        if op == "-":
+            return _simplify(a_d - b_d)
+        if op == "*":
+            return _simplify(a_d * b_d)
+        if op in ("/", "//"):
+            q = a_d.divide(b_d)
+            if q is None:
+                raise ShapeError(f"cannot divide size {a_d} by {b_d}", span)
+            return _simplify(q)
+        raise TypeError_(f"operator '{op}' is not defined for sizes", span)
+    try:
+        if op == "+":
+            return a + b
+        if op == "-":
+            return a - b
+        if op == "*":
+            return a * b
+        if op == "/":
+            if isinstance(a, int) and isinstance(b, int) and b != 0 and a % b == 0:
+                return a // b
+            return a / b
+        if op == "//":
+            return a // b
+        if op == "%":
+            return a % b
+        if op == "**":
+            return a**b
+    except ZeroDivisionError:
+        raise TypeError_("division by zero", span) from None
+    except OverflowError:
+        raise TypeError_("number too large", span) from None
+    raise TypeError_(f"operator '{op}' is not defined for numbers", span)
+
+
+def _simplify(d: Dim) -> Dim | int:
+    n = d.as_int()
+    return n if n is not None else d

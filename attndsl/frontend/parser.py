@@ -1,0 +1,307 @@
+"""Parse `.attn` text into the AST, turning every Lark failure into an `AttnError`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer, v_args
+
+from attndsl.errors import InputError, Span, SyntaxError_
+from attndsl.frontend import ast
+
+MAX_SOURCE_BYTES = 8 * 1024 * 1024
+MAX_NESTING = 200
+
+# Human names for the grammar's terminals, used in "expected ..." hints.
+TOKEN_NAMES = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype (int, float, bool)",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
+    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'",
+    "SLASH": "'/'", "AT": "'@'", "DOT": "'.'", "VBAR": "'|'", "AMPERSAND": "'&'", "LE": "'<='",
+    "PERCENT": "'%'", "DOUBLESTAR": "'**'", "DOUBLESLASH": "'//'", "SHARED": "'shared'",
+    "$END": "end of file",
+}
+
+# Frequent mistakes -> specific messages (Lark's `match_examples`).
+SYNTAX_EXAMPLES: dict[str, list[str]] = {
+    "missing '=' in an assignment": ["model { x linear(y) }", "model { x }"],
+    "a statement is not closed: unbalanced parentheses or brackets": [
+        "model { x = f(a, b }", "model { x = f(a }", "model { x = [1, 2 }"],
+    "missing '{' after a block, model or repeat header": [
+        "block f(x) x = 1", "model x = 1", "model { repeat 2 as l x = 1 }"],
+    "a block or model is not closed with '}'": ["model { x = 1", "block f(x) { return x"],
+    "an input needs a type, like `input tokens: int[B, T]`": [
+        "model { input x }", "model { input x: }", "model { input x: int }"],
+    "an expression is incomplete": ["model { x = 1 + }", "model { x = f(a, ) + }", "const a ="],
+}
+
+
+@functools.lru_cache(maxsize=1)
+def grammar_parser() -> lark.Lark:
+    text = resources.files("attndsl.grammar").joinpath("attn.lark").read_text(encoding="utf-8")
+    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def _span(meta_or_token: object, file: str, source: str) -> Span:
+    m = meta_or_token
+    line = getattr(m, "line", None) or 1
+    col = getattr(m, "column", None) or 1
+    end_line = getattr(m, "end_line", None) or line
+    end_col = getattr(m, "end_column", None) or col + 1
+    return Span(file, line, col, end_line, end_col, source)
+
+
+class ToAst(Transformer):
+    """Lark tree -> frozen AST dataclasses."""
+
+    def __init__(self, file: str, source: str):
+        super().__init__()
+        self.file, self.source = file, source
+
+    def sp(self, meta: object) -> Span:
+        return _span(meta, self.file, self.source)
+
+    # top level
+    @v_args(meta=True)
+    def start(self, meta, items):
+        return ast.Module(self.sp(meta), self.file, tuple(items))
+
+    @v_args(meta=True)
+    def import_stmt(self, meta, c):
+        return ast.Import(self.sp(meta), _unquote(c[0]), str(c[1]) if len(c) > 1 and c[1] else None)
+
+    @v_args(meta=True)
+    def const_def(self, meta, c):
+        return ast.Const(self.sp(meta), str(c[0]), c[1])
+
+    @v_args(meta=True)
+    def block_def(self, meta, c):
+        return ast.Block(self.sp(meta), str(c[0]), tuple(c[1] or ()), c[2])
+
+    def params(self, c):
+        return tuple(c)
+
+    @v_args(meta=True)
+    def param(self, meta, c):
+        return ast.Param(self.sp(meta), str(c[0]), c[1] if len(c) > 1 else None)
+
+    @v_args(meta=True)
+    def model_def(self, meta, c):
+        return ast.Model(self.sp(meta), str(c[0]) if c[0] else None, c[1])
+
+    @v_args(meta=True)
+    def train_def(self, meta, c):
+        return ast.Train(self.sp(meta), tuple(c))
+
+    @v_args(meta=True)
+    def setting(self, meta, c):
+        return ast.Setting(self.sp(meta), str(c[0]), c[1])
+
+    def body(self, c):
+        return tuple(c)
+
+    # statements
+    @v_args(meta=True)
+    def input_stmt(self, meta, c):
+        return ast.Input(self.sp(meta), str(c[0]), c[1])
+
+    @v_args(meta=True)
+    def tensor_type(self, meta, c):
+        return ast.TensorTypeSpec(self.sp(meta), str(c[0]), tuple(c[1] or ()))
+
+    def dims(self, c):
+        return tuple(c)
+
+    @v_args(meta=True)
+    def dim(self, meta, c):
+        return ast.DimSpec(self.sp(meta), c[0], c[2] if len(c) > 2 else None)
+
+    @v_args(meta=True)
+    def output_stmt(self, meta, c):
+        return ast.Output(self.sp(meta), str(c[0]), c[1] if len(c) > 1 else None)
+
+    @v_args(meta=True)
+    def assign(self, meta, c):
+        return ast.Assign(self.sp(meta), str(c[0]), c[1])
+
+    @v_args(meta=True)
+    def return_stmt(self, meta, c):
+        return ast.Return(self.sp(meta), c[0])
+
+    @v_args(meta=True)
+    def repeat_stmt(self, meta, c):
+        shared = len(c) == 4
+        return ast.Repeat(self.sp(meta), c[0], str(c[1]), shared, c[-1])
+
+    # expressions
+    def _bin(op):  # noqa: N805 - helper building methods
+        @v_args(meta=True)
+        def method(self, meta, c):
+            return ast.BinOp(self.sp(meta), op, c[0], c[1])
+        return method
+
+    add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+    floordiv, mod, matmul, pow = _bin("//"), _bin("%"), _bin("@"), _bin("**")
+    and_op, or_op = _bin("&"), _bin("|")
+
+    @v_args(meta=True)
+    def neg(self, meta, c):
+        return ast.Neg(self.sp(meta), c[0])
+
+    @v_args(meta=True)
+    def number(self, meta, c):
+        text = str(c[0])
+        value = float(text) if any(ch in text for ch in ".eE") else int(text)
+        return ast.Number(self.sp(meta), value)
+
+    @v_args(meta=True)
+    def string(self, meta, c):
+        return ast.String(self.sp(meta), _unquote(c[0]))
+
+    @v_args(meta=True)
+    def name(self, meta, c):
+        return ast.Name(self.sp(meta), str(c[0]))
+
+    @v_args(meta=True)
+    def attr(self, meta, c):
+        return ast.Attr(self.sp(meta), c[0], str(c[1]))
+
+    @v_args(meta=True)
+    def call(self, meta, c):
+        args = c[1] or ()
+        pos = tuple(a for a in args if not isinstance(a, ast.Keyword))
+        kws = tuple(a for a in args if isinstance(a, ast.Keyword))
+        return ast.Call(self.sp(meta), c[0], pos, kws)
+
+    def args(self, c):
+        return tuple(c)
+
+    @v_args(meta=True)
+    def kwarg(self, meta, c):
+        return ast.Keyword(self.sp(meta), str(c[0]), c[1])
+
+    @v_args(meta=True)
+    def subscript(self, meta, c):
+        return ast.Subscript(self.sp(meta), c[0], c[1])
+
+    def subscripts(self, c):
+        return tuple(c)
+
+    @v_args(meta=True)
+    def slice(self, meta, c):
+        return ast.Slice(self.sp(meta), c[0], c[1])
+
+    @v_args(meta=True)
+    def tuple(self, meta, c):
+        items = [c[0]] + list(c[1] or ()) if c else []
+        return ast.TupleExpr(self.sp(meta), tuple(items))
+
+    @v_args(meta=True)
+    def list(self, meta, c):
+        return ast.ListExpr(self.sp(meta), tuple(c[0] or ()))
+
+    def exprs(self, c):
+        return tuple(c)
+
+
+def _unquote(token: Token) -> str:
+    return str(token)[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
+
+
+def read_source(path: str | Path) -> str:
+    """Read a spec file as UTF-8 text; unreadable, binary or huge files are InputErrors."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"no such spec file: {p}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+    return decode_source(data, str(p))
+
+
+def decode_source(data: bytes, file: str) -> str:
+    if len(data) > MAX_SOURCE_BYTES:
+        raise InputError(f"{file} is {len(data)} bytes; specs are limited to {MAX_SOURCE_BYTES}")
+    if b"\x00" in data:
+        raise InputError(f"{file} looks like a binary file, not an .attn spec")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{file} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def _nesting_depth(text: str) -> int:
+    depth = best = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in ")]}":
+            depth -= 1
+    return best
+
+
+def parse_text(text: str, file: str = "<string>") -> ast.Module:
+    """Parse spec text into an `ast.Module`; raises `SyntaxError_` with a located hint."""
+    if _nesting_depth(text) > MAX_NESTING:
+        raise SyntaxError_(f"brackets are nested more than {MAX_NESTING} deep",
+                           Span(file, 1, 1, 1, 2, text))
+    parser = grammar_parser()
+    try:
+        tree = parser.parse(text)
+    except lark.exceptions.UnexpectedInput as e:
+        raise _syntax_error(e, parser, text, file) from None
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))
+    try:
+        return ToAst(file, text).transform(tree)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _syntax_error(e: lark.exceptions.UnexpectedInput, parser: lark.Lark, text: str,
+                  file: str) -> SyntaxError_:
+    line = getattr(e, "line", 1) or 1
+    col = getattr(e, "column", 1) or 1
+    if line < 1:  # unexpected end of input: point just past the last character
+        lines = text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+    width = 1
+    token = getattr(e, "token", None)
+    if isinstance(token, Token) and token.type != "$END":
+        width = max(1, len(str(token)))
+    span = Span(file, line, col, line, col + width, text)
+    label = None
+    try:
+        label = e.match_examples(parser.parse, SYNTAX_EXAMPLES, use_accepts=True)
+    except Exception:  # noqa: BLE001 - best-effort refinement only
+        label = None
+    if isinstance(e, lark.exceptions.UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        message = f"unexpected character {ch!r}"
+    elif isinstance(token, Token) and token.type != "$END":
+        message = f"unexpected {str(token)!r}"
+    else:
+        message = "unexpected end of file"
+    if label:
+        message = f"{message}: {label}"
+    expected = sorted({TOKEN_NAMES.get(t, repr(t.strip('"').lower()) if t.isupper() else t)
+                       for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())
+                       if not t.startswith("__")})
+    hint = f"expected {', '.join(expected[:8])}" if expected else None
+    return SyntaxError_(message, span, hint)
+
+
+def parse(text_or_path: str | Path) -> ast.Module:
+    """Parse a spec given as a path (if it names a file ending in .attn) or as text."""
+    if isinstance(text_or_path, Path) or (
+            isinstance(text_or_path, str) and "\n" not in text_or_path
+            and text_or_path.endswith(".attn")):
+        path = str(text_or_path)
+        return parse_text(read_source(path), path)
+    return parse_text(str(text_or_path))

@@ -1,0 +1,347 @@
+"""The op registry: every op is defined here once.
+
+An `OpDef` carries the op's kind, its attributes, its shape-and-dtype rule and its FLOP
+rule (a symbolic `Dim`). Backends implement each op by name (see `backends/`); a test
+checks that every op here has an implementation in every backend.
+
+Kinds:
+- ``leaf``: graph sources (inputs, parameters, constants, position tables);
+- ``primitive``: the small set every backend implements and autodiff knows;
+- ``composite``: fused ops (linear, layer_norm, attention, ...) whose `decomposition`
+  docstring names the primitives they stand for. Backends run composites directly.
+
+Gradients: the torch backend differentiates with autograd; `OpDef.vjp` is the slot
+for hand-written gradient rules (None for every op today).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from attndsl.errors import ShapeError, TypeError_
+from attndsl.ir.dims import Dim, shape_str
+from attndsl.ir.graph import TensorType
+
+ShapeRule = Callable[[list[TensorType], dict[str, Any]], TensorType]
+FlopRule = Callable[[list[TensorType], TensorType, dict[str, Any]], Dim]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    kind: str
+    shape: ShapeRule
+    flops: FlopRule
+    attrs: tuple[str, ...] = ()
+    doc: str = ""
+    vjp: Callable[..., Any] | None = None
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def numel(shape: tuple[Dim, ...]) -> Dim:
+    out = Dim.of(1)
+    for d in shape:
+        out = out * d
+    return out
+
+
+def _zero(ins: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> Dim:
+    return Dim.of(0)
+
+
+def _per_output(k: int) -> FlopRule:
+    return lambda ins, out, attrs: numel(out.shape) * k
+
+
+def register(name: str, kind: str, shape: ShapeRule, flops: FlopRule = _zero,
+             attrs: tuple[str, ...] = (), doc: str = "") -> OpDef:
+    if name in OPS:
+        raise ValueError(f"op {name!r} registered twice")
+    OPS[name] = OpDef(name, kind, shape, flops, attrs, doc)
+    return OPS[name]
+
+
+# -- shape helpers -------------------------------------------------------------------------
+
+def broadcast_shapes(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    """NumPy broadcasting over symbolic dims; a mismatch raises ShapeError naming both."""
+    out: list[Dim] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else Dim.of(1)
+        db = b[-i] if i <= len(b) else Dim.of(1)
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            raise ShapeError(f"shapes {shape_str(a)} and {shape_str(b)} do not broadcast "
+                             f"(dimension {da} vs {db})")
+    return tuple(reversed(out))
+
+
+def _require_float(t: TensorType, what: str) -> None:
+    if t.dtype != "float":
+        raise TypeError_(f"{what} needs a float tensor, got {t}")
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for a rank-{rank} tensor")
+    return axis % rank
+
+
+# -- leaves ---------------------------------------------------------------------------------
+
+def _leaf(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return attrs["type"]
+
+
+register("input", "leaf", _leaf, attrs=("name", "type"), doc="A named model input.")
+register("param", "leaf", _leaf, attrs=("name", "type", "init", "std"),
+         doc="A trainable parameter, initialized by `init`.")
+register("constant", "leaf", lambda ins, a: TensorType((), a["dtype"]),
+         attrs=("value", "dtype"), doc="A scalar literal.")
+register("arange", "leaf", lambda ins, a: TensorType((a["n"],), "int"), attrs=("n", "offset"),
+         doc="Positions offset, offset+1, ..., offset+n-1.")
+register("sinusoidal", "leaf", lambda ins, a: TensorType((a["n"], a["dim"]), "float"),
+         attrs=("n", "dim", "offset"),
+         doc="PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same).")
+
+
+# -- elementwise ----------------------------------------------------------------------------
+
+def _binary(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    a, b = ins
+    dtype = "float" if "float" in (a.dtype, b.dtype) else a.dtype
+    return TensorType(broadcast_shapes(a.shape, b.shape), dtype)
+
+
+def _compare(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType(broadcast_shapes(ins[0].shape, ins[1].shape), "bool")
+
+
+for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum"):
+    register(_name, "primitive", _binary, _per_output(1), doc=f"Elementwise {_name}, broadcasting.")
+for _name in ("less", "greater", "equal"):
+    register(_name, "primitive", _compare, _per_output(1), doc=f"Elementwise {_name} -> bool.")
+
+
+def _unary_float(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType(ins[0].shape, "float" if ins[0].dtype != "bool" else "float")
+
+
+def _same(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return ins[0]
+
+
+register("neg", "primitive", _same, _per_output(1), doc="-x")
+for _name, _cost in (("exp", 1), ("log", 1), ("sqrt", 1), ("tanh", 1), ("sigmoid", 4),
+                     ("relu", 1), ("abs", 1)):
+    register(_name, "primitive", _unary_float, _per_output(_cost), doc=f"Elementwise {_name}.")
+register("gelu", "composite", _unary_float, _per_output(8), attrs=("approximate",),
+         doc="x * Phi(x); approximate='tanh': 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).")
+register("silu", "composite", _unary_float, _per_output(5), doc="x * sigmoid(x).")
+register("cast", "primitive", lambda ins, a: TensorType(ins[0].shape, a["dtype"]),
+         attrs=("dtype",), doc="Convert dtype ('float', 'int', 'bool').")
+register("dropout", "composite", _same, _per_output(2), attrs=("p",),
+         doc="Zero each element with probability p while training, scale the rest by 1/(1-p).")
+
+
+def _where(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    c, a, b = ins
+    return TensorType(broadcast_shapes(broadcast_shapes(c.shape, a.shape), b.shape),
+                      "float" if "float" in (a.dtype, b.dtype) else a.dtype)
+
+
+register("where", "primitive", _where, _per_output(1), doc="cond ? a : b, broadcasting.")
+
+
+# -- linear algebra -------------------------------------------------------------------------
+
+def _matmul(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    a, b = ins
+    if a.rank < 1 or b.rank < 2:
+        raise ShapeError(f"matmul needs a rank >= 1 left and rank >= 2 right operand, got "
+                         f"{shape_str(a.shape)} @ {shape_str(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul inner dimensions differ: {shape_str(a.shape)} @ "
+                         f"{shape_str(b.shape)} ({a.shape[-1]} vs {b.shape[-2]})")
+    if a.rank == 1:
+        return TensorType(b.shape[:-2] + b.shape[-1:], "float")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], b.shape[-1]), "float")
+
+
+register("matmul", "primitive", _matmul,
+         lambda ins, out, a: numel(out.shape) * ins[0].shape[-1] * 2,
+         doc="Batched matrix product with broadcasting of leading dims.")
+
+
+def _linear(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, w = ins[0], ins[1]
+    if x.rank < 1 or x.shape[-1] != w.shape[1]:
+        raise ShapeError(f"linear expects input [..., {w.shape[1]}], got {shape_str(x.shape)}")
+    _require_float(x, "linear")
+    return TensorType(x.shape[:-1] + (w.shape[0],), "float")
+
+
+register("linear", "composite", _linear,
+         lambda ins, out, a: numel(out.shape) * ins[1].shape[1] * 2,
+         attrs=("has_bias",), doc="y = x @ W^T + b with W: [out, in] (matmul, transpose, add).")
+
+
+# -- shape ops ------------------------------------------------------------------------------
+
+def _transpose(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    perm = attrs["perm"]
+    x = ins[0]
+    if sorted(perm) != list(range(x.rank)):
+        raise ShapeError(f"permutation {list(perm)} does not fit a rank-{x.rank} tensor")
+    return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
+
+
+register("transpose", "primitive", _transpose, attrs=("perm",), doc="Permute axes.")
+
+
+def _reshape(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x = ins[0]
+    shape = attrs["shape"]
+    if numel(shape) != numel(x.shape):
+        raise ShapeError(f"cannot reshape {shape_str(x.shape)} ({numel(x.shape)} elements) to "
+                         f"{shape_str(shape)} ({numel(shape)} elements)")
+    return TensorType(tuple(shape), x.dtype)
+
+
+register("reshape", "primitive", _reshape, attrs=("shape",),
+         doc="Reshape (row-major) to a shape with the same number of elements.")
+
+
+def _reduce(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x = ins[0]
+    axes = {_norm_axis(a, x.rank) for a in attrs["axes"]}
+    if attrs["keepdims"]:
+        shape = tuple(Dim.of(1) if i in axes else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return TensorType(shape, "float" if x.dtype == "bool" else x.dtype)
+
+
+for _name in ("sum", "mean", "max"):
+    register(_name, "primitive", _reduce, lambda ins, out, a: numel(ins[0].shape),
+             attrs=("axes", "keepdims"), doc=f"Reduce with {_name} over `axes`.")
+
+
+def _concat(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    first = ins[0]
+    axis = _norm_axis(attrs["axis"], first.rank)
+    total = Dim.of(0)
+    for t in ins:
+        if t.rank != first.rank or any(
+                i != axis and a != b for i, (a, b) in enumerate(zip(t.shape, first.shape))):
+            raise ShapeError(f"concat along axis {attrs['axis']} needs equal other dimensions, "
+                             f"got {shape_str(first.shape)} and {shape_str(t.shape)}")
+        total = total + t.shape[axis]
+    return TensorType(first.shape[:axis] + (total,) + first.shape[axis + 1:], first.dtype)
+
+
+register("concat", "primitive", _concat, attrs=("axis",), doc="Join tensors along an axis.")
+
+
+def _expand(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    shape = tuple(attrs["shape"])
+    broadcast_shapes(ins[0].shape, shape)
+    if broadcast_shapes(ins[0].shape, shape) != shape:
+        raise ShapeError(f"cannot expand {shape_str(ins[0].shape)} to {shape_str(shape)}")
+    return TensorType(shape, ins[0].dtype)
+
+
+register("expand", "primitive", _expand, attrs=("shape",), doc="Broadcast to a larger shape.")
+
+
+def _index(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """attrs['index']: per leading axis, an int (drops the axis) or (start, stop) slice."""
+    x = ins[0]
+    idx = attrs["index"]
+    if len(idx) > x.rank:
+        raise ShapeError(f"too many indices ({len(idx)}) for a rank-{x.rank} tensor")
+    shape: list[Dim] = []
+    for d, ix in zip(x.shape, idx):
+        if isinstance(ix, int):
+            n = d.as_int()
+            if n is not None and not -n <= ix < n:
+                raise ShapeError(f"index {ix} is out of range for dimension {d}")
+            continue
+        start, stop = ix
+        stop_d = d if stop is None else Dim.of(stop)
+        shape.append(stop_d - Dim.of(start or 0))
+    return TensorType(tuple(shape) + x.shape[len(idx):], x.dtype)
+
+
+register("index", "primitive", _index, attrs=("index",), doc="Integer indexing and slicing.")
+
+
+# -- normalization, softmax, embeddings -------------------------------------------------------
+
+register("softmax", "composite", _same, _per_output(5), attrs=("axis",),
+         doc="exp(x - max(x)) / sum(exp(x - max(x))) along `axis`.")
+
+
+def _norm(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, g = ins[0], ins[1]
+    _require_float(x, "normalization")
+    if x.rank < 1 or x.shape[-1] != g.shape[0]:
+        raise ShapeError(f"normalization over {g.shape[0]} features got input {shape_str(x.shape)}")
+    return x
+
+
+register("layer_norm", "composite", _norm, _per_output(8), attrs=("eps", "has_bias"),
+         doc="gamma * (x - mean) / sqrt(var + eps) + beta over the last axis.")
+register("rms_norm", "composite", _norm, _per_output(4), attrs=("eps",),
+         doc="gamma * x / sqrt(mean(x^2) + eps) over the last axis.")
+
+
+def _embedding(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    table, ids = ins
+    if ids.dtype != "int":
+        raise TypeError_(f"embedding lookup needs int ids, got {ids}")
+    return TensorType(ids.shape + table.shape[1:], "float")
+
+
+register("embedding", "composite", _embedding, doc="table[ids] (gather rows).")
+
+
+# -- attention -------------------------------------------------------------------------------
+
+def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    q, k, v = ins[:3]
+    if q.rank != 4 or k.rank != 4 or v.rank != 4:
+        raise ShapeError(f"attention expects [B, H, T, D] tensors, got q {shape_str(q.shape)}, "
+                         f"k {shape_str(k.shape)}, v {shape_str(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ShapeError(f"query and key head sizes differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if k.shape[2] != v.shape[2]:
+        raise ShapeError(f"key and value lengths differ: {k.shape[2]} vs {v.shape[2]}")
+    broadcast_shapes(q.shape[:2], k.shape[:2])
+    if len(ins) == 4:
+        pad = ins[3]
+        if pad.dtype != "bool" or pad.rank != 2:
+            raise TypeError_(f"key_padding must be bool[B, S], got {pad}")
+        broadcast_shapes(pad.shape, (q.shape[0], k.shape[2]))
+    return TensorType(q.shape[:3] + v.shape[3:], "float")
+
+
+register("attention", "composite", _attention,
+         lambda ins, out, a: numel(ins[0].shape[:3]) * ins[1].shape[2]
+         * (ins[0].shape[3] * 2 + ins[2].shape[3] * 2 + 5),
+         attrs=("pattern", "scale", "dropout"),
+         doc="softmax(q @ k^T * scale + mask(pattern, key_padding)) @ v on [B, H, T, D]; "
+             "fully masked rows give zeros.")
+
+
+def infer(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """Apply an op's shape rule (raises ShapeError/TypeError_ without a span)."""
+    return OPS[op].shape(ins, attrs)

@@ -1,0 +1,164 @@
+"""Pickle-free, crash-safe checkpoints: safetensors for arrays, JSON for the rest.
+
+A checkpoint directory holds ``model.safetensors``, ``optimizer.safetensors``
+and ``state.json``. Every file is replaced atomically, and ``state.json`` is
+written last (and removed first when overwriting), so a directory is a complete
+checkpoint exactly when ``state.json`` exists; its ``"step"`` is also stamped
+into both safetensors files' metadata and checked on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as _safetensors_bytes
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, ``os.replace``).
+
+    On any failure the previous content of ``path`` (if any) is untouched and
+    the temp file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX only; a no-op elsewhere)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Serialize ``tensors`` with safetensors and write them atomically to ``path``."""
+    atomic_write_bytes(path, _safetensors_bytes(tensors, metadata=metadata))
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"incomplete checkpoint: {str(path)!r} is missing")
+    with safe_open(path, framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
+def save_checkpoint(
+    directory: str | Path,
+    weights: dict[str, np.ndarray],
+    optimizer_tensors: dict[str, np.ndarray],
+    state: dict[str, Any],
+) -> None:
+    """Write a checkpoint into ``directory`` (created if needed).
+
+    ``state`` must be JSON-serializable and contain ``"step"``. Everything is
+    serialized before any file is touched; an existing ``state.json`` is
+    removed before the arrays are replaced and rewritten last.
+    """
+    if "step" not in state:
+        raise ValueError("checkpoint state must contain 'step'")
+    directory = Path(directory)
+    meta = {"step": str(state["step"])}
+    state_bytes = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    model_bytes = _safetensors_bytes(weights, metadata=meta)
+    optim_bytes = _safetensors_bytes(optimizer_tensors, metadata=meta)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    atomic_write_bytes(directory / MODEL_FILE, model_bytes)
+    atomic_write_bytes(directory / OPTIMIZER_FILE, optim_bytes)
+    atomic_write_bytes(directory / STATE_FILE, state_bytes)
+
+
+def load_checkpoint(
+    directory: str | Path,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Load ``(weights, optimizer_tensors, state)`` written by :func:`save_checkpoint`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {str(directory)!r}")
+    state_path = directory / STATE_FILE
+    if not state_path.is_file():
+        raise FileNotFoundError(
+            f"incomplete checkpoint: {str(state_path)!r} is missing (interrupted save?)"
+        )
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{str(state_path)!r} does not name a 'step'")
+    weights, wmeta = _load_safetensors(directory / MODEL_FILE)
+    optimizer_tensors, ometa = _load_safetensors(directory / OPTIMIZER_FILE)
+    step = str(state["step"])
+    for name, meta in ((MODEL_FILE, wmeta), (OPTIMIZER_FILE, ometa)):
+        if meta.get("step") != step:
+            raise ValueError(
+                f"inconsistent checkpoint in {str(directory)!r}: {name} is from step "
+                f"{meta.get('step')!r} but {STATE_FILE} names step {step!r}"
+            )
+    return weights, optimizer_tensors, state
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def numpy_rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """JSON-serializable snapshot of ``rng.bit_generator.state``."""
+    return _jsonable(rng.bit_generator.state)
+
+
+def numpy_rng_from_state(d: dict[str, Any]) -> np.random.Generator:
+    """A new Generator that continues exactly where the one behind ``d`` was."""
+    name = d.get("bit_generator")
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"unsupported numpy bit generator {name!r}")
+    bit_generator = getattr(np.random, name)()
+    bit_generator.state = d
+    return np.random.Generator(bit_generator)
+
+
+def torch_rng_state() -> list[int]:
+    """The global torch CPU RNG state as a JSON-serializable list of bytes."""
+    import torch
+
+    return torch.get_rng_state().tolist()
+
+
+def set_torch_rng_state(state: list[int]) -> None:
+    """Restore the global torch CPU RNG state from :func:`torch_rng_state`."""
+    import torch
+
+    torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
