@@ -1,7 +1,14 @@
-"""attndsl: a declarative graph compiler for attention models."""
+"""attndsl: a declarative graph compiler for attention models.
+
+    import attndsl
+    graph = attndsl.build("specs/gpt.attn", config={"layers": 2})
+    model = attndsl.compile("specs/gpt.attn", backend="numpy", config={"layers": 2}, seed=0)
+    out = model(tokens=ids)
+"""
 
 from attndsl.errors import AttnError
 from attndsl.frontend import build, parse
+from attndsl.model import Model, compile
 
 __version__ = "0.1.0"
-__all__ = ["AttnError", "build", "parse", "__version__"]
+__all__ = ["AttnError", "Model", "build", "compile", "parse", "__version__"]

@@ -268,7 +268,10 @@ class Builder:
             raise TypeError_(f"repeat needs an integer count in 0..{MAX_REPEAT}, got "
                              f"{describe(count)}", stmt.count.span)
         scope = self.claim_name(stmt.scope)
+        outer = set(frame.vars)
         for i in range(count):
+            for name in set(frame.vars) - outer:  # body-local names are new in every iteration
+                del frame.vars[name]
             path = [scope] if stmt.shared else [scope, str(i)]
             if stmt.shared:
                 self.used_names.pop(tuple(self.scope + path), None)

@@ -5,19 +5,21 @@ compose with `&` (both allow) and `|` (either allows)::
 
     causal & window(256) | global([0])
 
-`allowed(q, k)` evaluates the pattern on broadcastable integer position arrays, for
-any array module (NumPy, CuPy, torch), so no backend needs its own pattern code.
+`source()` is the pattern as a Python expression over broadcastable integer position
+arrays `q` and `k`; it works with any array module (NumPy, CuPy, torch), so backends
+and emitted programs share one definition and no backend needs its own pattern code.
 Query position `q` and key position `k` are absolute; for cached decoding the query
 positions are offset by the cache length.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 
-class Pattern:
+class Pattern(ABC):
     """Base class; subclasses are frozen dataclasses."""
 
     def __and__(self, other: Pattern) -> Pattern:
@@ -26,8 +28,13 @@ class Pattern:
     def __or__(self, other: Pattern) -> Pattern:
         return Or(self, other)
 
-    def allowed(self, q: Any, k: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def source(self) -> str:
+        """The pattern as a Python expression over position arrays `q` and `k` (any array
+        module); `allowed(q, k)` evaluates exactly this text."""
+
+    def allowed(self, q: Any, k: Any) -> Any:
+        return eval(self.source(), {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - our own text
 
     @property
     def is_full(self) -> bool:
@@ -47,8 +54,8 @@ class Pattern:
 class Full(Pattern):
     """Every query sees every key (bidirectional attention)."""
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return (q >= 0) | (k >= 0)
+    def source(self) -> str:
+        return "((q >= 0) | (k >= 0))"
 
     @property
     def is_full(self) -> bool:
@@ -62,8 +69,8 @@ class Full(Pattern):
 class Causal(Pattern):
     """Query i sees keys j <= i."""
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return k <= q
+    def source(self) -> str:
+        return "(k <= q)"
 
     @property
     def is_causal(self) -> bool:
@@ -79,8 +86,8 @@ class Window(Pattern):
 
     size: int
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return abs(q - k) < self.size
+    def source(self) -> str:
+        return f"(abs(q - k) < {self.size})"
 
     def __str__(self) -> str:
         return f"window({self.size})"
@@ -93,9 +100,8 @@ class Dilated(Pattern):
     size: int
     dilation: int
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        d = q - k
-        return (abs(d) < self.size * self.dilation) & (d % self.dilation == 0)
+    def source(self) -> str:
+        return f"((abs(q - k) < {self.size * self.dilation}) & ((q - k) % {self.dilation} == 0))"
 
     def __str__(self) -> str:
         return f"dilated({self.size}, {self.dilation})"
@@ -107,11 +113,9 @@ class Global(Pattern):
 
     positions: tuple[int, ...]
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        out = (q < 0) & (k < 0)
-        for p in self.positions:
-            out = out | (q == p) | (k == p)
-        return out
+    def source(self) -> str:
+        return "(" + " | ".join(f"(q == {p}) | (k == {p})" for p in self.positions) + ")" if \
+            self.positions else "((q < 0) & (k < 0))"
 
     def __str__(self) -> str:
         return f"global([{', '.join(map(str, self.positions))}])"
@@ -123,8 +127,8 @@ class Prefix(Pattern):
 
     length: int
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return (k < self.length) | (q < 0)
+    def source(self) -> str:
+        return f"(k < {self.length})"
 
     def __str__(self) -> str:
         return f"prefix({self.length})"
@@ -136,8 +140,8 @@ class Strided(Pattern):
 
     stride: int
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return (q - k) % self.stride == 0
+    def source(self) -> str:
+        return f"((q - k) % {self.stride} == 0)"
 
     def __str__(self) -> str:
         return f"strided({self.stride})"
@@ -148,8 +152,8 @@ class And(Pattern):
     left: Pattern
     right: Pattern
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return self.left.allowed(q, k) & self.right.allowed(q, k)
+    def source(self) -> str:
+        return f"({self.left.source()} & {self.right.source()})"
 
     @property
     def causal_implied(self) -> bool:
@@ -164,8 +168,8 @@ class Or(Pattern):
     left: Pattern
     right: Pattern
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return self.left.allowed(q, k) | self.right.allowed(q, k)
+    def source(self) -> str:
+        return f"({self.left.source()} | {self.right.source()})"
 
     @property
     def is_full(self) -> bool:

@@ -1,0 +1,315 @@
+"""The `attndsl` command line: a thin layer over the Python API.
+
+Every spec error prints `file:line:col: error[CODE]: message`, the source line with a
+caret, and a hint, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from attndsl.errors import AttnError, ConfigError, RuntimeInputError
+
+EXIT_USAGE = 2
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects name=value, got {item!r}", None,
+                              "for example --set layers=2")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def config_of(args: argparse.Namespace) -> dict[str, str]:
+    return parse_sets(getattr(args, "set", None))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from attndsl.frontend import build
+    from attndsl.ir.stats import compute_stats, human
+    graph = build(args.spec, config_of(args))
+    stats = compute_stats(graph)
+    ins = ", ".join(f"{n}: {graph.nodes[i].type}" for n, i in graph.inputs.items())
+    outs = ", ".join(f"{n}: {graph.nodes[i].type}" for n, i in graph.outputs.items())
+    print(f"{args.spec}: ok — {len(graph.nodes)} nodes, {stats.params:,} parameters "
+          f"({human(stats.params)}); inputs {ins}; outputs {outs}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from attndsl.frontend import build, parse
+    from attndsl.frontend.ast import dump
+    from attndsl.ir.printer import print_graph, to_dot
+    from attndsl.passes import optimize
+    if args.emit == "ast":
+        print(dump(parse(args.spec)))
+        return 0
+    graph = build(args.spec, config_of(args))
+    if not args.no_opt:
+        graph = optimize(graph)
+    if args.emit == "graph":
+        print(print_graph(graph, spans=args.spans), end="")
+    elif args.emit == "dot":
+        print(to_dot(graph), end="")
+    else:
+        from attndsl.backends import get_backend
+        print(get_backend(args.emit).emit(graph), end="")
+    if args.explain:
+        from attndsl.passes.explain import explain
+        print(explain(graph, args.emit if args.emit in ("numpy", "torch", "cupy") else "numpy"),
+              file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from attndsl.frontend import build
+    from attndsl.ir.stats import compute_stats, human, human_bytes
+    graph = build(args.spec, config_of(args))
+    stats = compute_stats(graph)
+    print(f"{args.spec}")
+    print(f"parameters: {stats.params:,} ({human(stats.params)}, "
+          f"{human_bytes(stats.param_bytes)} in float32)")
+    for block, n in stats.params_by_block.items():
+        print(f"  {block:<28} {n:>14,}")
+    env = dims_env(graph, args.batch, args.seq)
+    shown = ", ".join(f"{k}={v}" for k, v in env.items())
+    missing = sorted(stats.flops.symbols() - set(env))
+    if missing:
+        print(f"forward FLOPs: {stats.flops}")
+        print(f"activation memory: {stats.activation_bytes} bytes")
+        print(f"(give sizes for {', '.join(missing)} to get numbers)")
+        return 0
+    ev = stats.evaluate(env)
+    print(f"forward FLOPs ({shown}): {ev['flops']:,} ({human(ev['flops'])}FLOP)")
+    print(f"activation memory ({shown}): {ev['activation_bytes']:,} bytes "
+          f"({human_bytes(ev['activation_bytes'])})")
+    return 0
+
+
+def dims_env(graph: Any, batch: int | None, seq: int | None) -> dict[str, int]:
+    """Bind symbolic dims for stats/--random: B from --batch, sequence dims from --seq (or
+    their bound), every other symbol from its bound."""
+    env: dict[str, int] = {}
+    bounds = graph.meta.get("dim_bounds", {})
+    for nid in graph.inputs.values():
+        for axis, d in enumerate(graph.nodes[nid].type.shape):
+            for s in d.symbols():
+                if s in env:
+                    continue
+                if axis == 0:
+                    env[s] = batch or 1
+                elif seq is not None:
+                    env[s] = min(seq, bounds.get(s, seq))
+                elif s in bounds:
+                    env[s] = bounds[s]
+    return env
+
+
+def random_inputs(graph: Any, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Random inputs of the declared types: ids below the smallest embedding table."""
+    rng = np.random.default_rng(seed)
+    vocab = min((int(graph.nodes[n.inputs[0]].type.shape[0].as_int())
+                 for n in graph.nodes.values() if n.op == "embedding"
+                 and graph.nodes[n.inputs[1]].op == "input"), default=2)
+    out: dict[str, np.ndarray] = {}
+    for name, nid in graph.inputs.items():
+        t = graph.nodes[nid].type
+        shape = tuple(int(d.evaluate(env)) for d in t.shape)
+        if t.dtype == "int":
+            out[name] = rng.integers(0, vocab, size=shape)
+        elif t.dtype == "bool":
+            out[name] = np.ones(shape, dtype=bool)
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import attndsl
+    model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args),
+                            seed=args.seed, dtype=args.dtype, weights=args.weights)
+    if args.input:
+        inputs = load_inputs(args.input)
+    else:
+        env = dims_env(model.graph, args.batch, args.seq or 16)
+        inputs = random_inputs(model.graph, env, args.seed)
+    outputs = model.to_numpy(model(**inputs))
+    for name, value in outputs.items():
+        finite = np.isfinite(value).all() if value.dtype.kind == "f" else True
+        summary = (f"mean {value.mean():+.4f} std {value.std():.4f} min {value.min():+.4f} "
+                   f"max {value.max():+.4f}" if value.dtype.kind == "f" and value.size else "")
+        print(f"{name}: {value.dtype}{list(value.shape)} {summary}"
+              f"{'' if finite else '  (non-finite values!)'}")
+    if args.output:
+        import io
+
+        from attndsl.training.checkpoint import atomic_write_bytes
+        buf = io.BytesIO()
+        np.savez(buf, **outputs)
+        atomic_write_bytes(args.output, buf.getvalue())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def load_inputs(items: list[str]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise RuntimeInputError(f"--input expects name=file.npy, got {item!r}")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise RuntimeInputError(f"cannot read input '{name}' from {path}: {e}") from None
+    return out
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import attndsl
+    model = attndsl.compile(args.spec, config=config_of(args), seed=args.seed)
+    model.save(args.output)
+    print(f"wrote {model.stats.params:,} parameters ({len(model.graph.params)} tensors) to "
+          f"{args.output}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from attndsl.training.trainer import train_from_cli
+    return train_from_cli(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from attndsl.training.generate import generate_from_cli
+    return generate_from_cli(args)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="override a spec constant (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attndsl", description="Compile and run .attn specs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="parse and type/shape-check a spec")
+    p.add_argument("spec")
+    add_set(p)
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("compile", help="print the AST, IR, DOT or generated backend source")
+    p.add_argument("spec")
+    p.add_argument("--emit", choices=("ast", "graph", "dot", "numpy", "torch", "cupy"),
+                   default="graph")
+    p.add_argument("--spans", action="store_true", help="with --emit graph: source locations")
+    p.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
+    p.add_argument("--explain", action="store_true",
+                   help="say which attention implementation was chosen and why (on stderr)")
+    add_set(p)
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("stats", help="parameters, FLOPs and activation memory")
+    p.add_argument("spec")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
+    add_set(p)
+    p.set_defaults(fn=cmd_stats)
+
+    p = sub.add_parser("run", help="run a spec on given or random inputs")
+    p.add_argument("spec")
+    p.add_argument("--backend", default="numpy", choices=("numpy", "torch", "cupy"))
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
+    p.add_argument("--random", action="store_true", help="random inputs (the default)")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--weights", help="a safetensors file to load")
+    p.add_argument("-o", "--output", help="write outputs to this .npz")
+    add_set(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("init", help="write initialized weights")
+    p.add_argument("spec")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    add_set(p)
+    p.set_defaults(fn=cmd_init)
+
+    p = sub.add_parser("train", help="train a spec on a text file")
+    p.add_argument("spec")
+    p.add_argument("--data", help="a UTF-8 text file (default: the bundled Shakespeare sample)")
+    p.add_argument("--backend", default="torch", choices=("torch",))
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the spec's)")
+    p.add_argument("--tokenizer", default="char", choices=("char", "byte", "bpe"))
+    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-iters", type=int, default=20)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--clip", type=float, help="gradient clipping norm (default: the spec's)")
+    p.add_argument("--dropout", type=float, help="override every dropout probability")
+    p.add_argument("--layerdrop", type=float, default=None, help="LayerDrop probability")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", default="runs/latest", help="checkpoint directory")
+    p.add_argument("--resume", help="continue from this checkpoint directory")
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--sample", type=int, default=200,
+                   help="characters of sample text to print at the end (0: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_set(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("generate", help="sample text from a trained checkpoint")
+    p.add_argument("source", help="a checkpoint directory written by `attndsl train`")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="torch", choices=("torch", "numpy"))
+    p.set_defaults(fn=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return handler(args)
+    except AttnError as e:
+        print(e.format(), file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

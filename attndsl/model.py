@@ -1,0 +1,198 @@
+"""The `Model` API, shared by every backend.
+
+    model = attndsl.compile("specs/gpt.attn", backend="numpy", config={"layers": 2}, seed=0)
+    out = model(tokens=ids)            # dict: output name -> array
+    sd = model.state_dict(); model.load_state_dict(sd)
+    model.save("w.safetensors"); model.load("w.safetensors")
+    model.report()                     # params, FLOPs, memory for the last call's shapes
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attndsl.backends import Backend, Program, get_backend
+from attndsl.errors import RuntimeInputError, WeightsError, did_you_mean
+from attndsl.frontend import build
+from attndsl.init import init_params
+from attndsl.ir.dims import Dim
+from attndsl.ir.graph import Graph
+from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
+from attndsl.passes import optimize
+
+INPUT_KINDS = {"int": "iu", "float": "fiu", "bool": "b"}
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+class Model:
+    """A compiled spec bound to weights on one backend."""
+
+    def __init__(self, graph: Graph, backend: Backend, params: dict[str, np.ndarray],
+                 dtype: str = "float32", options: dict[str, Any] | None = None):
+        self.graph = graph
+        self.backend = backend
+        self.dtype = dtype
+        self.program: Program = backend.compile(graph, params, dtype, dict(options or {}))
+        self.stats: Stats = compute_stats(graph)
+        self.last_dims: dict[str, int] = {}
+
+    @property
+    def module(self) -> Any:
+        """The backend's `torch.nn.Module` (torch backend only)."""
+        module = getattr(self.program, "module", None)
+        if module is None:
+            raise AttributeError(f"the {self.backend.name} backend has no nn.Module; "
+                                 "compile with backend='torch'")
+        return module
+
+    # -- running --------------------------------------------------------------------------
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        """Run the model; returns output name -> backend array (NumPy for numpy)."""
+        xs = self.validate_inputs(inputs)
+        return self.program.run(xs)
+
+    def validate_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Check names, dtypes, ranks and dims against the declared inputs; binds dims."""
+        graph = self.graph
+        missing = [n for n in graph.inputs if n not in inputs]
+        if missing:
+            raise RuntimeInputError(f"missing input '{missing[0]}'", None,
+                                    f"the model takes: {', '.join(graph.inputs)}")
+        for name in inputs:
+            if name not in graph.inputs:
+                raise RuntimeInputError(f"unexpected input '{name}'", None,
+                                        did_you_mean(name, graph.inputs)
+                                        or f"the model takes: {', '.join(graph.inputs)}")
+        env: dict[str, int] = {}
+        out: dict[str, Any] = {}
+        for name, nid in graph.inputs.items():
+            ttype = graph.nodes[nid].type
+            value = inputs[name]
+            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+                value = np.asarray(value)
+            kind = getattr(value.dtype, "kind", None) or _torch_kind(value)
+            if kind not in INPUT_KINDS[ttype.dtype]:
+                raise RuntimeInputError(f"input '{name}' must be {ttype.dtype}, got dtype "
+                                        f"{value.dtype}", None, f"declared as {ttype}")
+            if len(value.shape) != ttype.rank:
+                raise RuntimeInputError(f"input '{name}' must have rank {ttype.rank} "
+                                        f"{ttype}, got shape {tuple(value.shape)}", None)
+            for axis, (dim, size) in enumerate(zip(ttype.shape, value.shape)):
+                self._bind_dim(name, axis, dim, int(size), env)
+            out[name] = value
+        for sym, bound in graph.meta.get("dim_bounds", {}).items():
+            if sym in env and env[sym] > bound:
+                raise RuntimeInputError(f"{sym} = {env[sym]} exceeds the model's maximum "
+                                        f"{sym} <= {bound}", None,
+                                        "shorten the input or raise the bound in the spec")
+        self.last_dims = env
+        return out
+
+    @staticmethod
+    def _bind_dim(name: str, axis: int, dim: Dim, size: int, env: dict[str, int]) -> None:
+        syms = dim.symbols()
+        if len(syms) == 1 and dim == Dim.symbol(next(iter(syms))):
+            sym = next(iter(syms))
+            if sym in env and env[sym] != size:
+                raise RuntimeInputError(f"input '{name}' axis {axis} is {sym} = {size}, but "
+                                        f"another input set {sym} = {env[sym]}", None)
+            env[sym] = size
+        elif not syms and dim.as_int() != size:
+            raise RuntimeInputError(f"input '{name}' axis {axis} must be {dim}, got {size}", None)
+
+    # -- weights --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameter name -> NumPy array (a copy), the same names on every backend."""
+        return self.program.get_params()
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Load weights; with strict=True missing or unexpected names are an error. Shapes must
+        always match."""
+        expected = {name: tuple(int(d.as_int()) for d in t.shape)
+                    for name, t in self.graph.param_types().items()}
+        missing = [n for n in expected if n not in state]
+        extra = [n for n in state if n not in expected]
+        if strict and (missing or extra):
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}")
+            if extra:
+                parts.append(f"unexpected {len(extra)}: {', '.join(extra[:5])}")
+            hint = did_you_mean(extra[0], missing) if missing and extra else None
+            raise WeightsError("weights do not match the model (" + "; ".join(parts) + ")",
+                               None, hint)
+        current = self.state_dict()
+        for name, value in state.items():
+            if name not in expected:
+                continue
+            arr = np.asarray(value)
+            if tuple(arr.shape) != expected[name]:
+                raise WeightsError(f"parameter '{name}' has shape {tuple(arr.shape)}, the model "
+                                   f"needs {expected[name]}", None)
+            current[name] = arr
+        self.program.set_params(current)
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights to a safetensors file atomically (a failed save keeps the old file)."""
+        from attndsl.training.checkpoint import atomic_save_safetensors
+        atomic_save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32)
+                                 for k, v in self.state_dict().items()}, str(path),
+                                {"attndsl_spec": str(self.graph.meta.get("name", ""))})
+
+    def load(self, path: str | Path, strict: bool = True) -> None:
+        """Read weights from a safetensors file."""
+        from safetensors.numpy import load_file
+        p = Path(path)
+        if not p.is_file():
+            raise WeightsError(f"no weights file at {p}")
+        try:
+            state = load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file
+            raise WeightsError(f"{p} is not a readable safetensors file: {e}") from None
+        self.load_state_dict(state, strict=strict)
+
+    # -- reporting --------------------------------------------------------------------------
+    def report(self) -> str:
+        """Parameters, FLOPs and activation memory (for the last call's dims if any)."""
+        s = self.stats
+        lines = [f"parameters: {s.params:,} ({human_bytes(s.param_bytes)} in float32)"]
+        for block, n in s.params_by_block.items():
+            lines.append(f"  {block:<24} {n:>14,}")
+        if self.last_dims:
+            ev = s.evaluate(self.last_dims)
+            dims = ", ".join(f"{k}={v}" for k, v in self.last_dims.items())
+            lines.append(f"forward FLOPs ({dims}): {human(ev['flops'])}")
+            lines.append(f"activation memory ({dims}): {human_bytes(ev['activation_bytes'])}")
+        else:
+            lines.append(f"forward FLOPs: {s.flops}")
+        return "\n".join(lines)
+
+    def to_numpy(self, outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: self.program.to_numpy(v) for k, v in outputs.items()}
+
+
+def _torch_kind(value: Any) -> str:
+    """numpy-style dtype kind for a torch tensor."""
+    dt = getattr(value, "dtype", None)
+    if getattr(dt, "is_floating_point", False):
+        return "f"
+    text = str(dt)
+    return "b" if "bool" in text else "i"
+
+
+def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | None = None,
+            seed: int = 0, dtype: str = "float32", weights: str | Path | None = None,
+            **options: Any) -> Model:
+    """Parse, check, optimize and lower a spec; initialize weights from `seed` (or load
+    `weights`). `options` go to the backend (torch: device=...)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    graph = optimize(build(spec, config))
+    be = get_backend(backend)
+    model = Model(graph, be, init_params(graph, seed), dtype, options)
+    if weights is not None:
+        model.load(weights)
+    return model

@@ -1,0 +1,160 @@
+"""Lower a Graph to readable Python source: one line per node, calling `op_<name>` kernels.
+
+The same emitter serves every backend; a backend supplies its kernel module and says
+which extra keyword arguments its kernels take (`training`, `device`/`fdtype`). The
+emitted function is::
+
+    def forward(p, inputs, ...):
+        d_B, d_T = inputs["tokens"].shape               # symbolic dims bound from inputs
+        t0 = inputs["tokens"]                           # int[B, T]
+        t1 = p["wte.weight"]                            # float[50257, 768]
+        t2 = op_embedding(t1, t0)                       # float[B, T, 768]
+        ...
+
+Intermediates are deleted after their last use, so peak memory follows liveness.
+With `cached=True` the function also takes `cache` (a dict) and `past` (positions
+already decoded): self-attention keys/values are appended to the cache and position
+tables start at `past` — incremental decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from attndsl.ir.dims import Dim
+from attndsl.ir.graph import Graph, Node
+from attndsl.ir.patterns import Pattern
+
+SKIP_ATTRS = {"type", "name", "init", "std"}
+
+
+@dataclass(frozen=True)
+class EmitOptions:
+    signature_extra: tuple[str, ...] = ()     # extra forward() parameters
+    training_ops: frozenset[str] = frozenset()  # ops that get `training=training`
+    context_ops: frozenset[str] = frozenset()   # ops that get `device=device, fdtype=fdtype`
+    cached: bool = False
+
+
+def dim_source(d: Dim) -> str:
+    """Python source computing a dim from the bound symbols (`d_B`, `d_T`)."""
+    n = d.as_int()
+    if n is not None:
+        return str(n)
+    den = math.lcm(*(c.denominator for c in d.terms.values()))
+    parts = []
+    for mono, coef in sorted(d.terms.items()):
+        c = coef * den
+        factors = ([str(c.numerator)] if c != 1 else []) + [f"d_{s}" for s in mono]
+        parts.append("*".join(factors) or "1")
+    body = " + ".join(parts)
+    return f"({body})" if den == 1 else f"(({body}) // {den})"
+
+
+def attr_source(value: Any) -> str:
+    if isinstance(value, Dim):
+        return dim_source(value)
+    if isinstance(value, Pattern):
+        return "None" if value.is_full else repr(value.source())
+    if isinstance(value, tuple):
+        inner = ", ".join(attr_source(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, Fraction):
+        return repr(float(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    return repr(value)
+
+
+def _growing_nodes(graph: Graph, symbol: str) -> set[int]:
+    """Nodes whose value depends on an input with the growing (decoded) dim `symbol`."""
+    grow = {nid for nid in graph.inputs.values() if symbol in {
+        s for d in graph.nodes[nid].type.shape for s in d.symbols()}}
+    for nid in graph.topological_order():
+        if any(i in grow for i in graph.nodes[nid].inputs):
+            grow.add(nid)
+    return grow
+
+
+def decode_symbol(graph: Graph) -> str | None:
+    """The sequence dim that grows during decoding: the last dim of the first int input."""
+    for nid in graph.inputs.values():
+        t = graph.nodes[nid].type
+        if t.dtype == "int" and t.rank >= 1 and t.shape[-1].as_int() is None:
+            syms = t.shape[-1].symbols()
+            if len(syms) == 1:
+                return next(iter(syms))
+    return None
+
+
+def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
+    order = graph.topological_order()
+    users = graph.users()
+    last_use: dict[int, int] = {}
+    for pos, nid in enumerate(order):
+        for src in graph.nodes[nid].inputs:
+            last_use[src] = pos
+    outputs = set(graph.outputs.values())
+    params = ["p", "inputs", *opts.signature_extra]
+    if opts.cached:
+        params += ["cache", "past"]
+    lines = [f"def {name}({', '.join(params)}):"]
+    bound: set[str] = set()
+    for in_name, nid in graph.inputs.items():
+        for i, d in enumerate(graph.nodes[nid].type.shape):
+            for s in sorted(d.symbols() - bound):
+                if d == Dim.symbol(s):
+                    lines.append(f"    d_{s} = inputs[{in_name!r}].shape[{i}]")
+                    bound.add(s)
+    sym = decode_symbol(graph) if opts.cached else None
+    growing = _growing_nodes(graph, sym) if sym else set()
+    for pos, nid in enumerate(order):
+        node = graph.nodes[nid]
+        lines.append(f"    t{nid} = {_call(node, nid, opts, sym, growing)}  # {node.type}")
+        dead = [src for src in dict.fromkeys(node.inputs)
+                if last_use.get(src) == pos and src not in outputs]
+        if not users[nid] and nid not in outputs:
+            dead.append(nid)
+        if dead:
+            lines.append("    del " + ", ".join(f"t{d}" for d in dead))
+    result = ", ".join(f"{k!r}: t{v}" for k, v in graph.outputs.items())
+    lines.append(f"    return {{{result}}}")
+    return "\n".join(lines) + "\n"
+
+
+def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set[int]) -> str:
+    if node.op == "input":
+        return f"inputs[{node.attr('name')!r}]"
+    if node.op == "param":
+        return f"p[{node.attr('name')!r}]"
+    args = [f"t{i}" for i in node.inputs]
+    attrs = dict(node.attrs)
+    if sym and node.op in ("arange", "sinusoidal") and sym in attrs["n"].symbols():
+        attrs["offset"] = _Raw("past")
+    kwargs = [f"{k}={attr_source(v) if not isinstance(v, _Raw) else v.text}"
+              for k, v in sorted(attrs.items()) if k not in SKIP_ATTRS]
+    if node.op in opts.training_ops:
+        kwargs.append("training=training")
+    if node.op in opts.context_ops:
+        kwargs += ["device=device", "fdtype=fdtype"]
+    if opts.cached and node.op == "attention" and node.inputs[1] in growing:
+        # self-attention while decoding: attend over cached keys/values plus the new ones
+        return f"op_attention_cached(cache, {nid}, {', '.join(args + kwargs)})"
+    return f"op_{node.op}({', '.join(args + kwargs)})"
+
+
+@dataclass(frozen=True)
+class _Raw:
+    text: str
+
+
+def kernel_names(graph: Graph) -> list[str]:
+    """The kernels a graph needs, in first-use order."""
+    seen: dict[str, None] = {}
+    for node in graph.nodes.values():
+        if node.op not in ("input", "param"):
+            seen[f"op_{node.op}"] = None
+    return list(seen)

@@ -1,0 +1,42 @@
+"""The CuPy backend: the NumPy program with `np` bound to `cupy` (one kernel table, `xp`
+style). CuPy is imported only when this backend is requested."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from attndsl.backends import Backend, Program
+from attndsl.backends.numpy_backend import NumpyProgram, emit_module
+
+from attndsl.ir.graph import Graph
+
+
+class CupyProgram(NumpyProgram):
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return self.xp.asnumpy(value)
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        try:
+            import cupy
+        except ImportError:
+            return "cupy is not installed (pip install 'attndsl[cuda]')"
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return "no CUDA GPU is visible"
+        except Exception as e:  # noqa: BLE001 - any CUDA runtime failure means unavailable
+            return f"CUDA is not usable: {e}"
+        return None
+
+    def compile(self, graph: Graph, params: dict[str, np.ndarray], dtype: str,
+                options: dict[str, Any]) -> Program:
+        import cupy
+        return CupyProgram(graph, params, dtype, array_module=cupy)
+
+    def emit(self, graph: Graph) -> str:
+        return emit_module(graph)
