@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from attndsl.backends import Backend, Program, get_backend
-from attndsl.errors import RuntimeInputError, WeightsError, did_you_mean
+from attndsl.errors import RuntimeInputError, TrainingError, WeightsError, did_you_mean
 from attndsl.frontend import build
 from attndsl.init import init_params
 from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph
 from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
 from attndsl.passes import optimize
+from attndsl.training.losses import cross_entropy_torch, loss_spec
 
 INPUT_KINDS = {"int": "iu", "float": "fiu", "bool": "b"}
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -102,6 +103,31 @@ class Model:
             env[sym] = size
         elif not syms and dim.as_int() != size:
             raise RuntimeInputError(f"input '{name}' axis {axis} must be {dim}, got {size}", None)
+
+    def value_and_grad(self, targets: Any, **inputs: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """The spec's training loss on (inputs, targets) and its gradient for every parameter,
+        keyed like `state_dict()`. Uses the module's current mode (eval by default, so
+        dropout is off); backends without training support raise TrainingError."""
+        if not self.backend.can_train:
+            raise TrainingError(f"the {self.backend.name} backend runs inference only",
+                                None, "compile with backend='torch' to train")
+        loss = self.loss(targets, **inputs)
+        module = self.module
+        module.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = {name: (p.grad if p.grad is not None else p.detach() * 0)
+                 for name, p in module.named_parameters()}
+        return float(loss.detach()), {k: self.program.to_numpy(g) for k, g in grads.items()}
+
+    def loss(self, targets: Any, **inputs: Any) -> Any:
+        """The training loss as a backend tensor (torch: differentiable)."""
+        spec = loss_spec(self.graph)
+        out = self(**inputs)[spec["output"]]
+        (tgt,) = self.program.convert_inputs({"t": targets}).values()
+        if tuple(tgt.shape) != tuple(out.shape[:-1]):
+            raise RuntimeInputError(f"targets have shape {tuple(tgt.shape)}, output "
+                                    f"'{spec['output']}' needs {tuple(out.shape[:-1])}")
+        return cross_entropy_torch(out, tgt, spec["label_smoothing"], spec["ignore_index"])
 
     # -- weights --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

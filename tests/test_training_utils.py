@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,7 +407,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
         load_checkpoint(tmp_path / "nope")
 
-    # A save interrupted after the model file leaves the checkpoint marked incomplete.
+    # A save interrupted partway keeps the previous checkpoint (step 7) loadable and intact.
     real_replace = os.replace
 
     def crash_on_optimizer(src, dst):
@@ -418,9 +419,29 @@ def test_checkpoint_round_trip_and_errors(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(d, weights, opt, {"step": 8})
     monkeypatch.undo()
-    assert _leftovers(d) == []
-    with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
-        load_checkpoint(d)
+    assert [p.name for p in d.parent.iterdir() if p.name.startswith(".")] == []
+    assert load_checkpoint(d)[2]["step"] == 7
+
+    # A crash between the two renames leaves the old checkpoint under its moved-aside name.
+    def crash_on_swap(src, dst):
+        if ".new-" in Path(src).name:
+            raise OSError("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_swap)
+    with pytest.raises(OSError):
+        save_checkpoint(d, weights, opt, {"step": 8})
+    monkeypatch.undo()
+    assert not d.exists()
+    assert load_checkpoint(d)[2]["step"] == 7
+    real_replace(next(d.parent.glob(".ckpt.old-*")), d)
+
+    # A directory with other files is never replaced.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        save_checkpoint(tmp_path / "other", weights, opt, {"step": 1})
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
 
     # Files from different saves are detected.
     save_checkpoint(d, weights, opt, {"step": 9})

@@ -86,7 +86,10 @@ def integer(value: Any, span: Span, what: str, positive: bool = True) -> int:
 def number(value: Any, span: Span, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError_(f"{what} must be a number, got {describe(value)}", span)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise TypeError_(f"{what} is too large", span) from None
 
 
 def size(value: Any, span: Span, what: str) -> Dim:

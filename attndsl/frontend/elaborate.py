@@ -45,6 +45,7 @@ from attndsl.ir.patterns import Pattern
 
 MAX_CALL_DEPTH = 64
 MAX_REPEAT = 4096
+MAX_INT_BITS = 4096
 
 
 @dataclass
@@ -132,7 +133,10 @@ class Builder:
 
     def _import(self, item: ast.Import, ns: Namespace) -> None:
         base = Path(ns.path).parent if not ns.path.startswith("<") else Path.cwd()
-        target = (base / item.path).resolve()
+        try:
+            target = (base / item.path).resolve()
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            raise ImportError_(f"cannot import '{item.path}': {e}", item.span) from None
         key = str(target)
         if key in self.loading:
             raise ImportError_(f"circular import of '{item.path}'", item.span)
@@ -273,8 +277,10 @@ class Builder:
             for name in set(frame.vars) - outer:  # body-local names are new in every iteration
                 del frame.vars[name]
             path = [scope] if stmt.shared else [scope, str(i)]
-            if stmt.shared:
-                self.used_names.pop(tuple(self.scope + path), None)
+            if stmt.shared:  # reuse the same names, at every depth, in every iteration
+                prefix = tuple(self.scope + path)
+                for key in [k for k in self.used_names if k[:len(prefix)] == prefix]:
+                    del self.used_names[key]
             with self.in_scope(path), self.sharing_params(stmt.shared and i > 0):
                 result = self.exec_body(stmt.body, frame, in_model)
             if result is not None:
@@ -353,7 +359,11 @@ class Builder:
         if isinstance(value, bool):
             return self.add("constant", [], {"value": value, "dtype": "bool"}, span)
         if isinstance(value, (int, float)):
-            return self.add("constant", [], {"value": float(value), "dtype": "float"}, span)
+            try:
+                scalar = float(value)
+            except OverflowError:
+                raise TypeError_("number too large", span) from None
+            return self.add("constant", [], {"value": scalar, "dtype": "float"}, span)
         if isinstance(value, Dim) and value.as_int() is not None:
             return self.add("constant", [], {"value": float(value.as_int()), "dtype": "float"},
                             span)
@@ -566,7 +576,13 @@ def scalar_binop(op: str, a: Any, b: Any, span: Span) -> Any:
         if op == "%":
             return a % b
         if op == "**":
-            return a**b
+            if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and (
+                    b * a.bit_length() > MAX_INT_BITS):
+                raise OverflowError
+            result = a**b
+            if isinstance(result, complex):
+                raise TypeError_(f"{a} ** {b} is not a real number", span)
+            return result
     except ZeroDivisionError:
         raise TypeError_("division by zero", span) from None
     except OverflowError:

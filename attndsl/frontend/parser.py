@@ -219,8 +219,8 @@ def read_source(path: str | Path) -> str:
         data = p.read_bytes()
     except FileNotFoundError:
         raise InputError(f"no such spec file: {p}") from None
-    except OSError as e:
-        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise InputError(f"cannot read {p}: {getattr(e, 'strerror', None) or e}") from None
     return decode_source(data, str(p))
 
 
@@ -246,6 +246,17 @@ def _nesting_depth(text: str) -> int:
     return best
 
 
+def _too_deep(tree: lark.Tree) -> lark.Tree | None:
+    """The first node nested more than MAX_NESTING deep (`1+1+...`, `---x`), or None."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
+    return None
+
+
 def parse_text(text: str, file: str = "<string>") -> ast.Module:
     """Parse spec text into an `ast.Module`; raises `SyntaxError_` with a located hint."""
     if _nesting_depth(text) > MAX_NESTING:
@@ -256,6 +267,10 @@ def parse_text(text: str, file: str = "<string>") -> ast.Module:
         tree = parser.parse(text)
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, parser, text, file) from None
+    deep = _too_deep(tree)
+    if deep is not None:
+        raise SyntaxError_(f"expressions are nested more than {MAX_NESTING} deep",
+                           _span(deep.meta, file, text), "split the expression with assignments")
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10_000))
     try:

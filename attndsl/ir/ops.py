@@ -276,8 +276,12 @@ def _index(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
                 raise ShapeError(f"index {ix} is out of range for dimension {d}")
             continue
         start, stop = ix
-        stop_d = d if stop is None else Dim.of(stop)
-        shape.append(stop_d - Dim.of(start or 0))
+        length = (d if stop is None else Dim.of(stop)) - Dim.of(start or 0)
+        n, m = d.as_int(), length.as_int()
+        if (m is not None and m < 0) or (n is not None and stop is not None and stop > n):
+            raise ShapeError(f"slice {start or ''}:{'' if stop is None else stop} is out of range "
+                             f"for dimension {d}")
+        shape.append(length)
     return TensorType(tuple(shape) + x.shape[len(idx):], x.dtype)
 
 
@@ -286,7 +290,12 @@ register("index", "primitive", _index, attrs=("index",), doc="Integer indexing a
 
 # -- normalization, softmax, embeddings -------------------------------------------------------
 
-register("softmax", "composite", _same, _per_output(5), attrs=("axis",),
+def _softmax(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    _norm_axis(attrs["axis"], ins[0].rank)
+    return ins[0]
+
+
+register("softmax", "composite", _softmax, _per_output(5), attrs=("axis",),
          doc="exp(x - max(x)) / sum(exp(x - max(x))) along `axis`.")
 
 

@@ -1,16 +1,17 @@
 """Pickle-free, crash-safe checkpoints: safetensors for arrays, JSON for the rest.
 
 A checkpoint directory holds ``model.safetensors``, ``optimizer.safetensors``
-and ``state.json``. Every file is replaced atomically, and ``state.json`` is
-written last (and removed first when overwriting), so a directory is a complete
-checkpoint exactly when ``state.json`` exists; its ``"step"`` is also stamped
-into both safetensors files' metadata and checked on load.
+and ``state.json``. A save builds a complete new directory beside the old one and
+swaps it in by rename, so a failed save never destroys the previous checkpoint;
+the ``"step"`` is stamped into both safetensors files' metadata and checked on load.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -78,24 +79,45 @@ def save_checkpoint(
     optimizer_tensors: dict[str, np.ndarray],
     state: dict[str, Any],
 ) -> None:
-    """Write a checkpoint into ``directory`` (created if needed).
+    """Write a checkpoint into ``directory`` without ever losing the previous one.
 
-    ``state`` must be JSON-serializable and contain ``"step"``. Everything is
-    serialized before any file is touched; an existing ``state.json`` is
-    removed before the arrays are replaced and rewritten last.
+    ``state`` must be JSON-serializable and contain ``"step"``. The three files are
+    written and fsynced in a fresh sibling directory, which then replaces ``directory``
+    by rename; the old checkpoint is moved aside first and deleted only after the swap.
+    If anything fails, ``directory`` keeps the previous checkpoint (or, after a crash
+    between the two renames, `load_checkpoint` finds it under its moved-aside name).
+    ``directory`` must hold nothing but a checkpoint.
     """
     if "step" not in state:
         raise ValueError("checkpoint state must contain 'step'")
     directory = Path(directory)
     meta = {"step": str(state["step"])}
-    state_bytes = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    model_bytes = _safetensors_bytes(weights, metadata=meta)
-    optim_bytes = _safetensors_bytes(optimizer_tensors, metadata=meta)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / STATE_FILE).unlink(missing_ok=True)
-    atomic_write_bytes(directory / MODEL_FILE, model_bytes)
-    atomic_write_bytes(directory / OPTIMIZER_FILE, optim_bytes)
-    atomic_write_bytes(directory / STATE_FILE, state_bytes)
+    files = {
+        STATE_FILE: (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        MODEL_FILE: _safetensors_bytes(weights, metadata=meta),
+        OPTIMIZER_FILE: _safetensors_bytes(optimizer_tensors, metadata=meta),
+    }
+    if directory.exists():
+        foreign = sorted(set(os.listdir(directory)) - set(files))
+        if foreign:
+            raise ValueError(f"{str(directory)!r} holds files that are not a checkpoint "
+                             f"({', '.join(foreign[:3])}); choose an empty or new directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
+    try:
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_checkpoint(
@@ -104,7 +126,10 @@ def load_checkpoint(
     """Load ``(weights, optimizer_tensors, state)`` written by :func:`save_checkpoint`."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {str(directory)!r}")
+        moved = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        if not moved:
+            raise FileNotFoundError(f"checkpoint directory not found: {str(directory)!r}")
+        directory = moved[-1]  # a save crashed between its two renames
     state_path = directory / STATE_FILE
     if not state_path.is_file():
         raise FileNotFoundError(

@@ -1,0 +1,159 @@
+"""Text generation: sampling with a KV cache (temperature, top-k, top-p) for decoder-only
+specs, and greedy / beam search for encoder–decoder specs.
+
+Incremental decoding runs the program's `forward_cached`: each step feeds only the new
+tokens, self-attention appends their keys/values to the cache, and position tables start
+at the number of tokens already decoded — the logits equal the full forward's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from attndsl.model import Model
+from attndsl.training.losses import loss_spec
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None,
+                  top_p: float | None) -> np.ndarray:
+    """Probabilities (V,) after temperature, top-k and nucleus (top-p) filtering."""
+    logits = logits.astype(np.float64) / max(temperature, 1e-8)
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = np.partition(logits, -top_k)[-top_k]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = _softmax(logits)
+    if top_p is not None and 0.0 < top_p < 1.0:
+        order = np.argsort(-probs)
+        cum = np.cumsum(probs[order])
+        cut = order[np.searchsorted(cum, top_p) + 1:]   # keep the smallest set with mass >= p
+        probs[cut] = 0.0
+        probs /= probs.sum()
+    return probs
+
+
+class Decoder:
+    """Incremental decoding over a model's cached program, one sequence at a time."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.output = loss_spec(model.graph)["output"]
+        self.input = next(iter(model.graph.inputs))
+        bounds = model.graph.meta.get("dim_bounds", {})
+        self.max_len = min(bounds.values()) if bounds else None
+        self.cache: dict[Any, Any] = {}
+        self.past = 0
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Feed new token ids (1, n); returns the logits of the last position (V,)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        model = self.model
+        xs = model.validate_inputs({self.input: ids})
+        if model.backend.name == "torch":
+            import torch
+            with torch.no_grad():
+                out = model.module.forward_cached(self.cache, self.past,
+                                                  **model.program.convert_inputs(xs))
+        else:
+            out = model.program.run_cached(xs, self.cache, self.past)
+        self.past += ids.shape[1]
+        return model.program.to_numpy(out[self.output])[0, -1]
+
+    def reset(self) -> None:
+        self.cache, self.past = {}, 0
+
+
+def generate_ids(model: Model, prompt: list[int], max_new: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0
+                 ) -> list[int]:
+    """Sample `max_new` tokens after `prompt`; temperature 0 means greedy. When the model's
+    maximum length is reached, the cache is rebuilt from the most recent tokens."""
+    rng = np.random.default_rng(seed)
+    dec = Decoder(model)
+    ids = list(prompt)
+    logits = dec.step(np.array([ids[-dec.max_len:] if dec.max_len else ids]))
+    for _ in range(max_new):
+        if temperature == 0:
+            nxt = int(np.argmax(logits))
+        else:
+            nxt = int(rng.choice(len(logits), p=filter_logits(logits, temperature, top_k, top_p)))
+        ids.append(nxt)
+        if dec.max_len and dec.past >= dec.max_len:
+            dec.reset()
+            logits = dec.step(np.array([ids[-(dec.max_len // 2):]]))
+        else:
+            logits = dec.step(np.array([[nxt]]))
+    return ids
+
+
+def sample_text(model: Model, tokenizer: Any, prompt: str, max_new: int, temperature: float,
+                top_k: int | None, top_p: float | None, seed: int) -> str:
+    ids = generate_ids(model, tokenizer.encode(prompt), max_new, temperature, top_k, top_p, seed)
+    return tokenizer.decode(ids)
+
+
+def seq2seq_logits(model: Model, src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    """Full forward of an encoder–decoder spec; logits of the last target position (N, V)."""
+    names = list(model.graph.inputs)
+    out = model.to_numpy(model(**{names[0]: src, names[1]: tgt}))
+    return out[loss_spec(model.graph)["output"]][:, -1]
+
+
+def greedy_decode(model: Model, src: np.ndarray, bos: int, eos: int, max_len: int) -> list[int]:
+    """Greedy decoding for an encoder–decoder spec (inputs: source, target)."""
+    tgt = [bos]
+    for _ in range(max_len):
+        nxt = int(np.argmax(seq2seq_logits(model, src, np.array([tgt]))[0]))
+        tgt.append(nxt)
+        if nxt == eos:
+            break
+    return tgt
+
+
+def beam_search(model: Model, src: np.ndarray, bos: int, eos: int, max_len: int,
+                beam: int = 4, length_penalty: float = 0.6) -> list[int]:
+    """Beam search with the GNMT length penalty ((5 + len) / 6) ** alpha."""
+    beams: list[tuple[float, list[int]]] = [(0.0, [bos])]
+    finished: list[tuple[float, list[int]]] = []
+    for _ in range(max_len):
+        live = [b for b in beams if b[1][-1] != eos]
+        if not live:
+            break
+        tgt = np.array([seq for _, seq in live])
+        logits = seq2seq_logits(model, np.repeat(src, len(live), axis=0), tgt)
+        logp = np.log(np.maximum(_softmax(logits.astype(np.float64)), 1e-300))  # (N, V)
+        cand = [(score + logp[i, v], seq + [int(v)]) for i, (score, seq) in enumerate(live)
+                for v in np.argsort(-logp[i])[:beam]]
+        cand.sort(key=lambda c: -c[0])
+        beams = cand[:beam]
+        finished += [c for c in beams if c[1][-1] == eos]
+    pool = finished or beams
+
+    def penalized(c: tuple[float, list[int]]) -> float:
+        return c[0] / (((5 + len(c[1])) / 6) ** length_penalty)
+
+    return max(pool, key=penalized)[1]
+
+
+def generate_from_cli(args: argparse.Namespace) -> int:
+    import attndsl
+    from attndsl.training.checkpoint import load_checkpoint
+    from attndsl.training.tokenizers import tokenizer_from_json
+    weights, _, state = load_checkpoint(args.source)
+    if "spec_text" not in state:
+        raise ValueError(f"{args.source} was not written by `attndsl train` (no spec inside)")
+    model = attndsl.compile(state["spec_text"], backend=args.backend,
+                            config=state.get("spec_config", {}), seed=0)
+    model.load_state_dict(weights)
+    tokenizer = tokenizer_from_json(state["tokenizer"])
+    print(sample_text(model, tokenizer, args.prompt, args.max_new, args.temperature, args.top_k,
+                      args.top_p, args.seed))
+    return 0

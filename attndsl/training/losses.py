@@ -1,0 +1,52 @@
+"""Training losses, in NumPy (the reference) and PyTorch (differentiable).
+
+Cross-entropy with label smoothing α over C classes uses the smoothed target
+ỹ = (1 − α)·y + α/C, so per position
+
+    loss = −(1 − α)·log p[target] − (α / C)·Σ_c log p[c]
+
+averaged over positions whose target is not `ignore_index`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def cross_entropy_numpy(logits: np.ndarray, targets: np.ndarray, label_smoothing: float = 0.0,
+                        ignore_index: int = -100) -> float:
+    """logits: (..., C), targets: (...) int. Mean over non-ignored positions."""
+    c = logits.shape[-1]
+    flat = logits.reshape(-1, c).astype(np.float64)                # (N, C)
+    tgt = targets.reshape(-1)                                       # (N,)
+    keep = tgt != ignore_index
+    flat, tgt = flat[keep], tgt[keep]
+    if len(tgt) == 0:
+        return 0.0
+    z = flat - flat.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))        # (N, C)
+    nll = -logp[np.arange(len(tgt)), tgt]
+    smooth = -logp.mean(axis=1)
+    return float(np.mean((1.0 - label_smoothing) * nll + label_smoothing * smooth))
+
+
+def cross_entropy_torch(logits: Any, targets: Any, label_smoothing: float = 0.0,
+                        ignore_index: int = -100) -> Any:
+    """The same loss as `cross_entropy_numpy`, on torch tensors (differentiable)."""
+    import torch
+    import torch.nn.functional as F
+    c = logits.shape[-1]
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()                      # low-precision logits: loss in float32
+    return F.cross_entropy(logits.reshape(-1, c), targets.reshape(-1),
+                           ignore_index=ignore_index, label_smoothing=label_smoothing)
+
+
+def loss_spec(graph: Any) -> dict[str, Any]:
+    """The spec's loss setting, or cross-entropy on the first output."""
+    train = graph.meta.get("train", {})
+    default = {"name": "cross_entropy", "output": next(iter(graph.outputs)),
+               "label_smoothing": 0.0, "ignore_index": -100, "target": "causal_lm"}
+    return {**default, **train.get("loss", {})}

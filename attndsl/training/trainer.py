@@ -1,0 +1,319 @@
+"""The training loop behind `attndsl train` and `attndsl.train(...)` (PyTorch backend).
+
+Settings come from the spec's `train { ... }` section and are overridden by arguments:
+loss (cross-entropy, label smoothing, ignore index; causal-LM or masked-LM targets),
+optimizer (sgd, adam, adamw), schedule (constant, noam, cosine, linear), gradient
+clipping and accumulation, bf16 autocast, periodic validation, atomic checkpoints and
+exact resume (weights, optimizer state, step, RNG states and tokenizer are saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attndsl.errors import TrainingError
+from attndsl.model import Model
+from attndsl.training.data import TextDataset, load_text, masked_lm_batch
+from attndsl.training.losses import loss_spec
+from attndsl.training.tokenizers import make_tokenizer, tokenizer_from_json
+
+BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data" / "tiny_shakespeare.txt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch: int = 12
+    seq: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup: int = 100
+    min_lr: float = 1e-4
+    d_model: int = 512          # noam only
+    noam_scale: float = 1.0     # noam only
+    clip: float = 1.0
+    grad_accum: int = 1
+    eval_every: int = 100
+    eval_iters: int = 20
+    amp: bool = False
+    seed: int = 1337
+
+    @classmethod
+    def from_spec(cls, train: dict[str, Any], **overrides: Any) -> TrainConfig:
+        """Defaults < the spec's train section < explicit overrides (None = not given)."""
+        cfg = cls()
+        opt = train.get("optimizer")
+        if opt:
+            cfg.optimizer = opt["name"]
+            for key in ("lr", "eps", "weight_decay", "momentum"):
+                if key in opt:
+                    setattr(cfg, key, opt[key])
+            if "betas" in opt:
+                cfg.betas = tuple(opt["betas"])  # type: ignore[assignment]
+        sched = train.get("schedule")
+        if sched:
+            cfg.schedule = sched["name"]
+            cfg.warmup = sched.get("warmup", cfg.warmup)
+            cfg.min_lr = sched.get("min_lr", cfg.min_lr)
+            cfg.d_model = sched.get("d_model", cfg.d_model)
+            cfg.noam_scale = sched.get("scale", cfg.noam_scale)
+        for key in ("clip", "grad_accum", "steps", "batch", "seq", "warmup"):
+            if key in train and not isinstance(train[key], dict):
+                setattr(cfg, key, train[key])
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
+
+    def make_schedule(self) -> Any:
+        from attndsl.training.schedules import make_schedule
+        if self.schedule == "constant":
+            return make_schedule("constant", lr=self.lr)
+        if self.schedule == "noam":
+            return make_schedule("noam", d_model=self.d_model, warmup=self.warmup,
+                                 scale=self.noam_scale)
+        return make_schedule(self.schedule, lr=self.lr, warmup=min(self.warmup, max(self.steps - 1, 0)),
+                             total=self.steps, min_lr=self.min_lr)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float
+    val_loss: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds_per_step: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule, data and RNGs of one training run."""
+
+    def __init__(self, model: Model, data: TextDataset, config: TrainConfig,
+                 mask_token: int | None = None):
+        import torch
+
+        from attndsl.training.optim import make_optimizer
+        if not model.backend.can_train:
+            raise TrainingError(f"the {model.backend.name} backend cannot train",
+                                None, "use backend='torch'")
+        self.model, self.data, self.cfg = model, data, config
+        self.module = model.module
+        self.loss_spec = loss_spec(model.graph)
+        self.mask_token = mask_token
+        self.named = dict(self.module.named_parameters())
+        self.optimizer = make_optimizer(config.optimizer, self.named, lr=config.lr,
+                                        weight_decay=config.weight_decay, betas=config.betas,
+                                        eps=config.eps, momentum=config.momentum)
+        self.schedule = config.make_schedule()
+        self.step = 0
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.history: list[dict[str, float]] = []
+
+    # -- batches and losses ----------------------------------------------------------------------
+    def batch(self, split: str, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
+        x, y = self.data.get_batch(split, self.cfg.batch, self.cfg.seq, rng)  # (B, T) each
+        if self.loss_spec["target"] == "masked_lm":
+            if self.mask_token is None:
+                raise TrainingError("masked-LM training needs a mask token id")
+            x, y = masked_lm_batch(x, self.data.tokenizer.vocab_size, self.mask_token, rng,
+                                   ignore_index=self.loss_spec["ignore_index"])
+        name = next(iter(self.model.graph.inputs))
+        return {name: x}, y
+
+    def autocast(self) -> Any:
+        import torch
+        if not self.cfg.amp:
+            return contextlib.nullcontext()
+        device = next(self.module.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    def estimate_loss(self, split: str) -> float:
+        """Mean loss over eval_iters batches from a fixed RNG (does not disturb training)."""
+        import torch
+        rng = np.random.default_rng(self.cfg.seed + 1)
+        was_training = self.module.training
+        self.module.eval()
+        losses = []
+        with torch.no_grad(), self.autocast():
+            for _ in range(self.cfg.eval_iters):
+                inputs, y = self.batch(split, rng)
+                losses.append(float(self.model.loss(y, **inputs)))
+        self.module.train(was_training)
+        return float(np.mean(losses))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        import torch
+        lr = self.schedule(self.step + 1 if self.cfg.schedule == "noam" else self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.module.train()
+        total = 0.0
+        for _ in range(self.cfg.grad_accum):
+            inputs, y = self.batch("train", self.rng)
+            with self.autocast():
+                loss = self.model.loss(y, **inputs) / self.cfg.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        if self.cfg.clip and self.cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    def run(self, progress: bool = True, checkpoint_dir: str | Path | None = None,
+            save_every: int = 0, extra_state: dict[str, Any] | None = None) -> TrainResult:
+        from tqdm import tqdm
+        cfg = self.cfg
+        tokens_per_step = cfg.batch * cfg.seq * cfg.grad_accum
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, dynamic_ncols=True,
+                   desc="train")
+        loss = float("nan")
+        val: float | None = None
+        spent = 0.0
+        start_step = self.step
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            spent += time.perf_counter() - t0
+            row: dict[str, float] = {"step": self.step, "loss": loss,
+                                     "lr": self.optimizer.param_groups[0]["lr"]}
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                val = self.estimate_loss("val")
+                row["val_loss"] = val
+            self.history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}",
+                            tok_s=f"{tokens_per_step * (self.step - start_step) / spent:,.0f}",
+                            **({"val": f"{val:.4f}"} if val is not None else {}))
+            if checkpoint_dir and save_every and self.step % save_every == 0:
+                self.save(checkpoint_dir, extra_state or {})
+        bar.close()
+        if checkpoint_dir:
+            self.save(checkpoint_dir, extra_state or {})
+        steps_run = max(1, self.step - start_step)
+        return TrainResult(self.step, loss, val, self.history, spent / steps_run,
+                           tokens_per_step * steps_run / max(spent, 1e-9))
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict[str, Any]) -> None:
+        from attndsl.training.checkpoint import numpy_rng_state, save_checkpoint, torch_rng_state
+        from attndsl.training.optim import optimizer_param_names, optimizer_state_tensors
+        names = optimizer_param_names(self.optimizer, self.named)
+        tensors, meta = optimizer_state_tensors(self.optimizer, names)
+        state = {"step": self.step, "optimizer": meta, "optimizer_names": names,
+                 "rng": numpy_rng_state(self.rng), "torch_rng": torch_rng_state(),
+                 "config": _jsonable(asdict(self.cfg)), "history": self.history,
+                 "tokenizer": self.data.tokenizer.to_json(), **extra}
+        save_checkpoint(directory, self.model.state_dict(),
+                        {k: v.detach().cpu().numpy() for k, v in tensors.items()}, state)
+
+    def restore(self, directory: str | Path) -> dict[str, Any]:
+        from attndsl.training.checkpoint import (
+            load_checkpoint,
+            numpy_rng_from_state,
+            set_torch_rng_state,
+        )
+        from attndsl.training.optim import load_optimizer_state
+        weights, opt_tensors, state = load_checkpoint(directory)
+        self.model.load_state_dict(weights)
+        load_optimizer_state(self.optimizer, state["optimizer_names"], opt_tensors,
+                             state["optimizer"])
+        self.step = int(state["step"])
+        self.rng = numpy_rng_from_state(state["rng"])
+        set_torch_rng_state(state["torch_rng"])
+        self.history = list(state.get("history", []))
+        return state
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))
+
+
+def train(model: Model, data: TextDataset | str, steps: int | None = None,
+          batch: int | None = None, seq: int | None = None, progress: bool = False,
+          checkpoint_dir: str | Path | None = None, **overrides: Any) -> TrainResult:
+    """Train `model` (torch backend) on a TextDataset or raw text (char tokenizer).
+
+    Keyword overrides are TrainConfig fields (lr, schedule, warmup, clip, grad_accum, amp,
+    eval_every, ...); everything else comes from the spec's train section."""
+    dataset = data if isinstance(data, TextDataset) else TextDataset(
+        data, make_tokenizer("char", data))
+    cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=steps, batch=batch,
+                                seq=seq, **overrides)
+    return Trainer(model, dataset, cfg).run(progress=progress, checkpoint_dir=checkpoint_dir)
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+def train_from_cli(args: argparse.Namespace) -> int:
+    import attndsl
+    from attndsl.cli import parse_sets
+    from attndsl.frontend.parser import read_source
+    config: dict[str, Any] = dict(parse_sets(args.set))
+    resume_state: dict[str, Any] | None = None
+    if args.resume:
+        from attndsl.training.checkpoint import load_checkpoint
+        _, _, resume_state = load_checkpoint(args.resume)
+        config = {**resume_state["spec_config"], **config}
+        tokenizer = tokenizer_from_json(resume_state["tokenizer"])
+        text = load_text(resume_state.get("data") or BUNDLED_TEXT)
+    else:
+        text = load_text(args.data or BUNDLED_TEXT)
+        tokenizer = make_tokenizer(args.tokenizer, text,
+                                   args.vocab_size if args.tokenizer == "bpe" else None)
+    spec_text = read_source(args.spec)
+    graph = attndsl.build(args.spec, config)
+    graph_consts = graph.meta["consts"]
+    mask_token = None
+    vocab = tokenizer.vocab_size
+    if loss_spec(graph)["target"] == "masked_lm":
+        mask_token, vocab = vocab, vocab + 1          # reserve one extra id for [MASK]
+    if "vocab" in graph_consts:
+        config["vocab"] = vocab
+    if args.dropout is not None:
+        for key in graph_consts:
+            if "dropout" in key:
+                config.setdefault(key, args.dropout)
+    model = attndsl.compile(args.spec, backend=args.backend, config=config, seed=args.seed,
+                            device=args.device)
+    cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=args.steps,
+                                batch=args.batch, seq=args.seq, lr=args.lr, clip=args.clip,
+                                grad_accum=args.grad_accum, eval_every=args.eval_every,
+                                eval_iters=args.eval_iters, amp=args.amp or None, seed=args.seed)
+    trainer = Trainer(model, TextDataset(text, tokenizer), cfg, mask_token)
+    if args.resume:
+        trainer.restore(args.resume)
+        print(f"resumed from {args.resume} at step {trainer.step}")
+    print(model.report().splitlines()[0])
+    extra = {"spec_path": str(Path(args.spec).resolve()), "spec_text": spec_text,
+             "spec_config": {k: v for k, v in config.items()},
+             "data": str(Path(args.data).resolve()) if args.data else None}
+    result = trainer.run(progress=not args.quiet, checkpoint_dir=args.out,
+                         save_every=args.save_every, extra_state=extra)
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"step {result.step}: train loss {result.train_loss:.4f}{val}; "
+          f"{result.seconds_per_step * 1000:.1f} ms/step, {result.tokens_per_second:,.0f} tok/s")
+    print(f"checkpoint: {args.out}")
+    if args.sample and loss_spec(model.graph)["target"] == "causal_lm":
+        from attndsl.training.generate import sample_text
+        print("--- sample ---")
+        print(sample_text(model, tokenizer, "\n", args.sample, temperature=0.8, top_k=None,
+                          top_p=None, seed=args.seed))
+    return 0

@@ -1,0 +1,92 @@
+"""Shared test helpers: the repo root, spec discovery, tiny configs and random inputs.
+
+Imported by conftest.py and by test modules (pytest puts tests/ on sys.path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPECS_DIR = REPO_ROOT / "specs"
+
+# Tiny configurations (constant overrides) per spec stem; a spec missing here is skipped.
+TINY_CONFIGS: dict[str, dict[str, int]] = {
+    "gpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "bert": dict(vocab=97, max_pos=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "transformer": dict(vocab=97, ctx=32, d_model=32, heads=4, enc_layers=2, dec_layers=2,
+                        d_ff=64),
+    "vit": dict(img=16, patch=4, channels=3, d_model=32, heads=4, layers=2, d_ff=64,
+                classes=10),
+}
+
+# Specs with a causal stream: (input whose future positions must not leak, output).
+CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
+    "gpt": ("tokens", "logits"),
+    "transformer": ("tgt", "logits"),
+}
+
+
+def spec_paths() -> list[Path]:
+    """Every spec in specs/, sorted (discovered, so new specs are tested automatically)."""
+    return sorted(SPECS_DIR.glob("*.attn"))
+
+
+def tiny_config(stem: str) -> dict[str, int]:
+    """The tiny config for a spec, or skip the test with a clear reason."""
+    if stem not in TINY_CONFIGS:
+        pytest.skip(f"no tiny config for {stem}")
+    return dict(TINY_CONFIGS[stem])
+
+
+def set_args(config: dict[str, int]) -> list[str]:
+    """A config as CLI `--set name=value` arguments."""
+    out: list[str] = []
+    for k, v in config.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+def input_dims(graph, batch: int = 2, seq: int = 12) -> dict[str, int]:
+    """Sizes for the symbolic input dims: the batch axis gets `batch`, the sequence dims
+    `seq`, `seq - 3`, ... (so encoder and decoder lengths differ), capped by their bounds."""
+    bounds = graph.meta.get("dim_bounds", {})
+    env: dict[str, int] = {}
+    for nid in graph.inputs.values():
+        for axis, d in enumerate(graph.nodes[nid].type.shape):
+            for s in sorted(d.symbols()):
+                if s in env:
+                    continue
+                if axis == 0:
+                    env[s] = batch
+                else:
+                    n_seq = sum(1 for k in env if k != "B")
+                    env[s] = min(max(1, seq - 3 * n_seq), bounds.get(s, seq))
+    return env
+
+
+def random_inputs(graph, batch: int = 2, seq: int = 12, seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """Random inputs of the declared types: int ids below the size of every embedding table
+    they index, bool padding masks with some padded keys, float32 normals."""
+    rng = np.random.default_rng(seed)
+    env = input_dims(graph, batch, seq)
+    out: dict[str, np.ndarray] = {}
+    for name, nid in graph.inputs.items():
+        ttype = graph.nodes[nid].type
+        shape = tuple(int(d.evaluate(env)) for d in ttype.shape)
+        if ttype.dtype == "int":
+            tables = [int(graph.nodes[n.inputs[0]].type.shape[0].as_int())
+                      for n in graph.nodes.values() if n.op == "embedding" and n.inputs[1] == nid]
+            out[name] = rng.integers(0, min(tables, default=2), size=shape)
+        elif ttype.dtype == "bool":
+            mask = np.ones(shape, dtype=bool)
+            if len(shape) == 2 and shape[-1] > 2:
+                mask[-1, -(shape[-1] // 3):] = False   # pad the tail of the last batch row
+            out[name] = mask
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out

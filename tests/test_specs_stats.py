@@ -1,0 +1,147 @@
+"""Every shipped spec builds, and its parameter count matches a closed form written here
+independently of the compiler; FLOPs of GPT-2 match the standard estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import attndsl
+from attndsl.ir.stats import compute_stats
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+def layer_norm(d: int) -> int:
+    return 2 * d
+
+
+def linear(d_in: int, d_out: int, bias: bool = True) -> int:
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def attention(d: int) -> int:
+    return 4 * linear(d, d)
+
+
+def ffn(d: int, d_ff: int) -> int:
+    return linear(d, d_ff) + linear(d_ff, d)
+
+
+def gpt_params(vocab: int = 50257, ctx: int = 1024, d_model: int = 768, layers: int = 12,
+               **_: Any) -> int:
+    """GPT-2: token + position embeddings, pre-LN layers, final LN, head tied to wte."""
+    layer = layer_norm(d_model) + attention(d_model) + layer_norm(d_model) + ffn(d_model,
+                                                                                  4 * d_model)
+    return vocab * d_model + ctx * d_model + layers * layer + layer_norm(d_model)
+
+
+def bert_params(vocab: int = 30522, max_pos: int = 512, type_vocab: int = 2, d_model: int = 768,
+                layers: int = 12, **_: Any) -> int:
+    """BERT: 3 embeddings + LN, post-LN layers, pooler, MLM head (decoder tied, own bias)."""
+    d_ff = 4 * d_model
+    embeddings = (vocab + max_pos + type_vocab) * d_model + layer_norm(d_model)
+    layer = attention(d_model) + layer_norm(d_model) + ffn(d_model, d_ff) + layer_norm(d_model)
+    pooler = linear(d_model, d_model)
+    mlm = linear(d_model, d_model) + layer_norm(d_model) + vocab
+    return embeddings + layers * layer + pooler + mlm
+
+
+def transformer_params(vocab: int = 37000, d_model: int = 512, enc_layers: int = 6,
+                       dec_layers: int = 6, d_ff: int = 2048, **_: Any) -> int:
+    """Transformer base: one shared embedding (encoder, decoder and pre-softmax linear)."""
+    enc = attention(d_model) + layer_norm(d_model) + ffn(d_model, d_ff) + layer_norm(d_model)
+    dec = 2 * (attention(d_model) + layer_norm(d_model)) + ffn(d_model, d_ff) + layer_norm(
+        d_model)
+    return vocab * d_model + enc_layers * enc + dec_layers * dec
+
+
+def vit_params(img: int = 224, patch: int = 16, channels: int = 3, d_model: int = 768,
+               layers: int = 12, d_ff: int = 3072, classes: int = 1000, **_: Any) -> int:
+    """ViT: patch projection, [CLS] token, position table, pre-LN layers, LN, head."""
+    patches = (img // patch) ** 2
+    embed = linear(channels * patch * patch, d_model) + d_model + (patches + 1) * d_model
+    layer = layer_norm(d_model) + attention(d_model) + layer_norm(d_model) + ffn(d_model, d_ff)
+    return embed + layers * layer + layer_norm(d_model) + linear(d_model, classes)
+
+
+FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
+            "vit": vit_params}
+
+# Published / independently verified totals.
+KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656}
+
+OVERRIDES = {
+    "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
+    "bert": [{"layers": 2}, {"layers": 1, "d_model": 64, "heads": 2, "vocab": 500}],
+    "transformer": [{"enc_layers": 1, "dec_layers": 2}, {"d_model": 256, "heads": 4, "d_ff": 1024,
+                                                         "enc_layers": 2, "dec_layers": 1}],
+    "vit": [{"layers": 2}, {"img": 32, "patch": 8, "d_model": 64, "heads": 4, "d_ff": 128,
+                            "layers": 1, "classes": 10}],
+}
+
+
+def test_every_spec_has_a_formula() -> None:
+    assert sorted(p.stem for p in SPECS.glob("*.attn")) == sorted(FORMULAS)
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_default_parameter_count(name: str) -> None:
+    graph = attndsl.build(SPECS / f"{name}.attn")
+    stats = compute_stats(graph)
+    assert stats.params == FORMULAS[name]() == KNOWN[name]
+    assert sum(stats.params_by_block.values()) == stats.params
+    assert stats.param_bytes == 4 * stats.params
+    assert graph.outputs and graph.meta.get("train")
+
+
+@pytest.mark.parametrize("name,config", [(n, c) for n, cs in sorted(OVERRIDES.items())
+                                         for c in cs])
+def test_parameter_count_with_overrides(name: str, config: dict[str, int]) -> None:
+    stats = compute_stats(attndsl.build(SPECS / f"{name}.attn", config=config))
+    assert stats.params == FORMULAS[name](**config)
+
+
+def test_string_config_values_are_numbers() -> None:
+    stats = compute_stats(attndsl.build(SPECS / "gpt.attn", config={"layers": "2"}))
+    assert stats.params == gpt_params(layers=2)
+
+
+def test_gpt_parameter_names_per_layer() -> None:
+    graph = attndsl.build(SPECS / "gpt.attn", config={"layers": 3})
+    layer0 = sorted(n.split(".", 2)[2] for n in graph.params if n.startswith("layers.0."))
+    for i in (1, 2):
+        assert sorted(n.split(".", 2)[2] for n in graph.params
+                      if n.startswith(f"layers.{i}.")) == layer0
+    assert "layers.2.attn.q.weight" in graph.params
+    assert "lm_head" not in graph.params and "logits.weight" not in graph.params
+
+
+def test_tied_weights_are_shared_nodes() -> None:
+    t = attndsl.build(SPECS / "transformer.attn", config={"enc_layers": 1, "dec_layers": 1})
+    assert [n for n in t.params if "embed" in n] == ["embed.weight"]
+    bert = attndsl.build(SPECS / "bert.attn", config={"layers": 1})
+    assert "mlm.decoder.bias" in bert.params and "mlm.decoder.weight" not in bert.params
+
+
+def test_gpt_flops_match_closed_form() -> None:
+    """2 * N FLOPs per token for every linear (including the tied LM head) plus the
+    attention scores and weighted sum, 4 * T^2 * d per layer, for B=1, T=1024."""
+    d, layers, vocab, seq = 768, 12, 50257, 1024
+    stats = compute_stats(attndsl.build(SPECS / "gpt.attn"))
+    linear_weights = layers * (4 * d * d + 2 * d * 4 * d) + vocab * d
+    expected = 2 * linear_weights * seq + layers * 4 * seq * seq * d
+    flops = stats.flops.evaluate({"B": 1, "T": seq})
+    assert abs(flops - expected) / expected < 0.01
+    assert stats.evaluate({"B": 1, "T": seq})["flops"] == int(flops)
+
+
+def test_flops_scale_with_batch() -> None:
+    stats = compute_stats(attndsl.build(SPECS / "gpt.attn", config={"layers": 1}))
+    one = stats.flops.evaluate({"B": 1, "T": 128})
+    assert stats.flops.evaluate({"B": 4, "T": 128}) == 4 * one
+    act = stats.activation_bytes
+    assert act.symbols() == {"B", "T"}
+    assert act.evaluate({"B": 2, "T": 128}) > act.evaluate({"B": 1, "T": 128})
