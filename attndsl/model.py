@@ -211,12 +211,13 @@ def _torch_kind(value: Any) -> str:
 
 def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | None = None,
             seed: int = 0, dtype: str = "float32", weights: str | Path | None = None,
-            **options: Any) -> Model:
+            layerdrop: float | None = None, **options: Any) -> Model:
     """Parse, check, optimize and lower a spec; initialize weights from `seed` (or load
-    `weights`). `options` go to the backend (torch: device=...)."""
+    `weights`). `layerdrop` overrides the spec's LayerDrop probability. `options` go to the
+    backend (torch: device="cuda", checkpointing=True)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    graph = optimize(build(spec, config))
+    graph = optimize(build(spec, config, layerdrop))
     be = get_backend(backend)
     model = Model(graph, be, init_params(graph, seed), dtype, options)
     if weights is not None:

@@ -37,6 +37,7 @@ class EmitOptions:
     training_ops: frozenset[str] = frozenset()  # ops that get `training=training`
     context_ops: frozenset[str] = frozenset()   # ops that get `device=device, fdtype=fdtype`
     cached: bool = False
+    segments: tuple[tuple[int, int], ...] = ()  # node-id ranges run under `checkpoint`
 
 
 def dim_source(d: Dim) -> str:
@@ -111,18 +112,51 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
                     bound.add(s)
     sym = decode_symbol(graph) if opts.cached else None
     growing = _growing_nodes(graph, sym) if sym else set()
-    for pos, nid in enumerate(order):
-        node = graph.nodes[nid]
-        lines.append(f"    t{nid} = {_call(node, nid, opts, sym, growing)}  # {node.type}")
-        dead = [src for src in dict.fromkeys(node.inputs)
-                if last_use.get(src) == pos and src not in outputs]
-        if not users[nid] and nid not in outputs:
-            dead.append(nid)
+    position = {nid: pos for pos, nid in enumerate(order)}
+    segment_of = {nid: seg for seg in opts.segments for nid in order if seg[0] <= nid < seg[1]}
+    done: set[tuple[int, int]] = set()
+
+    def free(nids: list[int], upto: int) -> None:
+        dead = [n for n in dict.fromkeys(nids) if last_use.get(n, -1) <= upto and n not in outputs]
         if dead:
             lines.append("    del " + ", ".join(f"t{d}" for d in dead))
+
+    for pos, nid in enumerate(order):
+        node = graph.nodes[nid]
+        seg = segment_of.get(nid)
+        if seg is None:
+            lines.append(f"    t{nid} = {_call(node, nid, opts, sym, growing)}  # {node.type}")
+            free([*node.inputs] + ([nid] if not users[nid] else []), pos)
+        elif seg not in done:
+            done.add(seg)
+            members = [n for n in order if segment_of.get(n) == seg]
+            lines += _segment(graph, members, users, outputs, opts, sym, growing)
+            free([i for m in members for i in graph.nodes[m].inputs if segment_of.get(i) != seg],
+                 position[members[-1]])
     result = ", ".join(f"{k!r}: t{v}" for k, v in graph.outputs.items())
     lines.append(f"    return {{{result}}}")
     return "\n".join(lines) + "\n"
+
+
+def _segment(graph: Graph, members: list[int], users: dict[int, list[int]], outputs: set[int],
+             opts: EmitOptions, sym: str | None, growing: set[int]) -> list[str]:
+    """A nested function for one repeat iteration, run under activation checkpointing while
+    training (its intermediates are recomputed in the backward pass)."""
+    inside = set(members)
+    live_in = list(dict.fromkeys(i for m in members for i in graph.nodes[m].inputs
+                                 if i not in inside))
+    live_out = [m for m in members if m in outputs or any(u not in inside for u in users[m])]
+    name = f"layer_{members[0]}"
+    args = ", ".join(f"t{i}" for i in live_in)
+    outs = ", ".join(f"t{o}" for o in live_out) + ("," if len(live_out) == 1 else "")
+    lines = [f"    def {name}({args}):"]
+    for m in members:
+        node = graph.nodes[m]
+        lines.append(f"        t{m} = {_call(node, m, opts, sym, growing)}  # {node.type}")
+    lines.append(f"        return ({outs})")
+    lines.append(f"    ({outs}) = checkpoint({name}, {args}, use_reentrant=False) if training "
+                 f"else {name}({args})")
+    return lines
 
 
 def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set[int]) -> str:

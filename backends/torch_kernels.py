@@ -120,6 +120,13 @@ def op_dropout(x, *, p, training):
     return F.dropout(x, p, training) if p > 0 else x
 
 
+def op_layer_drop(x, y, *, p, training):
+    """While training, skip the layer (return its input) with probability p."""
+    if training and p > 0 and float(torch.rand(())) < p:
+        return x
+    return y
+
+
 def op_where(cond, a, b):
     return torch.where(cond, a, b)
 

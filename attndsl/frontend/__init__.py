@@ -11,13 +11,15 @@ from attndsl.frontend.parser import parse
 from attndsl.ir.graph import Graph
 
 
-def build(text_or_path: str | Path, config: dict[str, Any] | None = None) -> Graph:
+def build(text_or_path: str | Path, config: dict[str, Any] | None = None,
+          layerdrop: float | None = None) -> Graph:
     """Parse and elaborate a spec into a shape-checked Graph.
 
     `config` overrides constants by name (`{"layers": 2}`); unknown names are a ConfigError.
+    `layerdrop` overrides the train section's LayerDrop probability for `repeat` stacks.
     """
     module: Module = parse(text_or_path)
-    builder = Builder(config)
+    builder = Builder(config, layerdrop)
     ns = builder.load_module(module, root=True)
     return builder.build_model(ns)
 

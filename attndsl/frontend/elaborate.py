@@ -71,9 +71,10 @@ class Frame:
 class Builder:
     """Builds a Graph from a parsed root module."""
 
-    def __init__(self, config: dict[str, Any] | None = None):
+    def __init__(self, config: dict[str, Any] | None = None, layerdrop: float | None = None):
         self.graph = Graph()
         self.config = dict(config or {})
+        self.layerdrop = layerdrop
         self.scope: list[str] = []
         self.used_names: dict[tuple[str, ...], set[str]] = {}
         self.sharing = 0
@@ -165,6 +166,8 @@ class Builder:
             raise DefinitionError("the spec defines no `model { ... }`", span,
                                   "add a model section with inputs and outputs")
         frame = Frame({}, ns)
+        if self.layerdrop is None:
+            self.layerdrop = self.spec_layerdrop(ns)
         self.exec_body(ns.model.body, frame, in_model=True)
         if not self.graph.outputs:
             raise DefinitionError("the model has no outputs", ns.model.span,
@@ -174,6 +177,17 @@ class Builder:
         if ns.train is not None:
             self.graph.meta["train"] = self.eval_train(ns.train, ns)
         return self.graph
+
+    def spec_layerdrop(self, ns: Namespace) -> float:
+        """The train section's `layerdrop = p` (needed before the model body runs)."""
+        for s in ns.train.settings if ns.train else ():
+            if s.name == "layerdrop":
+                p = self.eval(s.value, Frame({}, ns))
+                if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                    raise TypeError_(f"layerdrop must be a probability in [0, 1), got "
+                                     f"{describe(p)}", s.span)
+                return float(p)
+        return 0.0
 
     def eval_train(self, train: ast.Train, ns: Namespace) -> dict[str, Any]:
         from attndsl.frontend.builtins import TRAIN_BUILTINS
@@ -281,10 +295,23 @@ class Builder:
                 prefix = tuple(self.scope + path)
                 for key in [k for k in self.used_names if k[:len(prefix)] == prefix]:
                     del self.used_names[key]
+            before = {k: v for k, v in frame.vars.items() if isinstance(v, Tensor)}
+            start = self.graph.next_id
             with self.in_scope(path), self.sharing_params(stmt.shared and i > 0):
                 result = self.exec_body(stmt.body, frame, in_model)
             if result is not None:
                 raise DefinitionError("`return` inside repeat", stmt.span)
+            self.graph.meta.setdefault("layers", []).append((start, self.graph.next_id))
+            if self.layerdrop:
+                self.drop_layer(before, frame, stmt.span)
+
+    def drop_layer(self, before: dict[str, Tensor], frame: Frame, span: Span) -> None:
+        """LayerDrop: each tensor the iteration changed becomes layer_drop(before, after)."""
+        for name, old in before.items():
+            new = frame.vars.get(name)
+            if isinstance(new, Tensor) and new != old and new.type == old.type:
+                frame.vars[name] = self.add("layer_drop", [old, new], {"p": self.layerdrop},
+                                            span)
 
     # -- scopes and parameters ----------------------------------------------------------------
     def claim_name(self, base: str) -> str:

@@ -74,6 +74,11 @@ class Graph:
         self.nodes[nid] = Node(op, tuple(inputs), tuple(sorted(attrs.items())), type_, span)
         return nid
 
+    @property
+    def next_id(self) -> int:
+        """The id the next added node will get (ids grow in creation order)."""
+        return self._next
+
     def replace_node(self, nid: int, **changes: Any) -> None:
         self.nodes[nid] = replace(self.nodes[nid], **changes)
 

@@ -151,6 +151,17 @@ register("dropout", "composite", _same, _per_output(2), attrs=("p",),
          doc="Zero each element with probability p while training, scale the rest by 1/(1-p).")
 
 
+def _layer_drop(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if ins[0] != ins[1]:
+        raise ShapeError(f"layer_drop needs equal types, got {ins[0]} and {ins[1]}")
+    return ins[1]
+
+
+register("layer_drop", "composite", _layer_drop, attrs=("p",),
+         doc="LayerDrop: while training, with probability p the layer is skipped (the input "
+             "passes through); otherwise and at inference, the layer's output.")
+
+
 def _where(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     c, a, b = ins
     return TensorType(broadcast_shapes(broadcast_shapes(c.shape, a.shape), b.shape),

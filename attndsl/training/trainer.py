@@ -292,7 +292,8 @@ def train_from_cli(args: argparse.Namespace) -> int:
             if "dropout" in key:
                 config.setdefault(key, args.dropout)
     model = attndsl.compile(args.spec, backend=args.backend, config=config, seed=args.seed,
-                            device=args.device)
+                            layerdrop=args.layerdrop, device=args.device,
+                            checkpointing=args.checkpointing)
     cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=args.steps,
                                 batch=args.batch, seq=args.seq, lr=args.lr, clip=args.clip,
                                 grad_accum=args.grad_accum, eval_every=args.eval_every,
