@@ -115,3 +115,33 @@ def test_random_expressions_raise_only_attn_errors(exprs: list[str]) -> None:
     build_checked("const d = 8\nmodel {\n    input x: float[B, T, d]\n    input y: float[B, T, d]\n"
                   "    input m: bool[B, T]\n    input t: int[B, T <= 16]\n"
                   f"{lines}\n    output out = v{len(exprs) - 1}\n}}")
+
+
+# Inputs that once escaped as Python exceptions (RecursionError, IndexError, ValueError,
+# OverflowError) or hung; each must now be a prompt AttnError.
+MODEL = "model {\n    input x: float[B, 4]\n    output y = x\n}\n"
+REGRESSIONS = {
+    "unnamed model": "model {\n    input x: float[B, 4]\n    output y = x\n}\n",
+    "long operator chain": "const a = " + "1 + " * 3000 + "1\n" + MODEL,
+    "long unary chain": "const a = " + "-" * 3000 + "1\n" + MODEL,
+    "NUL byte in import path": 'import "a\\x00b.attn"\n' + MODEL,
+    "huge integer power": "const a = 3 ** 10 ** 8\n" + MODEL,
+    "complex power": "const a = (0 - 1) ** 0.5\n" + MODEL.replace("= x", "= x * a"),
+    "int too large for a tensor": "const a = 10 ** 400\n" + MODEL.replace("= x", "= x * a"),
+    "int too large for a float arg": MODEL.replace("= x", "= layer_norm(x, eps=10 ** 400)"),
+    "slice past the end": MODEL.replace("= x", "= x[:, 2:9]"),
+    "softmax axis": MODEL.replace("= x", "= softmax(x, axis=5)"),
+}
+
+
+def test_regressions() -> None:
+    for name, text in REGRESSIONS.items():
+        if name == "unnamed model":
+            assert attndsl.build(text).meta["name"] == "<string>"
+            continue
+        try:
+            attndsl.build(text)
+        except AttnError as e:
+            assert e.format(), name
+        else:
+            raise AssertionError(f"{name}: expected an AttnError")

@@ -203,3 +203,87 @@ def test_dot_export() -> None:
     assert 'xlabel="output logits"' in dot
     assert 'label="tokens\\nint[B, T]", shape=invhouse' in dot
     assert 'label="wte.weight\\nfloat[50257, 768]", shape=box' in dot
+
+
+# -- parameter naming ----------------------------------------------------------------------------
+
+NAMING = """
+block mlp(x) {
+    up = linear(x, 16)
+    return linear(relu(up), 8)
+}
+model {
+    input x: float[B, T, 8]
+    proj = linear(x, 8)
+    x = linear(proj, 8)
+    x = layer_norm(x)
+    x = layer_norm(x)
+    repeat 2 as layers {
+        attn = attention(x, 2)
+        x = x + attn
+        h = mlp(x)
+        x = x + h
+    }
+    repeat 3 as shared_stack shared {
+        x = mlp(x)
+        x = x + attention(x, 2)
+    }
+    output y = x
+}
+"""
+
+
+def test_parameter_naming_rules() -> None:
+    names = list(attndsl.build(NAMING).params)
+    top = [n for n in names if not n.startswith(("layers.", "shared_stack."))]
+    assert top == ["proj.weight", "proj.bias", "linear.weight", "linear.bias",
+                   "layer_norm.weight", "layer_norm.bias", "layer_norm_1.weight",
+                   "layer_norm_1.bias"]
+    layer0 = [n.removeprefix("layers.0.") for n in names if n.startswith("layers.0.")]
+    layer1 = [n.removeprefix("layers.1.") for n in names if n.startswith("layers.1.")]
+    assert layer0 == layer1  # every iteration is named the same way
+    assert layer0[:2] == ["attn.q.weight", "attn.q.bias"]
+    assert "h.up.weight" in layer0 and "h.linear.weight" in layer0
+    shared = [n for n in names if n.startswith("shared_stack.")]
+    assert shared == ["shared_stack.mlp.up.weight", "shared_stack.mlp.up.bias",
+                      "shared_stack.mlp.linear.weight", "shared_stack.mlp.linear.bias",
+                      *(f"shared_stack.attention.{p}.{w}" for p in "qkvo"
+                        for w in ("weight", "bias"))]
+
+
+# -- docs/language.md ---------------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "language.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", DOC.read_text(encoding="utf-8"),
+                      flags=re.M | re.S)
+
+
+def test_doc_examples_build() -> None:
+    """Every ```attn block in the language reference is a complete spec that builds."""
+    blocks = doc_blocks("attn")
+    assert len(blocks) >= 10
+    for text in blocks:
+        graph = attndsl.build(text)
+        assert graph.outputs
+
+
+def test_doc_snippets_parse() -> None:
+    """```attn-snippet blocks are fragments, but each still parses on its own."""
+    snippets = doc_blocks("attn-snippet")
+    assert snippets
+    for text in snippets:
+        parse_text(text)
+
+
+def test_doc_lists_every_builtin_and_error() -> None:
+    from attndsl.errors import ALL_ERRORS
+    from attndsl.frontend.builtins import BUILTINS, TRAIN_BUILTINS
+    doc = DOC.read_text(encoding="utf-8")
+    missing = [name for name in [*BUILTINS, *TRAIN_BUILTINS]
+               if not re.search(rf"`{name}(\(|`)", doc)]
+    assert not missing, f"undocumented built-ins: {missing}"
+    for cls in ALL_ERRORS:
+        assert f"| {cls.code} | `{cls.__name__}` |" in doc, cls.__name__

@@ -482,15 +482,12 @@ def strided(b: Any, span: Span, stride: int) -> pat.Pattern:
     return pat.Strided(integer(stride, span, "stride"))
 
 
-@builtin("global_tokens")
+@builtin("global")
 def global_tokens(b: Any, span: Span, positions: tuple) -> pat.Pattern:
     """Global positions that see and are seen by all."""
     if not isinstance(positions, tuple):
-        raise TypeError_("global_tokens takes a list of positions, like global_tokens([0])", span)
+        raise TypeError_("global takes a list of positions, like global([0])", span)
     return pat.Global(tuple(integer(p, span, "position", positive=False) for p in positions))
-
-
-BUILTINS["global"] = BUILTINS.pop("global_tokens")
 
 
 @builtin("prefix")

@@ -451,8 +451,8 @@ class Builder:
             perm = list(range(value.type.rank))
             perm[-1], perm[-2] = perm[-2], perm[-1]
             return self.add("transpose", [value], {"perm": tuple(perm)}, expr.span)
-        if isinstance(value, Tensor) and expr.attr == "shape":
-            return tuple(value.type.shape)
+        if isinstance(value, Tensor) and expr.attr == "shape":  # ints where known, as size()
+            return tuple(_simplify(d) for d in value.type.shape)
         raise NameError_(f"{describe(value)} has no attribute '{expr.attr}'", expr.span,
                          "tensors have .T and .shape")
 

@@ -315,6 +315,7 @@ def train_from_cli(args: argparse.Namespace) -> int:
     if args.sample and loss_spec(model.graph)["target"] == "causal_lm":
         from attndsl.training.generate import sample_text
         print("--- sample ---")
-        print(sample_text(model, tokenizer, "\n", args.sample, temperature=0.8, top_k=None,
+        prompt = "\n" if "\n" in text else text[0]
+        print(sample_text(model, tokenizer, prompt, args.sample, temperature=0.8, top_k=None,
                           top_p=None, seed=args.seed))
     return 0

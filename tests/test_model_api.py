@@ -1,0 +1,331 @@
+"""The Model API: deterministic initialization, weights I/O, input validation, report()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import TINY_CONFIGS, random_inputs
+from tolerances import TOLERANCES
+
+import attndsl
+from attndsl.errors import RuntimeInputError, WeightsError
+from attndsl.training import checkpoint
+
+GPT_TINY = TINY_CONFIGS["gpt"]
+
+
+@pytest.fixture(scope="module")
+def gpt_spec(repo_root):
+    return repo_root / "specs" / "gpt.attn"
+
+
+@pytest.fixture(scope="module")
+def gpt(gpt_spec):
+    """A tiny GPT on NumPy; tests that change its weights must restore them."""
+    return attndsl.compile(gpt_spec, config=GPT_TINY, seed=0)
+
+
+@pytest.fixture
+def ids():
+    return np.random.default_rng(0).integers(0, GPT_TINY["vocab"], (2, 10))
+
+
+def tiny(gpt_spec, **kwargs):
+    return attndsl.compile(gpt_spec, config=GPT_TINY, **kwargs)
+
+
+# -- initialization ------------------------------------------------------------------------------
+
+def test_same_seed_gives_identical_weights(gpt_spec, gpt) -> None:
+    again = tiny(gpt_spec, seed=0).state_dict()
+    for name, value in gpt.state_dict().items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+def test_different_seed_gives_different_weights(gpt_spec, gpt) -> None:
+    other = tiny(gpt_spec, seed=1).state_dict()
+    ref = gpt.state_dict()
+    random_names = [n for n, v in ref.items() if v.std() > 0]
+    assert random_names
+    for name in random_names:
+        assert not np.array_equal(other[name], ref[name]), name
+
+
+def test_init_scheme(gpt) -> None:
+    """Biases zero, norm scales one, weight matrices and embeddings N(0, 0.02^2)."""
+    sd = gpt.state_dict()
+    graph = gpt.graph
+    normal = []
+    for name, value in sd.items():
+        init = graph.nodes[graph.params[name]].attr("init")
+        assert value.dtype == np.float32, name
+        if name.endswith(".bias"):
+            assert init == "zeros", name
+            np.testing.assert_array_equal(value, 0.0, err_msg=name)
+        elif "norm" in name or name.startswith("ln_"):
+            assert init == "ones", name
+            np.testing.assert_array_equal(value, 1.0, err_msg=name)
+        else:
+            assert init == "normal", name
+            assert abs(float(value.mean())) < 0.005, name
+            if value.size >= 1000:
+                assert 0.017 < float(value.std()) < 0.023, f"{name} std {value.std()}"
+            normal.append(value.ravel())
+    pooled = np.concatenate(normal)
+    assert pooled.size > 10_000
+    assert abs(float(pooled.std()) - 0.02) < 0.0005
+
+
+def test_init_follows_each_params_declared_init(repo_root) -> None:
+    """Across all specs with tiny configs: zeros/ones exactly, normal with the given std."""
+    for stem, config in TINY_CONFIGS.items():
+        spec = repo_root / "specs" / f"{stem}.attn"
+        if not spec.exists():
+            continue
+        model = attndsl.compile(spec, config=config, seed=0)
+        for name, value in model.state_dict().items():
+            node = model.graph.nodes[model.graph.params[name]]
+            init = node.attr("init")
+            if init == "zeros":
+                np.testing.assert_array_equal(value, 0.0, err_msg=f"{stem} {name}")
+            elif init == "ones":
+                np.testing.assert_array_equal(value, 1.0, err_msg=f"{stem} {name}")
+            elif init == "normal" and value.size >= 1000:
+                assert abs(float(value.std()) / node.attr("std") - 1) < 0.15, f"{stem} {name}"
+
+
+# -- saving and loading --------------------------------------------------------------------------
+
+def test_save_load_round_trip(gpt_spec, gpt, ids, tmp_path) -> None:
+    path = tmp_path / "w.safetensors"
+    gpt.save(path)
+    expected = gpt(tokens=ids)["logits"]
+    other = tiny(gpt_spec, seed=7)
+    assert not np.allclose(other(tokens=ids)["logits"], expected)
+    other.load(path)
+    np.testing.assert_array_equal(other(tokens=ids)["logits"], expected)
+    from_file = tiny(gpt_spec, seed=9, weights=path)
+    np.testing.assert_array_equal(from_file(tokens=ids)["logits"], expected)
+
+
+def test_weights_saved_by_numpy_load_into_torch(gpt_spec, gpt, ids, tmp_path) -> None:
+    pytest.importorskip("torch")
+    path = tmp_path / "w.safetensors"
+    gpt.save(path)
+    model = tiny(gpt_spec, backend="torch", seed=3, weights=path)
+    np.testing.assert_allclose(model.to_numpy(model(tokens=ids))["logits"],
+                               gpt(tokens=ids)["logits"], **TOLERANCES["float32"])
+
+
+def test_load_state_dict_round_trip(gpt_spec, gpt, ids) -> None:
+    other = tiny(gpt_spec, seed=5)
+    other.load_state_dict(gpt.state_dict())
+    np.testing.assert_array_equal(other(tokens=ids)["logits"], gpt(tokens=ids)["logits"])
+
+
+def test_state_dict_is_a_copy(gpt) -> None:
+    sd = gpt.state_dict()
+    sd["wte.weight"][:] = 123.0
+    assert not np.any(gpt.state_dict()["wte.weight"] == 123.0)
+
+
+def test_strict_load_missing(gpt_spec) -> None:
+    model = tiny(gpt_spec)
+    sd = model.state_dict()
+    del sd["wpe.weight"]
+    with pytest.raises(WeightsError, match="missing.*wpe.weight"):
+        model.load_state_dict(sd)
+
+
+def test_strict_load_unexpected(gpt_spec) -> None:
+    model = tiny(gpt_spec)
+    sd = model.state_dict()
+    sd["head.extra"] = np.zeros(3, np.float32)
+    with pytest.raises(WeightsError, match="unexpected.*head.extra"):
+        model.load_state_dict(sd)
+
+
+def test_strict_load_misspelled_name_suggests_the_right_one(gpt_spec) -> None:
+    model = tiny(gpt_spec)
+    sd = model.state_dict()
+    sd["wpe.weights"] = sd.pop("wpe.weight")
+    with pytest.raises(WeightsError) as info:
+        model.load_state_dict(sd)
+    assert "wpe.weight" in str(info.value)
+    assert info.value.hint and "did you mean 'wpe.weight'" in info.value.hint
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_wrong_shape(gpt_spec, strict: bool) -> None:
+    model = tiny(gpt_spec)
+    before = model.state_dict()
+    sd = dict(before)
+    sd["layers.0.attn.q.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(WeightsError, match=r"layers\.0\.attn\.q\.weight.*\(3, 3\)"):
+        model.load_state_dict(sd, strict=strict)
+    after = model.state_dict()
+    for name in before:   # a rejected load changes nothing
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+def test_non_strict_load(gpt_spec, gpt) -> None:
+    model = tiny(gpt_spec, seed=3)
+    before = model.state_dict()
+    new_wpe = np.full_like(before["wpe.weight"], 0.5)
+    model.load_state_dict({"wpe.weight": new_wpe, "not.a.param": np.zeros(2)}, strict=False)
+    after = model.state_dict()
+    np.testing.assert_array_equal(after["wpe.weight"], new_wpe)
+    for name in before:
+        if name != "wpe.weight":
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+def test_load_missing_file_is_a_weights_error(gpt, tmp_path) -> None:
+    with pytest.raises(WeightsError, match="no weights file"):
+        gpt.load(tmp_path / "absent.safetensors")
+
+
+def test_load_garbage_file_is_a_weights_error(gpt, tmp_path) -> None:
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"this is not safetensors")
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        gpt.load(path)
+
+
+def test_failed_save_keeps_the_existing_file(gpt_spec, gpt, tmp_path, monkeypatch) -> None:
+    path = tmp_path / "w.safetensors"
+    gpt.save(path)
+    original = path.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        tiny(gpt_spec, seed=11).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"], "temp file left behind"
+    model = tiny(gpt_spec, seed=12)
+    model.load(path)   # still a valid file with the first model's weights
+    np.testing.assert_array_equal(model.state_dict()["wte.weight"], gpt.state_dict()["wte.weight"])
+
+
+# -- input validation ----------------------------------------------------------------------------
+
+def test_float_tokens_are_rejected(gpt) -> None:
+    with pytest.raises(RuntimeInputError, match="input 'tokens' must be int, got dtype float32"):
+        gpt(tokens=np.zeros((1, 4), np.float32))
+
+
+def test_float_torch_tokens_are_rejected(gpt_spec) -> None:
+    torch = pytest.importorskip("torch")
+    model = tiny(gpt_spec, backend="torch")
+    with pytest.raises(RuntimeInputError, match="must be int"):
+        model(tokens=torch.zeros(1, 4))
+
+
+def test_wrong_rank(gpt) -> None:
+    with pytest.raises(RuntimeInputError, match=r"rank 2.*got shape \(4,\)"):
+        gpt(tokens=np.zeros(4, np.int64))
+
+
+def test_missing_input(gpt) -> None:
+    with pytest.raises(RuntimeInputError, match="missing input 'tokens'") as info:
+        gpt()
+    assert "tokens" in (info.value.hint or "")
+
+
+def test_unexpected_input_suggests_the_name(gpt) -> None:
+    with pytest.raises(RuntimeInputError, match="unexpected input 'token'") as info:
+        gpt(tokens=np.zeros((1, 4), np.int64), token=np.zeros((1, 4), np.int64))
+    assert info.value.hint == "did you mean 'tokens'?"
+
+
+def test_misspelled_only_input_is_reported(gpt) -> None:
+    with pytest.raises(RuntimeInputError) as info:
+        gpt(tokenz=np.zeros((1, 4), np.int64))
+    text = info.value.format()
+    assert "tokens" in text
+
+
+TWO_INPUTS = """
+model two {
+    input a: float[B, T, 8]
+    input b: float[B, T, 8]
+    output y = a + b
+}
+"""
+
+
+def test_inconsistent_dims_across_inputs() -> None:
+    model = attndsl.compile(TWO_INPUTS)
+    a = np.zeros((1, 3, 8), np.float32)
+    with pytest.raises(RuntimeInputError, match=r"input 'b' axis 1 is T = 4, but another input "
+                                                r"set T = 3"):
+        model(a=a, b=np.zeros((1, 4, 8), np.float32))
+    with pytest.raises(RuntimeInputError, match="input 'a' axis 2 must be 8, got 7"):
+        model(a=np.zeros((1, 3, 7), np.float32), b=a)
+    np.testing.assert_array_equal(model(a=a + 1, b=a + 2)["y"], a + 3)
+
+
+def test_sequence_longer_than_ctx(gpt) -> None:
+    ctx = GPT_TINY["ctx"]
+    gpt(tokens=np.zeros((1, ctx), np.int64))
+    with pytest.raises(RuntimeInputError, match=f"T = {ctx + 1} exceeds .* T <= {ctx}"):
+        gpt(tokens=np.zeros((1, ctx + 1), np.int64))
+
+
+def test_errors_format_without_a_span(gpt) -> None:
+    with pytest.raises(RuntimeInputError) as info:
+        gpt(tokens=np.zeros((1, 4), np.float32))
+    assert info.value.format().startswith("error[E301]: ")
+
+
+@pytest.mark.xfail(strict=True, reason="reported bug: the NumPy backend does not cast float "
+                   "inputs to the model dtype (a float64 image gives float64 logits)")
+def test_float64_input_to_a_float32_model_gives_float32(repo_root) -> None:
+    model = attndsl.compile(repo_root / "specs" / "vit.attn", config=TINY_CONFIGS["vit"])
+    image = random_inputs(model.graph)["image"].astype(np.float64)
+    assert model(image=image)["logits"].dtype == np.float32
+
+
+@pytest.mark.xfail(strict=True, reason="reported bug: float inputs accept integer arrays "
+                   "(INPUT_KINDS float='fiu') but no backend converts them: torch fails with a raw "
+                   "RuntimeError, numpy computes in int64/float64")
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_integer_array_for_a_float_input(backend_name: str) -> None:
+    model = attndsl.compile(TWO_INPUTS, backend=backend_name)
+    a = np.ones((1, 3, 8), np.int64)
+    out = model.to_numpy(model(a=a, b=a))["y"]
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, 2.0)
+
+
+@pytest.mark.xfail(strict=True, reason="reported bug: compile(dtype='bfloat16'|'float16') on the "
+                   "NumPy backend raises a bare KeyError instead of a clear error")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_numpy_backend_rejects_half_dtypes_clearly(gpt_spec, dtype: str) -> None:
+    with pytest.raises((ValueError, attndsl.AttnError), match=dtype):
+        tiny(gpt_spec, dtype=dtype)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def test_report(gpt_spec, ids) -> None:
+    model = tiny(gpt_spec)
+    before = model.report()
+    assert "parameters: 21,280" in before
+    assert "forward FLOPs" in before
+    model(tokens=ids)
+    after = model.report()
+    assert "parameters: 21,280" in after
+    assert "forward FLOPs (B=2, T=10):" in after
+    assert "activation memory (B=2, T=10):" in after
+    for block in ("wte", "wpe", "layers", "ln_f"):
+        assert block in after
+
+
+def test_compile_rejects_an_unknown_dtype(gpt_spec) -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        tiny(gpt_spec, dtype="float8")

@@ -1,0 +1,222 @@
+"""Training on the torch backend: gradients (autograd vs finite differences in float64),
+losses, the trainer (exact resume, accumulation, LayerDrop, checkpointing, bf16), KV-cache
+decoding and beam search, and the `train`/`generate` CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_inputs, tiny_config
+
+import attndsl
+from attndsl.cli import main
+from attndsl.errors import TrainingError
+from attndsl.training.data import TextDataset
+from attndsl.training.generate import Decoder, beam_search, filter_logits, greedy_decode
+from attndsl.training.losses import cross_entropy_numpy, cross_entropy_torch, loss_spec
+from attndsl.training.tokenizers import make_tokenizer
+from attndsl.training.trainer import TrainConfig, Trainer
+
+GPT = dict(vocab=40, ctx=16, d_model=16, heads=2, layers=2, d_ff=32)
+TEXT = "to be or not to be, that is the question. " * 40
+
+
+def targets_for(model: attndsl.Model, inputs: dict, seed: int = 1) -> np.ndarray:
+    """Random class targets with the shape of the loss output minus its class axis."""
+    spec = loss_spec(model.graph)
+    out = model.to_numpy(model(**inputs))[spec["output"]]
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, out.shape[-1], size=out.shape[:-1])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_formula(smoothing):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 5, 7))
+    targets = rng.integers(0, 7, (3, 5))
+    targets[0, 0] = -100
+    # direct formula: smoothed targets (1 - a) y + a / C against log-softmax
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    keep = targets != -100
+    onehot = np.eye(7)[np.where(keep, targets, 0)]
+    soft = (1 - smoothing) * onehot + smoothing / 7
+    expected = -(soft * logp).sum(-1)[keep].mean()
+    assert cross_entropy_numpy(logits, targets, smoothing) == pytest.approx(expected, rel=1e-12)
+    got = cross_entropy_torch(torch.tensor(logits), torch.tensor(targets), smoothing)
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gradients_match_finite_differences(spec_path):
+    """torch autograd vs central differences in float64, for sampled entries of every
+    parameter of every spec (tiny config, dropout off in eval mode)."""
+    model = attndsl.compile(spec_path, backend="torch", config=tiny_config(spec_path.stem),
+                            seed=0, dtype="float64")
+    inputs = random_inputs(model.graph, batch=2, seq=6)
+    targets = targets_for(model, inputs)
+    loss, grads = model.value_and_grad(targets=targets, **inputs)
+    assert set(grads) == set(model.state_dict())
+    assert np.isfinite(loss)
+    rng = np.random.default_rng(0)
+    params = dict(model.module.named_parameters())
+    eps = 1e-6
+    checked = 0
+    for name, p in params.items():
+        flat = p.data.view(-1)
+        for i in rng.choice(flat.numel(), size=min(2, flat.numel()), replace=False):
+            old = float(flat[i])
+            with torch.no_grad():
+                flat[i] = old + eps
+                up = float(model.loss(targets, **inputs))
+                flat[i] = old - eps
+                down = float(model.loss(targets, **inputs))
+                flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert grads[name].reshape(-1)[i] == pytest.approx(numeric, rel=1e-4, abs=1e-7), name
+            checked += 1
+    assert checked >= len(params)
+
+
+def test_numpy_backend_is_inference_only():
+    model = attndsl.compile("specs/gpt.attn", config=GPT)
+    ids = np.zeros((1, 4), dtype=np.int64)
+    with pytest.raises(TrainingError, match="inference only"):
+        model.value_and_grad(tokens=ids, targets=ids)
+
+
+def make_trainer(steps: int = 6, **overrides) -> Trainer:
+    model = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT, seed=0,
+                            **overrides.pop("compile", {}))
+    data = TextDataset(TEXT, make_tokenizer("char", TEXT))
+    cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=steps, batch=4, seq=8,
+                                eval_every=3, eval_iters=2, warmup=2, **overrides)
+    return Trainer(model, data, cfg)
+
+
+def test_training_reduces_loss():
+    trainer = make_trainer(steps=40, lr=3e-3)
+    result = trainer.run(progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+    assert result.val_loss is not None and np.isfinite(result.val_loss)
+
+
+def test_resume_gives_the_same_loss_curve(tmp_path):
+    full = make_trainer(steps=6)
+    full_result = full.run(progress=False)
+    first = make_trainer(steps=3)
+    first.run(progress=False, checkpoint_dir=tmp_path / "ck")
+    second = make_trainer(steps=6)
+    second.restore(tmp_path / "ck")
+    resumed = second.run(progress=False)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full_result.history]
+    for k, v in full.model.state_dict().items():
+        np.testing.assert_array_equal(second.model.state_dict()[k], v)
+
+
+def test_schedule_and_weight_decay_groups():
+    trainer = make_trainer(steps=10)
+    cfg = trainer.cfg
+    assert (cfg.optimizer, cfg.betas, cfg.weight_decay) == ("adamw", (0.9, 0.95), 0.1)
+    groups = trainer.optimizer.param_groups
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.1
+    assert all(p.ndim < 2 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
+    lrs = []
+    for _ in range(10):
+        trainer.train_step()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    assert lrs[0] < lrs[1] and lrs[-1] < max(lrs)   # warm-up, then decay
+
+
+@pytest.mark.parametrize("option", ["grad_accum", "amp", "checkpointing", "layerdrop"])
+def test_training_options_run(option):
+    overrides: dict = {"grad_accum": 2} if option == "grad_accum" else {}
+    if option == "amp":
+        overrides = {"amp": True}
+    if option == "checkpointing":
+        overrides = {"compile": {"checkpointing": True}}
+    if option == "layerdrop":
+        overrides = {"compile": {"layerdrop": 0.5}}
+    result = make_trainer(steps=3, **overrides).run(progress=False)
+    assert all(np.isfinite(r["loss"]) for r in result.history)
+
+
+def test_checkpointing_gives_identical_gradients():
+    ids = np.random.default_rng(0).integers(0, 40, (2, 8))
+    plain = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT, dtype="float64")
+    ckpt = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT, dtype="float64",
+                           checkpointing=True)
+    for m in (plain, ckpt):
+        m.module.train()
+    la, ga = plain.value_and_grad(tokens=ids, targets=np.roll(ids, -1, 1))
+    lb, gb = ckpt.value_and_grad(tokens=ids, targets=np.roll(ids, -1, 1))
+    assert la == lb
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k])
+
+
+def test_layerdrop_is_identity_at_inference_and_skips_layers_in_training():
+    ids = np.random.default_rng(0).integers(0, 40, (1, 8))
+    base = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT)
+    drop = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT, layerdrop=0.999)
+    assert sum(n.op == "layer_drop" for n in drop.graph.nodes.values()) == GPT["layers"]
+    with torch.no_grad():
+        a = base.to_numpy(base(tokens=ids))["logits"]
+        b = drop.to_numpy(drop(tokens=ids))["logits"]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        zero = attndsl.compile("specs/gpt.attn", backend="torch", config={**GPT, "layers": 0})
+        zero.load_state_dict({k: v for k, v in drop.state_dict().items()
+                              if not k.startswith("layers.")})
+        drop.module.train()
+        np.testing.assert_allclose(drop.to_numpy(drop(tokens=ids))["logits"],
+                                   zero.to_numpy(zero(tokens=ids))["logits"], rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+def test_kv_cache_matches_full_forward(name):
+    model = attndsl.compile("specs/gpt.attn", backend=name, config=GPT, seed=3)
+    ids = np.random.default_rng(0).integers(0, 40, (1, 10))
+    with torch.no_grad():
+        full = model.to_numpy(model(tokens=ids))["logits"][0]         # (T, V)
+    dec = Decoder(model)
+    steps = [dec.step(ids[:, :4])]
+    steps += [dec.step(ids[:, t:t + 1]) for t in range(4, 10)]
+    np.testing.assert_allclose(np.stack(steps), full[3:], rtol=1e-4, atol=1e-5)
+
+
+def test_filter_logits_top_k_top_p():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    assert np.count_nonzero(filter_logits(logits, 1.0, 2, None)) == 2
+    probs = filter_logits(logits, 1.0, None, 0.75)
+    assert np.count_nonzero(probs) == 2 and probs.sum() == pytest.approx(1.0)
+    assert filter_logits(logits, 1e-6, None, None).argmax() == 0
+
+
+def test_seq2seq_greedy_and_beam_search():
+    cfg = tiny_config("transformer")
+    model = attndsl.compile("specs/transformer.attn", config=cfg, seed=0)
+    src = np.random.default_rng(0).integers(3, cfg["vocab"], (1, 7))
+    greedy = greedy_decode(model, src, bos=1, eos=2, max_len=6)
+    beam1 = beam_search(model, src, bos=1, eos=2, max_len=6, beam=1, length_penalty=0.0)
+    assert greedy[0] == 1 and greedy == beam1
+    beam4 = beam_search(model, src, bos=1, eos=2, max_len=6, beam=4)
+    assert beam4[0] == 1 and 2 <= len(beam4) <= 7
+
+
+def test_cli_train_resume_and_generate(tmp_path, capsys):
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "run"
+    sets = [x for k, v in GPT.items() if k != "vocab" for x in ("--set", f"{k}={v}")]
+    args = ["train", "specs/gpt.attn", "--data", str(data), "--steps", "4", "--batch", "2",
+            "--seq", "8", "--eval-every", "2", "--eval-iters", "1", "--out", str(out),
+            "--sample", "20", "--quiet", *sets]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "step 4: train loss" in text and "--- sample ---" in text
+    assert main([*args[:5], "6", *args[6:], "--resume", str(out)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main(["generate", str(out), "--prompt", "to be", "--max-new", "10",
+                 "--top-k", "5"]) == 0
+    assert capsys.readouterr().out.startswith("to be")
