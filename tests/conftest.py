@@ -12,9 +12,8 @@ import functools
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, spec_paths
-
 from attndsl.backends import available_backends
+from helpers import REPO_ROOT, spec_paths
 
 BACKEND_NAMES = ("numpy", "torch", "cupy")
 

@@ -16,6 +16,7 @@ SPECS_DIR = REPO_ROOT / "specs"
 # Tiny configurations (constant overrides) per spec stem; a spec missing here is skipped.
 TINY_CONFIGS: dict[str, dict[str, int]] = {
     "gpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "nanogpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2),
     "bert": dict(vocab=97, max_pos=32, d_model=32, heads=4, layers=2, d_ff=64),
     "transformer": dict(vocab=97, ctx=32, d_model=32, heads=4, enc_layers=2, dec_layers=2,
                         d_ff=64),
@@ -26,6 +27,7 @@ TINY_CONFIGS: dict[str, dict[str, int]] = {
 # Specs with a causal stream: (input whose future positions must not leak, output).
 CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
     "gpt": ("tokens", "logits"),
+    "nanogpt": ("tokens", "logits"),
     "transformer": ("tgt", "logits"),
 }
 

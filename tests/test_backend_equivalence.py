@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from attndsl.backends import numpy_kernels as K
 from helpers import CAUSAL_STREAMS, random_inputs, tiny_config
 from tolerances import TOLERANCES
 
 import attndsl
-from attndsl.backends import numpy_kernels as K
 from attndsl.ir import patterns as pat
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(spec: str, backend: str, dtype: str = "float32", seed: int = 0):
     """One compiled tiny model per (spec, backend, dtype, seed), shared across tests."""
     stem = Path(spec).stem
@@ -26,7 +26,7 @@ def compiled(spec: str, backend: str, dtype: str = "float32", seed: int = 0):
                            dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(spec: str, dtype: str = "float32") -> tuple[dict, dict]:
     """NumPy inputs and outputs for a spec (the reference every backend is compared with)."""
     model = compiled(spec, "numpy", dtype)

@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from attndsl.backends import numpy_kernels as K
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import TOLERANCES
 
 import attndsl
-from attndsl.backends import numpy_kernels as K
 from attndsl.ir import patterns as pat
 from attndsl.ir.ops import OPS
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
-
 from attndsl.backends import numpy_kernels, torch_kernels
+
 from attndsl.frontend.builtins import BUILTINS, TRAIN_BUILTINS
 from attndsl.ir.ops import OPS
 
@@ -59,27 +59,12 @@ BUILTIN_ENTRIES = [(name, fn) for table in (BUILTINS, TRAIN_BUILTINS)
                    for name, fn in table.items() if callable(fn)]
 
 
-def _implementation(entry):
-    """The Python function a registered built-in wraps (the `builtin` decorator's closure)."""
-    return inspect.getclosurevars(entry).nonlocals.get("fn", entry)
+@pytest.mark.parametrize("name,entry", BUILTIN_ENTRIES, ids=[n for n, _ in BUILTIN_ENTRIES])
+def test_builtin_is_documented(name: str, entry) -> None:
+    assert (inspect.getdoc(entry) or "").strip(), f"built-in {name!r} has no docstring"
 
 
 @pytest.mark.parametrize("name,entry", BUILTIN_ENTRIES, ids=[n for n, _ in BUILTIN_ENTRIES])
-def test_builtin_is_documented(name: str, entry) -> None:
-    doc = inspect.getdoc(_implementation(entry)) or ""
-    assert doc.strip(), f"built-in {name!r} has no docstring"
-
-
-@pytest.mark.xfail(strict=True, reason="reported bug: the builtin() decorator's wrapper does not "
-                   "copy the function's __doc__, so BUILTINS entries have no docstring")
-def test_builtin_registry_entries_carry_their_docstrings() -> None:
-    missing = [name for name, entry in BUILTIN_ENTRIES if not (entry.__doc__ or "").strip()]
-    assert not missing, f"BUILTINS entries without __doc__: {missing}"
-
-
-@pytest.mark.xfail(strict=True, reason="reported bug: `global` is registered as global_tokens, so "
-                   "its usage string (shown in error hints) names global_tokens(...)")
-def test_builtin_usage_names_the_builtin() -> None:
-    wrong = [name for name, entry in BUILTIN_ENTRIES
-             if not getattr(entry, "usage", name).startswith(f"{name}(")]
-    assert not wrong, f"usage strings naming another function: {wrong}"
+def test_builtin_usage_names_the_builtin(name: str, entry) -> None:
+    """The usage string shown in argument-error hints names the function as spelled."""
+    assert getattr(entry, "usage", "").startswith(f"{name}("), entry.usage

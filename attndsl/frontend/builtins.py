@@ -53,7 +53,7 @@ def builtin(name: str, *, layer: bool = False, table: dict[str, Any] | None = No
             with b.in_scope([b.claim_name(name_hint or name)]):
                 return fn(*bound.args, **bound.kwargs)
 
-        call.__name__ = name
+        call.__name__, call.__doc__ = name, fn.__doc__
         call.usage = usage  # type: ignore[attr-defined]
         (BUILTINS if table is None else table)[name] = call
         return fn

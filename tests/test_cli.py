@@ -1,0 +1,269 @@
+"""The `attndsl` command line, called in-process through `attndsl.cli.main` (plus one
+subprocess run of the module entry point)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY_CONFIGS, set_args
+from tolerances import TOLERANCES
+
+import attndsl
+from attndsl.cli import main
+
+GPT_TINY = TINY_CONFIGS["gpt"]
+GPT_SMALL_PARAMS = "124,439,808"   # GPT-2 small with the tied unembedding
+
+
+@pytest.fixture(scope="module")
+def gpt_spec(repo_root: Path) -> str:
+    return str(repo_root / "specs" / "gpt.attn")
+
+
+@pytest.fixture(scope="module")
+def tiny_args() -> list[str]:
+    return set_args(GPT_TINY)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+# -- check / compile / stats -------------------------------------------------------------------------
+
+def test_check(capsys, gpt_spec, tiny_args) -> None:
+    code, out, _ = run_cli(capsys, "check", gpt_spec, *tiny_args)
+    assert code == 0
+    assert "ok" in out and "21,280 parameters" in out
+    assert "tokens: int[B, T]" in out and "logits: float[B, T, 97]" in out
+
+
+def test_check_every_spec(capsys, spec_path: Path) -> None:
+    code, out, err = run_cli(capsys, "check", spec_path)
+    assert code == 0, err
+    assert "ok" in out
+
+
+@pytest.mark.parametrize("emit", ["ast", "graph", "dot", "numpy", "torch"])
+def test_compile_emit(capsys, gpt_spec, tiny_args, emit: str) -> None:
+    if emit == "torch":
+        pytest.importorskip("torch")
+    code, out, err = run_cli(capsys, "compile", gpt_spec, "--emit", emit, *tiny_args)
+    assert code == 0, err
+    expected = {
+        "ast": ["Module", "Const", "vocab"],
+        "graph": ["input()", "embedding(", "attention(", "float[B, T, 97]"],
+        "dot": ["digraph", "->", "}"],
+        "numpy": ["import numpy as np", "def op_attention(", "def forward(p, inputs"],
+        "torch": ["import torch", "class GeneratedModel(nn.Module)", "'wte.weight': (97, 32)"],
+    }[emit]
+    for fragment in expected:
+        assert fragment in out, f"--emit {emit} lacks {fragment!r}"
+
+
+@pytest.mark.parametrize("emit", ["numpy", "torch"])
+def test_emitted_source_compiles(capsys, gpt_spec, tiny_args, emit: str) -> None:
+    if emit == "torch":
+        pytest.importorskip("torch")
+    _, out, _ = run_cli(capsys, "compile", gpt_spec, "--emit", emit, *tiny_args)
+    compile(out, f"<emit {emit}>", "exec")
+
+
+def test_compile_graph_with_spans_and_no_opt(capsys, gpt_spec, tiny_args) -> None:
+    code, out, _ = run_cli(capsys, "compile", gpt_spec, "--emit", "graph", "--spans", "--no-opt",
+                           *tiny_args)
+    assert code == 0
+    assert "gpt.attn:" in out
+
+
+def test_stats_full_size_parameter_count(capsys, gpt_spec) -> None:
+    code, out, _ = run_cli(capsys, "stats", gpt_spec)
+    assert code == 0
+    assert f"parameters: {GPT_SMALL_PARAMS}" in out
+
+
+def test_stats_with_batch_and_seq(capsys, gpt_spec, tiny_args) -> None:
+    code, out, _ = run_cli(capsys, "stats", gpt_spec, "--batch", "2", "--seq", "16", *tiny_args)
+    assert code == 0
+    assert "parameters: 21,280" in out
+    flops = re.search(r"forward FLOPs \(B=2, T=16\): ([\d,]+)", out)
+    assert flops, out
+    model = attndsl.compile(gpt_spec, config=GPT_TINY)
+    expected = model.stats.evaluate({"B": 2, "T": 16})["flops"]
+    assert int(flops.group(1).replace(",", "")) == expected
+    assert "activation memory (B=2, T=16)" in out
+
+
+# -- run / init ------------------------------------------------------------------------------------
+
+def test_run_random(capsys, gpt_spec, tiny_args) -> None:
+    code, out, _ = run_cli(capsys, "run", gpt_spec, "--random", "--batch", "2", "--seq", "8",
+                           *tiny_args)
+    assert code == 0
+    assert "logits: float32[2, 8, 97]" in out
+    assert "non-finite" not in out
+
+
+def test_run_output_round_trip(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    out_file = tmp_path / "out.npz"
+    code, out, _ = run_cli(capsys, "run", gpt_spec, "--random", "--batch", "2", "--seq", "8",
+                           "-o", out_file, *tiny_args)
+    assert code == 0 and f"wrote {out_file}" in out
+    with np.load(out_file) as saved:
+        assert list(saved) == ["logits"]
+        first = saved["logits"]
+    assert first.shape == (2, 8, 97) and np.isfinite(first).all()
+    run_cli(capsys, "run", gpt_spec, "--random", "--batch", "2", "--seq", "8", "-o", out_file,
+            *tiny_args)
+    with np.load(out_file) as saved:
+        np.testing.assert_array_equal(saved["logits"], first)   # deterministic
+
+
+def test_run_with_input_file(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    ids = np.random.default_rng(4).integers(0, 97, (3, 11))
+    np.save(tmp_path / "tokens.npy", ids)
+    out_file = tmp_path / "out.npz"
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--input", f"tokens={tmp_path / 'tokens.npy'}",
+                           "-o", out_file, *tiny_args)
+    assert code == 0, err
+    expected = attndsl.compile(gpt_spec, config=GPT_TINY, seed=0)(tokens=ids)["logits"]
+    with np.load(out_file) as saved:
+        np.testing.assert_allclose(saved["logits"], expected, **TOLERANCES["float32"])
+
+
+def test_run_torch_backend(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    pytest.importorskip("torch")
+    out_file = tmp_path / "out.npz"
+    code, out, _ = run_cli(capsys, "run", gpt_spec, "--backend", "torch", "--seq", "8", "-o",
+                           out_file, *tiny_args)
+    assert code == 0 and "logits: float32[1, 8, 97]" in out
+    run_cli(capsys, "run", gpt_spec, "--seq", "8", "-o", tmp_path / "np.npz", *tiny_args)
+    with np.load(out_file) as a, np.load(tmp_path / "np.npz") as b:
+        np.testing.assert_allclose(a["logits"], b["logits"], **TOLERANCES["float32"])
+
+
+def test_init_then_run_with_weights(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    weights = tmp_path / "w.safetensors"
+    code, out, _ = run_cli(capsys, "init", gpt_spec, "-o", weights, "--seed", "5", *tiny_args)
+    assert code == 0 and "21,280 parameters" in out and weights.is_file()
+    ids = np.random.default_rng(0).integers(0, 97, (1, 6))
+    np.save(tmp_path / "ids.npy", ids)
+    out_file = tmp_path / "out.npz"
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--weights", weights, "--input",
+                           f"tokens={tmp_path / 'ids.npy'}", "-o", out_file, *tiny_args)
+    assert code == 0, err
+    seeded5 = attndsl.compile(gpt_spec, config=GPT_TINY, seed=5)(tokens=ids)["logits"]
+    seeded0 = attndsl.compile(gpt_spec, config=GPT_TINY, seed=0)(tokens=ids)["logits"]
+    with np.load(out_file) as saved:
+        np.testing.assert_allclose(saved["logits"], seeded5, **TOLERANCES["float32"])
+        assert not np.allclose(saved["logits"], seeded0)
+
+
+def test_emitted_numpy_program_is_standalone(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    code, source, _ = run_cli(capsys, "compile", gpt_spec, "--emit", "numpy", *tiny_args)
+    assert code == 0
+    assert "attndsl" not in "\n".join(line for line in source.splitlines()
+                                      if line.startswith(("import", "from")))
+    path = tmp_path / "gpt_program.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("gpt_program", path)
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    model = attndsl.compile(gpt_spec, config=GPT_TINY, seed=0)
+    ids = np.random.default_rng(1).integers(0, 97, (2, 9))
+    out = program.forward(model.state_dict(), {"tokens": ids})
+    assert set(out) == {"logits"}
+    np.testing.assert_allclose(out["logits"], model(tokens=ids)["logits"],
+                               **TOLERANCES["float32"])
+
+
+def test_module_entry_point(repo_root: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "attndsl.cli", "check", "specs/gpt.attn"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "specs/gpt.attn: ok" in result.stdout
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+BAD_SPEC = """model m {
+    input x: float[B, 4]
+    y = linear(x 3)
+    output y
+}
+"""
+
+
+def test_syntax_error(capsys, tmp_path) -> None:
+    path = tmp_path / "bad.attn"
+    path.write_text(BAD_SPEC)
+    code, out, err = run_cli(capsys, "check", path)
+    assert code == 2
+    line, col = 3, BAD_SPEC.splitlines()[2].index("3") + 1
+    assert f"{path}:{line}:{col}: error[E100]" in err
+    assert "linear(x 3)" in err
+    caret_line = next(ln for ln in err.splitlines() if ln.strip().endswith("^"))
+    source_line = next(ln for ln in err.splitlines() if "linear(x 3)" in ln)
+    assert source_line.rindex("3") == caret_line.index("^"), "the caret points at the token"
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("command", ["check", "compile", "stats", "run"])
+def test_syntax_error_every_command(capsys, tmp_path, command: str) -> None:
+    path = tmp_path / "bad.attn"
+    path.write_text(BAD_SPEC)
+    code, _, err = run_cli(capsys, command, path)
+    assert code == 2 and "error[E100]" in err
+
+
+def test_unknown_set_key_suggests_the_constant(capsys, gpt_spec) -> None:
+    code, _, err = run_cli(capsys, "check", gpt_spec, "--set", "layres=2")
+    assert code == 2
+    assert "layres" in err and "did you mean 'layers'" in err
+
+
+def test_malformed_set(capsys, gpt_spec) -> None:
+    code, _, err = run_cli(capsys, "check", gpt_spec, "--set", "layers")
+    assert code == 2 and "name=value" in err
+
+
+def test_missing_file(capsys, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "check", tmp_path / "nope.attn")
+    assert code == 2
+    assert "nope.attn" in err and "error[" in err
+
+
+def test_run_with_wrong_input_dtype(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--input", f"tokens={tmp_path / 'x.npy'}",
+                           *tiny_args)
+    assert code == 2 and "error[E301]" in err and "must be int" in err
+
+
+def test_run_with_unreadable_input(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--input", f"tokens={tmp_path / 'none.npy'}",
+                           *tiny_args)
+    assert code == 2 and "cannot read input 'tokens'" in err
+
+
+def test_run_with_missing_weights(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--weights", tmp_path / "w.safetensors",
+                           *tiny_args)
+    assert code == 2 and "error[E302]" in err
+
+
+def test_unavailable_backend_is_a_clean_error(capsys, gpt_spec, tiny_args) -> None:
+    from attndsl.backends import available_backends
+    if available_backends()["cupy"] is None:
+        pytest.skip("cupy is available here")
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--backend", "cupy", *tiny_args)
+    assert code == 2 and "not available" in err
