@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from attndsl.backends import Backend, Program, get_backend
-from attndsl.errors import RuntimeInputError, TrainingError, WeightsError, did_you_mean
+from attndsl.errors import (
+    ConfigError,
+    RuntimeInputError,
+    TrainingError,
+    WeightsError,
+    did_you_mean,
+)
 from attndsl.frontend import build
 from attndsl.init import init_params
 from attndsl.ir.dims import Dim
@@ -211,13 +217,23 @@ def _torch_kind(value: Any) -> str:
 
 def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | None = None,
             seed: int = 0, dtype: str = "float32", weights: str | Path | None = None,
-            layerdrop: float | None = None, **options: Any) -> Model:
+            layerdrop: float | None = None, outputs: list[str] | None = None,
+            **options: Any) -> Model:
     """Parse, check, optimize and lower a spec; initialize weights from `seed` (or load
-    `weights`). `layerdrop` overrides the spec's LayerDrop probability. `options` go to the
-    backend (torch: device="cuda", checkpointing=True)."""
+    `weights`). `layerdrop` overrides the spec's LayerDrop probability. `outputs` keeps only
+    the named outputs (the rest of the graph that feeds nothing else is removed). `options`
+    go to the backend (torch: device="cuda", checkpointing=True)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    graph = optimize(build(spec, config, layerdrop))
+    graph = build(spec, config, layerdrop)
+    if outputs is not None:
+        unknown = [o for o in outputs if o not in graph.outputs]
+        if unknown:
+            raise ConfigError(f"the model has no output '{unknown[0]}'", None,
+                              did_you_mean(unknown[0], graph.outputs)
+                              or f"outputs: {', '.join(graph.outputs)}")
+        graph.outputs = {k: v for k, v in graph.outputs.items() if k in outputs}
+    graph = optimize(graph)
     be = get_backend(backend)
     model = Model(graph, be, init_params(graph, seed), dtype, options)
     if weights is not None:

@@ -238,6 +238,8 @@ def op_rms_norm(x, g, *, eps):
 
 
 def op_embedding(table, ids):
+    if ids.size and int(ids.min()) < 0:   # np.take would wrap -1 to the last row
+        raise IndexError(f"embedding id {int(ids.min())} is out of range [0, {table.shape[0]})")
     return np.take(table, ids, axis=0)
 
 

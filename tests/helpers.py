@@ -32,6 +32,48 @@ CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
 }
 
 
+# Small specs exercising single ops (shared by the NumPy reference tests and the backend
+# equivalence tests).
+OPS_SPEC = """
+model ops {
+    input x: float[B, T, 8]
+    input ids: int[B, T]
+    output sm = softmax(x)
+    output sm0 = softmax(x, axis=1)
+    output ln = layer_norm(x, eps=1e-5)
+    output rn = rms_norm(x, eps=1e-6)
+    output gt = gelu(x)
+    output ge = gelu(x, approximate="none")
+    output si = silu(x)
+    output lin = linear(x, 5)
+    output emb = embedding(ids, 13, 8)
+    output pe = sinusoidal(T, 8)
+    output arith = (x * 2 - 1) / 4 + x ** 2
+    output red = mean(x, axis=-1, keepdims=true) + sum(x, axis=1, keepdims=true)
+}
+"""
+
+ATTN_SPEC = """
+model attn {
+    input q: float[B, 2, T, 8]
+    input k: float[B, 2, T, 8]
+    input v: float[B, 2, T, 8]
+    input pad: bool[B, T]
+    output a_full = sdpa(q, k, v)
+    output a_causal = sdpa(q, k, v, pattern=causal)
+    output a_causal_window3 = sdpa(q, k, v, pattern=causal & window(3))
+    output a_global0 = sdpa(q, k, v, pattern=window(2) | global([0]))
+    output a_prefix_lm = sdpa(q, k, v, pattern=prefix(4) | causal)
+    output a_dilated = sdpa(q, k, v, pattern=dilated(2, 3))
+    output padded = sdpa(q, k, v, pattern=causal, key_padding=pad)
+    output scaled = sdpa(q, k, v, scale=0.1)
+    output by_hand = softmax(q @ transpose(k) / sqrt(8)) @ v
+}
+"""
+
+OP_SPECS = {"ops": OPS_SPEC, "attn": ATTN_SPEC}
+
+
 def spec_paths() -> list[Path]:
     """Every spec in specs/, sorted (discovered, so new specs are tested automatically)."""
     return sorted(SPECS_DIR.glob("*.attn"))

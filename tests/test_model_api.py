@@ -249,6 +249,14 @@ def test_misspelled_only_input_is_reported(gpt) -> None:
     assert "tokens" in text
 
 
+@pytest.mark.xfail(strict=True, reason="reported bug: token ids outside [0, vocab) are not "
+                   "validated; the kernels raise a bare IndexError (a traceback in the CLI)")
+@pytest.mark.parametrize("bad_id", [-1, GPT_TINY["vocab"]])
+def test_out_of_range_token_ids(gpt, bad_id: int) -> None:
+    with pytest.raises(RuntimeInputError, match="tokens"):
+        gpt(tokens=np.array([[1, bad_id]]))
+
+
 TWO_INPUTS = """
 model two {
     input a: float[B, T, 8]

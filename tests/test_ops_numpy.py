@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from attndsl.backends import numpy_kernels as K
+from helpers import ATTN_SPEC, OPS_SPEC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import TOLERANCES
@@ -419,6 +420,14 @@ def test_embedding() -> None:
     np.testing.assert_array_equal(K.op_embedding(table, np.arange(3)), table[:3])
 
 
+@pytest.mark.parametrize("bad_id", [-1, 11])
+def test_embedding_rejects_out_of_range_ids(bad_id: int) -> None:
+    """Like torch's embedding: no silent wrap-around of negative ids."""
+    table = np.zeros((11, 4), dtype=np.float32)
+    with pytest.raises(IndexError):
+        K.op_embedding(table, np.array([[0, bad_id]]))
+
+
 # -- attention -----------------------------------------------------------------------------------
 
 def qkv(bsz=2, heads=2, tq=10, tk=10, d=8, dtype="float64", seed=RNG_SEED, scale=1.0):
@@ -517,24 +526,6 @@ def test_attention_cached_appends_to_the_cache() -> None:
 
 # -- the same ops through compiled specs --------------------------------------------------------
 
-OPS_SPEC = """
-model ops {
-    input x: float[B, T, 8]
-    input ids: int[B, T]
-    output sm = softmax(x)
-    output sm0 = softmax(x, axis=1)
-    output ln = layer_norm(x, eps=1e-5)
-    output rn = rms_norm(x, eps=1e-6)
-    output gt = gelu(x)
-    output ge = gelu(x, approximate="none")
-    output si = silu(x)
-    output lin = linear(x, 5)
-    output emb = embedding(ids, 13, 8)
-    output pe = sinusoidal(T, 8)
-    output arith = (x * 2 - 1) / 4 + x ** 2
-    output red = mean(x, axis=-1, keepdims=true) + sum(x, axis=1, keepdims=true)
-}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -591,23 +582,6 @@ def test_ops_through_a_spec_in_float64() -> None:
     assert out["ln"].dtype == np.float64
 
 
-ATTN_SPEC = """
-model attn {
-    input q: float[B, 2, T, 8]
-    input k: float[B, 2, T, 8]
-    input v: float[B, 2, T, 8]
-    input pad: bool[B, T]
-    output a_full = sdpa(q, k, v)
-    output a_causal = sdpa(q, k, v, pattern=causal)
-    output a_causal_window3 = sdpa(q, k, v, pattern=causal & window(3))
-    output a_global0 = sdpa(q, k, v, pattern=window(2) | global([0]))
-    output a_prefix_lm = sdpa(q, k, v, pattern=prefix(4) | causal)
-    output a_dilated = sdpa(q, k, v, pattern=dilated(2, 3))
-    output padded = sdpa(q, k, v, pattern=causal, key_padding=pad)
-    output scaled = sdpa(q, k, v, scale=0.1)
-    output by_hand = softmax(q @ transpose(k) / sqrt(8)) @ v
-}
-"""
 
 
 def test_attention_through_a_spec() -> None:

@@ -61,10 +61,11 @@ def make_optimizer(
     groups = param_groups(named_params, weight_decay)
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    fused = all(p.is_floating_point() for g in groups for p in g["params"])  # one kernel
     if kind == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     raise ValueError(f"unknown optimizer {kind!r}; expected one of {', '.join(OPTIMIZER_KINDS)}")
 
 
