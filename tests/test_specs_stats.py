@@ -67,17 +67,25 @@ def vit_params(img: int = 224, patch: int = 16, channels: int = 3, d_model: int 
     return embed + layers * layer + layer_norm(d_model) + linear(d_model, classes)
 
 
+def nanogpt_params(vocab: int = 65, ctx: int = 64, d_model: int = 128, layers: int = 4,
+                   **_: Any) -> int:
+    """nanoGPT's Shakespeare configuration: the GPT-2 architecture at a small size."""
+    return gpt_params(vocab, ctx, d_model, layers)
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
-            "vit": vit_params}
+            "vit": vit_params, "nanogpt": nanogpt_params}
 
 # Published / independently verified totals.
-KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656}
+KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
+         "nanogpt": 816_896}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
     "bert": [{"layers": 2}, {"layers": 1, "d_model": 64, "heads": 2, "vocab": 500}],
     "transformer": [{"enc_layers": 1, "dec_layers": 2}, {"d_model": 256, "heads": 4, "d_ff": 1024,
                                                          "enc_layers": 2, "dec_layers": 1}],
+    "nanogpt": [{"layers": 1, "vocab": 97}],
     "vit": [{"layers": 2}, {"img": 32, "patch": 8, "d_model": 64, "heads": 4, "d_ff": 128,
                             "layers": 1, "classes": 10}],
 }

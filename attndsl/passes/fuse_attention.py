@@ -21,6 +21,8 @@ from attndsl.passes.manager import PassResult
 def fuse_attention(graph: Graph) -> PassResult:
     out = graph.copy()
     users = graph.users()
+    for nid in graph.outputs.values():  # an output is a use the rewrite must keep
+        users[nid].append(-1)
     modified = False
     for nid in graph.topological_order():
         node = graph.nodes[nid]
