@@ -45,6 +45,7 @@ class Model:
         self.program: Program = backend.compile(graph, params, dtype, dict(options or {}))
         self.stats: Stats = compute_stats(graph)
         self.last_dims: dict[str, int] = {}
+        self.id_limits = embedding_limits(graph)
 
     @property
     def module(self) -> Any:
@@ -89,6 +90,13 @@ class Model:
                                         f"{ttype}, got shape {tuple(value.shape)}", None)
             for axis, (dim, size) in enumerate(zip(ttype.shape, value.shape)):
                 self._bind_dim(name, axis, dim, int(size), env)
+            if name in self.id_limits and value.size:
+                lo, hi = int(value.min()), int(value.max())
+                if lo < 0 or hi >= self.id_limits[name]:
+                    raise RuntimeInputError(f"input '{name}' has ids in [{lo}, {hi}], but the "
+                                            f"embedding it indexes has {self.id_limits[name]} "
+                                            f"rows", None, f"ids must be in [0, "
+                                            f"{self.id_limits[name] - 1}]")
             out[name] = value
         for sym, bound in graph.meta.get("dim_bounds", {}).items():
             if sym in env and env[sym] > bound:
@@ -204,6 +212,18 @@ class Model:
 
     def to_numpy(self, outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         return {k: self.program.to_numpy(v) for k, v in outputs.items()}
+
+
+def embedding_limits(graph: Graph) -> dict[str, int]:
+    """Input name -> rows of the smallest embedding table that input indexes directly."""
+    out: dict[str, int] = {}
+    names = {nid: name for name, nid in graph.inputs.items()}
+    for node in graph.nodes.values():
+        if node.op == "embedding" and node.inputs[1] in names:
+            rows = int(graph.nodes[node.inputs[0]].type.shape[0].as_int())
+            name = names[node.inputs[1]]
+            out[name] = min(rows, out.get(name, rows))
+    return out
 
 
 def _torch_kind(value: Any) -> str:

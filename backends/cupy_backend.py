@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from attndsl.backends import Backend, Program
-from attndsl.backends.numpy_backend import NumpyProgram, emit_module
+from attndsl.backends.numpy_backend import NumpyProgram, check_numpy_options, emit_module
 
 from attndsl.ir.graph import Graph
 
@@ -36,6 +36,7 @@ class CupyBackend(Backend):
     def compile(self, graph: Graph, params: dict[str, np.ndarray], dtype: str,
                 options: dict[str, Any]) -> Program:
         import cupy
+        check_numpy_options(dtype, options)
         return CupyProgram(graph, params, dtype, array_module=cupy)
 
     def emit(self, graph: Graph) -> str:

@@ -48,12 +48,22 @@ def emit_module(graph: Graph, dtype: str = "float32", cached: bool = False) -> s
     return (f"{header}\n\n{body}\n\n" + emit_forward(graph, EmitOptions(cached=cached)))
 
 
+def check_numpy_options(dtype: str, options: dict[str, Any]) -> None:
+    if dtype not in NUMPY_DTYPES:
+        raise ValueError(f"the NumPy/CuPy backends compute in {' or '.join(NUMPY_DTYPES)}, "
+                         f"not {dtype}; use backend='torch' for {dtype}")
+    if options:
+        raise ValueError(f"unknown backend options: {', '.join(options)}")
+
+
 class NumpyProgram(Program):
     def __init__(self, graph: Graph, params: dict[str, np.ndarray], dtype: str,
                  array_module: Any = np):
         self.graph, self.xp = graph, array_module
         self.dtype = NUMPY_DTYPES[dtype]
         self.namespaces: dict[bool, dict[str, Any]] = {}
+        self.float_inputs = {name for name, nid in graph.inputs.items()
+                             if graph.nodes[nid].type.dtype == "float"}
         self.set_params(params)
 
     def namespace(self, cached: bool) -> dict[str, Any]:
@@ -67,13 +77,24 @@ class NumpyProgram(Program):
             self.namespaces[cached] = ns
         return self.namespaces[cached]
 
+    def convert_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Backend arrays: floats in the program's dtype, ints as int64."""
+        out = {}
+        for k, v in inputs.items():
+            a = np.asarray(v)
+            if k in self.float_inputs or a.dtype.kind == "f":
+                a = a.astype(self.dtype, copy=False)
+            elif a.dtype.kind in "iu":
+                a = a.astype(np.int64, copy=False)
+            out[k] = self.xp.asarray(a)
+        return out
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        xs = {k: self.xp.asarray(v) for k, v in inputs.items()}
-        return self.namespace(False)["forward"](self.params, xs)
+        return self.namespace(False)["forward"](self.params, self.convert_inputs(inputs))
 
     def run_cached(self, inputs: dict[str, np.ndarray], cache: dict, past: int) -> dict[str, Any]:
-        xs = {k: self.xp.asarray(v) for k, v in inputs.items()}
-        return self.namespace(True)["forward"](self.params, xs, cache, past)
+        return self.namespace(True)["forward"](self.params, self.convert_inputs(inputs), cache,
+                                               past)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}
@@ -95,6 +116,7 @@ class NumpyBackend(Backend):
 
     def compile(self, graph: Graph, params: dict[str, np.ndarray], dtype: str,
                 options: dict[str, Any]) -> Program:
+        check_numpy_options(dtype, options)
         return NumpyProgram(graph, params, dtype)
 
     def emit(self, graph: Graph) -> str:

@@ -41,11 +41,13 @@ class {cls}(nn.Module):
         for name, shape in PARAMS.items():
             _register(self, name, nn.Parameter(torch.empty(shape)))
 
+    fdtype = torch.float32  # the float dtype of a module without parameters
+
     def _context(self):
         first = next(iter(self.parameters()), None)
         if first is None:
-            return torch.device("cpu"), torch.get_default_dtype()
-        return first.device, first.dtype if first.is_floating_point() else torch.float32
+            return torch.device("cpu"), self.fdtype
+        return first.device, first.dtype
 
     def forward(self, **inputs):
         device, fdtype = self._context()
@@ -91,8 +93,11 @@ class TorchProgram(Program):
         exec(compile(source, f"<attndsl-torch:{graph.meta.get('name')}>", "exec"), ns)  # noqa: S102 - our own generated code
         self.module = ns["GeneratedModel"]()
         self.torch_dtype = getattr(torch, dtype)
+        self.module.fdtype = self.torch_dtype
         self.module.to(device=device, dtype=self.torch_dtype)
         self.module.eval()
+        self.float_inputs = {name for name, nid in graph.inputs.items()
+                             if graph.nodes[nid].type.dtype == "float"}
         self.set_params(params)
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +109,7 @@ class TorchProgram(Program):
         out = {}
         for k, v in inputs.items():
             t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-            if t.is_floating_point():
+            if t.is_floating_point() or k in self.float_inputs:
                 t = t.to(fdtype)
             elif t.dtype != torch.bool:
                 t = t.to(torch.int64)

@@ -135,13 +135,9 @@ def test_torch_module_forward_matches_model_call(repo_root: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", sorted(OP_SPECS))
-def test_op_specs_match_numpy(name: str, backend: str, dtype: str, request) -> None:
+def test_op_specs_match_numpy(name: str, backend: str, dtype: str) -> None:
     """Single-op specs (every pattern, key padding with a fully masked row, norms, GELU forms,
     positions) give the NumPy numbers on every backend, in float32 and float64."""
-    if backend == "torch" and dtype == "float64" and name == "attn":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "reported bug: a torch module without parameters takes its float dtype from "
-            "torch.get_default_dtype(), so a float64 model computes in float32")))
     ref_model = attndsl.compile(OP_SPECS[name], backend="numpy", seed=1, dtype=dtype)
     inputs = random_inputs(ref_model.graph, batch=2, seq=9, seed=3)
     if "pad" in inputs:
@@ -154,6 +150,28 @@ def test_op_specs_match_numpy(name: str, backend: str, dtype: str, request) -> N
         if value.dtype.kind == "f":
             assert value.dtype == np.dtype(dtype), f"{backend} {key} is {value.dtype}"
     assert_outputs_close(out, expected, dtype)
+
+
+INT_OPERAND_EXPRS = {
+    "exp(arange(T))": lambda t: np.exp(t),
+    "arange(T) * 2": lambda t: t * 2.0,
+    "gelu(arange(T))": lambda t: 0.5 * t * (1 + np.tanh(math.sqrt(2 / math.pi)
+                                                         * (t + 0.044715 * t ** 3))),
+    "silu(arange(T))": lambda t: t / (1 + np.exp(-t)),
+}
+
+
+@pytest.mark.parametrize("expr", sorted(INT_OPERAND_EXPRS))
+def test_float_ops_on_int_tensors(expr: str, backend: str) -> None:
+    """The IR types these float (the frontend casts the int operand); every backend computes
+    them in the model's dtype."""
+    text = f"model m {{\n    input x: float[T]\n    output y = x + {expr}\n}}\n"
+    model = attndsl.compile(text, backend=backend)
+    x = np.zeros(5, np.float32)
+    out = model.to_numpy(model(x=x))["y"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, INT_OPERAND_EXPRS[expr](np.arange(5.0)),
+                               **TOLERANCES["float32"])
 
 
 # -- kernel-level parity: numpy kernels vs torch kernels ------------------------------------------

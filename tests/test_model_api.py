@@ -249,8 +249,6 @@ def test_misspelled_only_input_is_reported(gpt) -> None:
     assert "tokens" in text
 
 
-@pytest.mark.xfail(strict=True, reason="reported bug: token ids outside [0, vocab) are not "
-                   "validated; the kernels raise a bare IndexError (a traceback in the CLI)")
 @pytest.mark.parametrize("bad_id", [-1, GPT_TINY["vocab"]])
 def test_out_of_range_token_ids(gpt, bad_id: int) -> None:
     with pytest.raises(RuntimeInputError, match="tokens"):
@@ -290,17 +288,12 @@ def test_errors_format_without_a_span(gpt) -> None:
     assert info.value.format().startswith("error[E301]: ")
 
 
-@pytest.mark.xfail(strict=True, reason="reported bug: the NumPy backend does not cast float "
-                   "inputs to the model dtype (a float64 image gives float64 logits)")
 def test_float64_input_to_a_float32_model_gives_float32(repo_root) -> None:
     model = attndsl.compile(repo_root / "specs" / "vit.attn", config=TINY_CONFIGS["vit"])
     image = random_inputs(model.graph)["image"].astype(np.float64)
     assert model(image=image)["logits"].dtype == np.float32
 
 
-@pytest.mark.xfail(strict=True, reason="reported bug: float inputs accept integer arrays "
-                   "(INPUT_KINDS float='fiu') but no backend converts them: torch fails with a raw "
-                   "RuntimeError, numpy computes in int64/float64")
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
 def test_integer_array_for_a_float_input(backend_name: str) -> None:
     model = attndsl.compile(TWO_INPUTS, backend=backend_name)
@@ -310,8 +303,6 @@ def test_integer_array_for_a_float_input(backend_name: str) -> None:
     np.testing.assert_array_equal(out, 2.0)
 
 
-@pytest.mark.xfail(strict=True, reason="reported bug: compile(dtype='bfloat16'|'float16') on the "
-                   "NumPy backend raises a bare KeyError instead of a clear error")
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_numpy_backend_rejects_half_dtypes_clearly(gpt_spec, dtype: str) -> None:
     with pytest.raises((ValueError, attndsl.AttnError), match=dtype):

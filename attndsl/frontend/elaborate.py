@@ -377,6 +377,10 @@ class Builder:
             ttype = ops.infer(op, [t.type for t in inputs], attrs)
         except AttnError as e:
             raise type(e)(e.message, span, e.hint) from None
+        if ttype.dtype == "float" and op != "cast":
+            keep = ops.NON_FLOAT_OPERANDS.get(op, ())
+            inputs = [t if t.type.dtype == "float" or i in keep else self.add(
+                "cast", [t], {"dtype": "float"}, span) for i, t in enumerate(inputs)]
         nid = self.graph.add(op, tuple(t.node for t in inputs), attrs, ttype, span)
         return Tensor(nid, ttype)
 

@@ -41,6 +41,12 @@ class OpDef:
 
 OPS: dict[str, OpDef] = {}
 
+# Operand positions that stay int/bool when an op's result is float (ids, masks,
+# conditions). Every other int/bool operand of a float-valued op is cast to float by the
+# frontend, so kernels only ever combine floats with floats.
+NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention": (3,),
+                                                  "where": (0,)}
+
 
 def numel(shape: tuple[Dim, ...]) -> Dim:
     out = Dim.of(1)
