@@ -23,7 +23,8 @@ PARAMS = {params}
 
 
 def _register(root, name, param):
-    """Create the submodules on the dotted path and register `param` at its end."""
+    """Create the submodules on the dotted path and register `param` at its end; returns
+    the (submodule, leaf name) slot that holds it."""
     *path, leaf = name.split(".")
     module = root
     for part in path:
@@ -31,6 +32,7 @@ def _register(root, name, param):
             module.add_module(part, nn.Module())
         module = module._modules[part]
     module.register_parameter(leaf, param)
+    return module, leaf
 
 
 class {cls}(nn.Module):
@@ -38,8 +40,12 @@ class {cls}(nn.Module):
 
     def __init__(self):
         super().__init__()
-        for name, shape in PARAMS.items():
-            _register(self, name, nn.Parameter(torch.empty(shape)))
+        self._slots = [(name, *_register(self, name, nn.Parameter(torch.empty(shape))))
+                       for name, shape in PARAMS.items()]
+
+    def _params(self):
+        """Name -> the Parameter currently in its slot (cheaper than named_parameters())."""
+        return {{name: module._parameters[leaf] for name, module, leaf in self._slots}}
 
     fdtype = torch.float32  # the float dtype of a module without parameters
 
@@ -51,13 +57,13 @@ class {cls}(nn.Module):
 
     def forward(self, **inputs):
         device, fdtype = self._context()
-        return forward(dict(self.named_parameters()), inputs, self.training, device, fdtype)
+        return forward(self._params(), inputs, self.training, device, fdtype)
 
     def forward_cached(self, cache, past, **inputs):
         """Incremental decoding: `cache` (a dict) holds keys/values of `past` positions."""
         device, fdtype = self._context()
-        return forward_cached(dict(self.named_parameters()), inputs, self.training, device,
-                              fdtype, cache, past)
+        return forward_cached(self._params(), inputs, self.training, device, fdtype, cache,
+                              past)
 '''
 
 

@@ -18,6 +18,16 @@ from helpers import REPO_ROOT, spec_paths
 BACKEND_NAMES = ("numpy", "torch", "cupy")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tiny test models: one torch thread avoids OpenMP thread contention on busy machines
+    (a 2-thread pool can run 100x slower when another process holds a core)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 @functools.lru_cache(maxsize=1)
 def _availability() -> dict[str, str | None]:
     return available_backends()
