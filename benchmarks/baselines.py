@@ -215,9 +215,8 @@ def numpy_gpt_forward(
         att /= att.sum(axis=-1, keepdims=True)
         y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, cfg.d_model)  # (B, T, C)
         x += _linear(y, params, f"{p}.attn.c_proj")  # (B, T, C)
-        h = _gelu_tanh(
-            _linear(_layer_norm(x, params, f"{p}.ln_2"), params, f"{p}.mlp.c_fc")
-        )  # (B, T, d_ff)
+        h = _linear(_layer_norm(x, params, f"{p}.ln_2"), params, f"{p}.mlp.c_fc")  # (B, T, d_ff)
+        h = _gelu_tanh(h)  # (B, T, d_ff)
         x += _linear(h, params, f"{p}.mlp.c_proj")  # (B, T, C)
     x = _layer_norm(x, params, "transformer.ln_f")  # (B, T, C)
     if not head:

@@ -3,8 +3,9 @@ hand-written PyTorch eager model (SDPA) and hand-written NumPy, side by side in 
 
     python benchmarks/bench_forward.py [--seq 256] [--batch 1] [--repeats 10]
 
-Runs are interleaved (one of each per round) so machine noise hits all variants alike;
-reports the median, the ratio to hand-written PyTorch and achieved GFLOP/s (FLOPs from
+Each round times every variant in a block (one warm-up run, then --repeats timed runs);
+rounds interleave the variants so machine noise hits all alike, while blocks keep one
+library's idle BLAS/OpenMP threads from slowing the next call. Reports the median, the ratio to hand-written PyTorch and achieved GFLOP/s (FLOPs from
 `attndsl stats` for the same graph).
 """
 
@@ -53,7 +54,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per block")
+    ap.add_argument("--rounds", type=int, default=3, help="blocks per variant, interleaved")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = GPTConfig(vocab=50257, ctx=1024, d_model=768, heads=12, layers=args.layers, d_ff=3072)
@@ -83,13 +85,13 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
-        for fn in variants.values():
-            fn()                                           # warm-up
-        for _ in range(args.repeats):
+        for _ in range(args.rounds):
             for name, fn in variants.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+                fn()        # warm-up: also lets the other library's idle threads settle
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
     flops = np_model.stats.evaluate({"B": args.batch, "T": args.seq})["flops"]
     base = statistics.median(times["hand-written PyTorch (SDPA)"])
     print(f"GPT-2 small forward without LM head, layers={args.layers}, B={args.batch}, "

@@ -20,6 +20,7 @@ from attndsl.errors import (
     RecursionError_,
     ShapeError,
     SyntaxError_,
+    TrainingError,
     TypeError_,
     did_you_mean,
 )
@@ -325,3 +326,19 @@ def test_e208_bad_set_value_points_at_constant() -> None:
 def test_did_you_mean() -> None:
     assert did_you_mean("d_modle", ["d_model", "heads"]) == "did you mean 'd_model'?"
     assert did_you_mean("zzz", ["d_model"]) is None
+
+
+# -- E401 training section --------------------------------------------------------------------------------------
+
+TRAIN_MODEL = "model {\n    input x: float[B, 4]\n    output y = linear(x, 3)\n}\n"
+
+
+def test_e401_unknown_training_setting_with_hint() -> None:
+    err = build_error(TRAIN_MODEL + "train {\n    optimiser = adam()\n}\n")
+    check(err, TrainingError, 6, 5, "unknown training setting 'optimiser'")
+    assert err.hint == "did you mean 'optimizer'?"
+
+
+def test_e401_setting_of_the_wrong_kind() -> None:
+    err = build_error(TRAIN_MODEL + "train {\n    schedule = adam()\n}\n")
+    check(err, TrainingError, 6, 5, "'schedule' must be a schedule")

@@ -32,6 +32,7 @@ from attndsl.errors import (
     RecursionError_,
     ShapeError,
     Span,
+    TrainingError,
     TypeError_,
     did_you_mean,
 )
@@ -43,6 +44,10 @@ from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph, TensorType
 from attndsl.ir.patterns import Pattern
 
+# train-section setting -> the kind of value it takes
+TRAIN_SETTINGS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedule",
+                  "clip": "number", "steps": "number", "batch": "number", "seq": "number",
+                  "grad_accum": "number", "warmup": "number", "layerdrop": "number"}
 MAX_CALL_DEPTH = 64
 MAX_REPEAT = 4096
 MAX_INT_BITS = 4096
@@ -199,8 +204,18 @@ class Builder:
             for s in train.settings:
                 if s.name in settings:
                     raise DefinitionError(f"training setting '{s.name}' is given twice", s.span)
+                if s.name not in TRAIN_SETTINGS:
+                    raise TrainingError(f"unknown training setting '{s.name}'", s.span,
+                                        did_you_mean(s.name, TRAIN_SETTINGS)
+                                        or f"settings: {', '.join(TRAIN_SETTINGS)}")
                 settings[s.name] = self.eval(s.value, frame)
-                settings.setdefault("_spans", {})[s.name] = s.span
+                kind = TRAIN_SETTINGS[s.name]
+                value = settings[s.name]
+                got = value.get("kind") if isinstance(value, dict) else "number" if isinstance(
+                    value, (int, float)) and not isinstance(value, bool) else None
+                if got != kind:
+                    raise TrainingError(f"'{s.name}' must be a {kind}, got {describe(value)}",
+                                        s.span)
             return settings
         finally:
             self.builtins = saved
