@@ -114,6 +114,7 @@ class Trainer:
         self.module = model.module
         self.loss_spec = loss_spec(model.graph)
         self.mask_token = mask_token
+        self.inputs = self.stream_inputs()
         self.named = dict(self.module.named_parameters())
         self.optimizer = make_optimizer(config.optimizer, self.named, lr=config.lr,
                                         weight_decay=config.weight_decay, betas=config.betas,
@@ -125,6 +126,28 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     # -- batches and losses ----------------------------------------------------------------------
+    def stream_inputs(self) -> tuple[str, dict[str, str]]:
+        """The token-stream input (the first input, int[B, T]) and how every other input is
+        filled: int inputs of the same shape with zeros (segment ids), bool ones with True
+        (no padding). Anything else (a second sequence, as in encoder-decoder specs) needs
+        paired data, which text-file training does not provide."""
+        graph = self.model.graph
+        names = list(graph.inputs)
+        stream = graph.nodes[graph.inputs[names[0]]].type
+        if stream.dtype != "int" or stream.rank != 2:
+            raise TrainingError(f"text training feeds token ids to the first input, but "
+                                f"'{names[0]}' is {stream}", None,
+                                "declare the token input first, as int[B, T]")
+        fill: dict[str, str] = {}
+        for name in names[1:]:
+            t = graph.nodes[graph.inputs[name]].type
+            if t.shape != stream.shape or t.dtype == "float":
+                raise TrainingError(f"input '{name}' ({t}) cannot be derived from a text "
+                                    "stream", None, "train encoder-decoder or multi-input "
+                                    "specs from Python with Model.value_and_grad")
+            fill[name] = t.dtype
+        return names[0], fill
+
     def batch(self, split: str, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
         x, y = self.data.get_batch(split, self.cfg.batch, self.cfg.seq, rng)  # (B, T) each
         if self.loss_spec["target"] == "masked_lm":
@@ -132,8 +155,11 @@ class Trainer:
                 raise TrainingError("masked-LM training needs a mask token id")
             x, y = masked_lm_batch(x, self.data.tokenizer.vocab_size, self.mask_token, rng,
                                    ignore_index=self.loss_spec["ignore_index"])
-        name = next(iter(self.model.graph.inputs))
-        return {name: x}, y
+        stream, fill = self.inputs
+        inputs = {stream: x}
+        for name, dtype in fill.items():
+            inputs[name] = np.ones(x.shape, bool) if dtype == "bool" else np.zeros_like(x)
+        return inputs, y
 
     def autocast(self) -> Any:
         import torch
@@ -162,7 +188,8 @@ class Trainer:
         lr = self.schedule(self.step + 1 if self.cfg.schedule == "noam" else self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.module.train()
+        if not self.module.training:
+            self.module.train()
         total = 0.0
         for _ in range(self.cfg.grad_accum):
             inputs, y = self.batch("train", self.rng)
