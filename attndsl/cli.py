@@ -278,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("generate", help="sample text from a trained checkpoint")
-    p.add_argument("source", help="a checkpoint directory written by `attndsl train`")
+    p = sub.add_parser("generate", help="generate text from a checkpoint or a spec")
+    p.add_argument("source", help="a checkpoint directory written by `attndsl train`, or a "
+                   "spec (byte tokenizer; with --weights, else seeded random weights)")
     p.add_argument("--prompt", default="\n")
     p.add_argument("--max-new", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -287,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="torch", choices=("torch", "numpy"))
+    p.add_argument("--weights", help="with a spec: a safetensors file to load")
+    p.add_argument("--beam", type=int, default=1,
+                   help="encoder-decoder specs: beam width (1 = greedy)")
+    p.add_argument("--bos", type=int, default=1, help="encoder-decoder: start token id")
+    p.add_argument("--eos", type=int, default=2, help="encoder-decoder: end token id")
+    add_set(p)
     p.set_defaults(fn=cmd_generate)
     return parser
 

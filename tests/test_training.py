@@ -216,3 +216,23 @@ def test_cli_train_resume_and_generate(tmp_path, capsys):
     assert main(["generate", str(out), "--prompt", "to be", "--max-new", "10",
                  "--top-k", "5"]) == 0
     assert capsys.readouterr().out.startswith("to be")
+
+
+def test_cli_generate_from_a_spec(capsys):
+    byte_gpt = [x for k, v in {**GPT, "vocab": 256}.items() for x in ("--set", f"{k}={v}")]
+    assert main(["generate", "specs/gpt.attn", "--prompt", "ab", "--max-new", "5",
+                 "--temperature", "0", *byte_gpt]) == 0
+    assert capsys.readouterr().out.startswith("ab")          # byte tokenizer, decoded
+    big_gpt = [x for k, v in {**GPT, "vocab": 300}.items() for x in ("--set", f"{k}={v}")]
+    assert main(["generate", "specs/gpt.attn", "--prompt", "ab", "--max-new", "5",
+                 "--temperature", "0", *big_gpt]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[0] == "token" and len(out) == 2 + 7 and out[2:4] == ["97", "98"]
+    cfg = tiny_config("transformer")
+    sets = [x for k, v in {**cfg, "vocab": 256}.items() for x in ("--set", f"{k}={v}")]
+    for beam in ("1", "3"):
+        assert main(["generate", "specs/transformer.attn", "--prompt", "hi", "--max-new", "4",
+                     "--beam", beam, "--backend", "numpy", *sets]) == 0
+    capsys.readouterr()
+    assert main(["generate", "specs/bert.attn", "--prompt", "hi"]) == 2
+    assert "decoder-only spec" in capsys.readouterr().err

@@ -9,10 +9,12 @@ at the number of tokens already decoded — the logits equal the full forward's.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attndsl.errors import TrainingError
 from attndsl.model import Model
 from attndsl.training.losses import loss_spec
 
@@ -144,16 +146,46 @@ def beam_search(model: Model, src: np.ndarray, bos: int, eos: int, max_len: int,
 
 
 def generate_from_cli(args: argparse.Namespace) -> int:
+    """`attndsl generate DIR|SPEC`: a checkpoint directory brings its spec, weights and
+    tokenizer; a spec file runs with `--weights` (or seeded random weights) and the byte
+    tokenizer. Encoder–decoder specs (two token inputs) decode the prompt as the source
+    sequence, greedily or with `--beam N`."""
     import attndsl
+    from attndsl.cli import parse_sets
     from attndsl.training.checkpoint import load_checkpoint
-    from attndsl.training.tokenizers import tokenizer_from_json
-    weights, _, state = load_checkpoint(args.source)
-    if "spec_text" not in state:
-        raise ValueError(f"{args.source} was not written by `attndsl train` (no spec inside)")
-    model = attndsl.compile(state["spec_text"], backend=args.backend,
-                            config=state.get("spec_config", {}), seed=0)
-    model.load_state_dict(weights)
-    tokenizer = tokenizer_from_json(state["tokenizer"])
-    print(sample_text(model, tokenizer, args.prompt, args.max_new, args.temperature, args.top_k,
-                      args.top_p, args.seed))
+    from attndsl.training.tokenizers import ByteTokenizer, tokenizer_from_json
+    source = Path(args.source)
+    if source.is_dir():
+        weights, _, state = load_checkpoint(source)
+        if "spec_text" not in state:
+            raise ValueError(f"{source} was not written by `attndsl train` (no spec inside)")
+        model = attndsl.compile(state["spec_text"], backend=args.backend,
+                                config={**state.get("spec_config", {}), **parse_sets(args.set)})
+        model.load_state_dict(weights)
+        tokenizer: Any = tokenizer_from_json(state["tokenizer"])
+    else:
+        model = attndsl.compile(source, backend=args.backend, config=parse_sets(args.set),
+                                seed=args.seed, weights=args.weights)
+        tokenizer = ByteTokenizer()
+    inputs = model.graph.inputs
+    if len(inputs) not in (1, 2) or any(model.graph.nodes[nid].type.dtype != "int"
+                                        for nid in inputs.values()):
+        raise TrainingError("generate needs a decoder-only spec (one token input) or an "
+                            f"encoder-decoder spec (source and target tokens); this one takes "
+                            f"{', '.join(inputs)}")
+    prompt = tokenizer.encode(args.prompt)
+    if len(inputs) == 2:
+        src = np.array([prompt])
+        if args.beam > 1:
+            ids = beam_search(model, src, args.bos, args.eos, args.max_new, beam=args.beam)
+        else:
+            ids = greedy_decode(model, src, args.bos, args.eos, args.max_new)
+        ids = [i for i in ids[1:] if i != args.eos]
+    else:
+        ids = generate_ids(model, prompt, args.max_new, args.temperature, args.top_k,
+                           args.top_p, args.seed)
+    if max(ids, default=0) >= tokenizer.vocab_size:  # a spec's vocabulary beyond bytes
+        print("token ids:", " ".join(map(str, ids)))
+    else:
+        print(tokenizer.decode(ids))
     return 0
