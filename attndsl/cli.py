@@ -117,17 +117,16 @@ def dims_env(graph: Any, batch: int | None, seq: int | None) -> dict[str, int]:
 
 
 def random_inputs(graph: Any, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-    """Random inputs of the declared types: ids below the smallest embedding table."""
+    """Random inputs of the declared types: ids below the embedding table each input indexes."""
+    from attndsl.model import embedding_limits
     rng = np.random.default_rng(seed)
-    vocab = min((int(graph.nodes[n.inputs[0]].type.shape[0].as_int())
-                 for n in graph.nodes.values() if n.op == "embedding"
-                 and graph.nodes[n.inputs[1]].op == "input"), default=2)
+    limits = embedding_limits(graph)
     out: dict[str, np.ndarray] = {}
     for name, nid in graph.inputs.items():
         t = graph.nodes[nid].type
         shape = tuple(int(d.evaluate(env)) for d in t.shape)
         if t.dtype == "int":
-            out[name] = rng.integers(0, vocab, size=shape)
+            out[name] = rng.integers(0, limits.get(name, 2), size=shape)
         elif t.dtype == "bool":
             out[name] = np.ones(shape, dtype=bool)
         else:

@@ -72,8 +72,8 @@ class NumpyProgram(Program):
             ns: dict[str, Any] = {}
             source = emit_module(self.graph, np.dtype(self.dtype).name, cached)
             exec(compile(source, f"<attndsl:{self.graph.meta.get('name')}>", "exec"), ns)  # noqa: S102 - our own generated code
-            ns["np"] = self.xp
-            ns["DTYPE"] = self.xp.dtype(self.dtype) if self.xp is not np else self.dtype
+            ns["np"] = self.xp          # CuPy runs the same kernels
+            ns["DTYPE"] = self.dtype
             self.namespaces[cached] = ns
         return self.namespaces[cached]
 

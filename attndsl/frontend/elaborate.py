@@ -590,10 +590,9 @@ def scalar_binop(op: str, a: Any, b: Any, span: Span) -> Any:
             isinstance(a, numeric) and isinstance(b, numeric)):
         raise TypeError_(f"operator '{op}' cannot combine {describe(a)} and {describe(b)}", span)
     if isinstance(a, Dim) or isinstance(b, Dim):
-        a_d, b_d = Dim.of(a) if not isinstance(a, float) else None, Dim.of(b) if not isinstance(
-            b, float) else None
-        if a_d is None or b_d is None:
+        if isinstance(a, float) or isinstance(b, float):
             raise TypeError_("sizes combine with integers only", span)
+        a_d, b_d = Dim.of(a), Dim.of(b)
         if op == "+":
             return _simplify(a_d + b_d)
         if op == "-":
