@@ -109,7 +109,8 @@ def test_e101_not_utf8(tmp_path: Path) -> None:
     path.write_bytes("# caf\xe9\nmodel { }\n".encode("latin-1"))
     with pytest.raises(InputError, match="not UTF-8") as info:
         attndsl.build(path)
-    assert "offset 5" in info.value.message
+    assert "0xe9" in info.value.message
+    assert (info.value.span.line, info.value.span.col) == (1, 6)
 
 
 # -- E201 names ---------------------------------------------------------------------------------

@@ -225,25 +225,41 @@ def read_source(path: str | Path) -> str:
 
 
 def decode_source(data: bytes, file: str) -> str:
+    """Bytes -> text; errors point at the file (and, for bad bytes, at their line and column)."""
+    whole = Span(file, 1, 1, 1, 1)
     if len(data) > MAX_SOURCE_BYTES:
-        raise InputError(f"{file} is {len(data)} bytes; specs are limited to {MAX_SOURCE_BYTES}")
+        raise InputError(f"the file is {len(data)} bytes; specs are limited to "
+                         f"{MAX_SOURCE_BYTES}", whole)
     if b"\x00" in data:
-        raise InputError(f"{file} looks like a binary file, not an .attn spec")
+        raise InputError("this looks like a binary file, not an .attn spec",
+                         _byte_span(data, data.index(b"\x00"), file))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{file} is not UTF-8 text (bad byte at offset {e.start})") from None
+        raise InputError(f"not UTF-8 text (bad byte 0x{data[e.start]:02x})",
+                         _byte_span(data, e.start, file)) from None
 
 
-def _nesting_depth(text: str) -> int:
-    depth = best = 0
+def _byte_span(data: bytes, offset: int, file: str) -> Span:
+    line = data.count(b"\n", 0, offset) + 1
+    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return Span(file, line, col, line, col + 1)
+
+
+def _first_too_deep(text: str) -> tuple[int, int] | None:
+    """(line, col) of the first bracket nested more than MAX_NESTING deep, or None."""
+    depth, line, col = 0, 1, 0
     for ch in text:
-        if ch in "([{":
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+        elif ch in "([{":
             depth += 1
-            best = max(best, depth)
+            if depth > MAX_NESTING:
+                return line, col
         elif ch in ")]}":
             depth -= 1
-    return best
+    return None
 
 
 def _too_deep(tree: lark.Tree) -> lark.Tree | None:
@@ -259,9 +275,12 @@ def _too_deep(tree: lark.Tree) -> lark.Tree | None:
 
 def parse_text(text: str, file: str = "<string>") -> ast.Module:
     """Parse spec text into an `ast.Module`; raises `SyntaxError_` with a located hint."""
-    if _nesting_depth(text) > MAX_NESTING:
+    deep = _first_too_deep(text)
+    if deep is not None:
+        line, col = deep
         raise SyntaxError_(f"brackets are nested more than {MAX_NESTING} deep",
-                           Span(file, 1, 1, 1, 2, text))
+                           Span(file, line, col, line, col + 1, text),
+                           "split the expression with intermediate assignments")
     parser = grammar_parser()
     try:
         tree = parser.parse(text)
