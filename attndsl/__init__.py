@@ -9,6 +9,7 @@
 from attndsl.errors import AttnError
 from attndsl.frontend import build, parse
 from attndsl.model import Model, compile
+from attndsl.training.trainer import train
 
 __version__ = "0.1.0"
-__all__ = ["AttnError", "Model", "build", "compile", "parse", "__version__"]
+__all__ = ["AttnError", "Model", "build", "compile", "parse", "train", "__version__"]

@@ -52,7 +52,9 @@ def dim_source(d: Dim) -> str:
         factors = ([str(c.numerator)] if c != 1 else []) + [f"d_{s}" for s in mono]
         parts.append("*".join(factors) or "1")
     body = " + ".join(parts)
-    return f"({body})" if den == 1 else f"(({body}) // {den})"
+    if den != 1:
+        return f"(({body}) // {den})"
+    return body if len(parts) == 1 else f"({body})"
 
 
 def attr_source(value: Any) -> str:

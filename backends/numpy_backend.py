@@ -45,7 +45,7 @@ def emit_module(graph: Graph, dtype: str = "float32", cached: bool = False) -> s
               f'arrays.\n"""\n\nimport math\n\nimport numpy as np\n\n'
               f"DTYPE = np.{dtype}\n_MASKS: dict = {{}}\n")
     body = "\n\n".join(kernel_sources(kernels, names))
-    return (f"{header}\n\n{body}\n\n" + emit_forward(graph, EmitOptions(cached=cached)))
+    return f"{header}\n\n{body}\n\n" + emit_forward(graph, EmitOptions(cached=cached))
 
 
 def check_numpy_options(dtype: str, options: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import random_inputs, tiny_config
+from helpers import REPO_ROOT, random_inputs, tiny_config
 
 import attndsl
 from attndsl.cli import main
@@ -236,3 +236,17 @@ def test_cli_generate_from_a_spec(capsys):
     capsys.readouterr()
     assert main(["generate", "specs/bert.attn", "--prompt", "hi"]) == 2
     assert "decoder-only spec" in capsys.readouterr().err
+
+
+def test_python_train_entry_point():
+    model = attndsl.compile("specs/gpt.attn", backend="torch", config={**GPT, "vocab": 64})
+    result = attndsl.train(model, TEXT, steps=3, batch=2, seq=8, warmup=1)
+    assert result.step == 3 and len(result.history) == 3 and np.isfinite(result.train_loss)
+
+
+def test_import_does_not_load_torch_or_cupy():
+    import subprocess
+    import sys
+    code = ("import sys, attndsl; attndsl.compile('specs/gpt.attn', config={'layers': 1}); "
+            "assert 'torch' not in sys.modules and 'cupy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
