@@ -28,7 +28,7 @@ from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph
 from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
 from attndsl.passes import optimize
-from attndsl.training.losses import cross_entropy_torch, loss_spec
+from attndsl.training.losses import loss_spec
 
 INPUT_KINDS = {"int": "iu", "float": "fiu", "bool": "b"}
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -120,28 +120,21 @@ class Model:
 
     def value_and_grad(self, targets: Any, **inputs: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The spec's training loss on (inputs, targets) and its gradient for every parameter,
-        keyed like `state_dict()`. Uses the module's current mode (eval by default, so
-        dropout is off); backends without training support raise TrainingError."""
-        if not self.backend.can_train:
-            raise TrainingError(f"the {self.backend.name} backend runs inference only",
-                                None, "compile with backend='torch' to train")
-        loss = self.loss(targets, **inputs)
-        module = self.module
-        module.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = {name: (p.grad if p.grad is not None else p.detach() * 0)
-                 for name, p in module.named_parameters()}
-        return float(loss.detach()), {k: self.program.to_numpy(g) for k, g in grads.items()}
+        keyed like `state_dict()`. torch differentiates with autograd in the module's current
+        mode (eval by default, so dropout is off); NumPy runs reverse mode over the graph with
+        the rules in `attndsl.autodiff` (inference semantics: dropout off)."""
+        if not self.backend.differentiable:
+            raise TrainingError(f"the {self.backend.name} backend computes no gradients",
+                                None, "compile with backend='numpy' or backend='torch'")
+        xs = self.validate_inputs(inputs)
+        return self.program.value_and_grad(xs, targets, loss_spec(self.graph))
 
     def loss(self, targets: Any, **inputs: Any) -> Any:
-        """The training loss as a backend tensor (torch: differentiable)."""
-        spec = loss_spec(self.graph)
-        out = self(**inputs)[spec["output"]]
-        (tgt,) = self.program.convert_inputs({"t": targets}).values()
-        if tuple(tgt.shape) != tuple(out.shape[:-1]):
-            raise RuntimeInputError(f"targets have shape {tuple(tgt.shape)}, output "
-                                    f"'{spec['output']}' needs {tuple(out.shape[:-1])}")
-        return cross_entropy_torch(out, tgt, spec["label_smoothing"], spec["ignore_index"])
+        """The training loss as a differentiable torch tensor (the training loop's step)."""
+        if not self.backend.can_train:
+            raise TrainingError(f"the {self.backend.name} backend has no training loop",
+                                None, "compile with backend='torch' to train")
+        return self.program.loss(self.validate_inputs(inputs), targets, loss_spec(self.graph))
 
     # -- weights --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from attndsl.errors import TrainingError
 from attndsl.ir.graph import Graph
 
 BACKENDS = ("numpy", "cupy", "torch")
@@ -36,10 +37,17 @@ class Program(ABC):
     def to_numpy(self, value: Any) -> np.ndarray:
         """Convert a backend array to NumPy."""
 
+    def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]
+                       ) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss (`losses.loss_spec` form) and NumPy gradients keyed by parameter name
+        (only on backends whose `differentiable` flag is set)."""
+        raise TrainingError("this backend computes no gradients")
+
 
 class Backend(ABC):
     name: str = ""
-    can_train: bool = False          # value_and_grad and the training loop
+    differentiable: bool = False     # Model.value_and_grad
+    can_train: bool = False          # the training loop (optimizers, schedules, checkpoints)
     fused_attention: bool = False    # has a fused scaled-dot-product attention kernel
 
     @staticmethod

@@ -9,12 +9,20 @@ import numpy as np
 from attndsl.backends import Backend, Program
 from attndsl.backends.numpy_backend import NumpyProgram, check_numpy_options, emit_module
 
+from attndsl.errors import TrainingError
 from attndsl.ir.graph import Graph
 
 
 class CupyProgram(NumpyProgram):
+    """Inference only: the NumPy gradient rules have not been run on CuPy (no GPU here)."""
+
     def to_numpy(self, value: Any) -> np.ndarray:
         return self.xp.asnumpy(value)
+
+    def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]
+                       ) -> tuple[float, dict[str, np.ndarray]]:
+        raise TrainingError("the cupy backend computes no gradients yet",
+                            None, "use backend='numpy' or backend='torch'")
 
 
 class CupyBackend(Backend):

@@ -96,6 +96,12 @@ class NumpyProgram(Program):
         return self.namespace(True)["forward"](self.params, self.convert_inputs(inputs), cache,
                                                past)
 
+    def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]
+                       ) -> tuple[float, dict[str, np.ndarray]]:
+        from attndsl.backends.numpy_autodiff import value_and_grad_numpy
+        return value_and_grad_numpy(self.graph, self.params, inputs, np.asarray(targets), loss,
+                                    np.dtype(self.dtype).name, kernels=self.namespace(False))
+
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}
 
@@ -109,6 +115,7 @@ class NumpyProgram(Program):
 
 class NumpyBackend(Backend):
     name = "numpy"
+    differentiable = True
 
     @staticmethod
     def unavailable_reason() -> str | None:

@@ -11,6 +11,7 @@ from attndsl.backends import Backend, Program
 from attndsl.backends.codegen import EmitOptions, emit_forward, kernel_names
 from attndsl.backends.numpy_backend import kernel_sources
 
+from attndsl.errors import RuntimeInputError
 from attndsl.ir.graph import Graph
 
 TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -122,6 +123,26 @@ class TorchProgram(Program):
             out[k] = t.to(device)
         return out
 
+    def loss(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]) -> Any:
+        """The loss as a differentiable tensor, in the module's current mode."""
+        from attndsl.training.losses import cross_entropy_torch
+        out = self.run(inputs)[loss["output"]]
+        (tgt,) = self.convert_inputs({"targets": targets}).values()
+        if tuple(tgt.shape) != tuple(out.shape[:-1]):
+            raise RuntimeInputError(f"targets have shape {tuple(tgt.shape)}, output "
+                                    f"'{loss['output']}' needs {tuple(out.shape[:-1])}")
+        return cross_entropy_torch(out, tgt, loss["label_smoothing"], loss["ignore_index"])
+
+    def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]
+                       ) -> tuple[float, dict[str, np.ndarray]]:
+        value = self.loss(inputs, targets, loss)
+        self.module.zero_grad(set_to_none=True)
+        value.backward()
+        import torch
+        grads = {name: p.grad if p.grad is not None else torch.zeros_like(p)
+                 for name, p in self.module.named_parameters()}
+        return float(value.detach()), {k: self.to_numpy(g) for k, g in grads.items()}
+
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: self.to_numpy(v) for k, v in self.module.named_parameters()}
 
@@ -142,6 +163,7 @@ class TorchProgram(Program):
 
 class TorchBackend(Backend):
     name = "torch"
+    differentiable = True
     can_train = True
     fused_attention = True
 

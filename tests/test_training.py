@@ -73,11 +73,19 @@ def test_gradients_match_finite_differences(spec_path):
         assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), name
 
 
-def test_numpy_backend_is_inference_only():
-    model = attndsl.compile("specs/gpt.attn", config=GPT)
-    ids = np.zeros((1, 4), dtype=np.int64)
-    with pytest.raises(TrainingError, match="inference only"):
-        model.value_and_grad(tokens=ids, targets=ids)
+def test_numpy_gradients_but_no_training_loop():
+    """NumPy differentiates (reverse mode, same numbers as torch) but has no optimizer loop."""
+    model = attndsl.compile("specs/gpt.attn", config=GPT, dtype="float64")
+    torch_model = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT,
+                                  dtype="float64")
+    ids = np.random.default_rng(0).integers(0, GPT["vocab"], (2, 6))
+    loss, grads = model.value_and_grad(tokens=ids, targets=np.roll(ids, -1, 1))
+    ref_loss, ref_grads = torch_model.value_and_grad(tokens=ids, targets=np.roll(ids, -1, 1))
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for name, g in ref_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-7, atol=1e-9)
+    with pytest.raises(TrainingError, match="no training loop"):
+        model.loss(np.roll(ids, -1, 1), tokens=ids)
 
 
 def make_trainer(steps: int = 6, **overrides) -> Trainer:

@@ -10,8 +10,10 @@ Kinds:
 - ``composite``: fused ops (linear, layer_norm, attention, ...) whose `decomposition`
   docstring names the primitives they stand for. Backends run composites directly.
 
-Gradients: the torch backend differentiates with autograd; `OpDef.vjp` is the slot
-for hand-written gradient rules (None for every op today).
+Gradients: every non-leaf op has a vector-Jacobian rule in `attndsl.autodiff.VJP_RULES`
+(a table keyed by op name, as tinygrad's gradient rules); the NumPy backend runs reverse
+mode with them and the torch backend uses autograd. A test checks that both tables cover
+every op.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ class OpDef:
     flops: FlopRule
     attrs: tuple[str, ...] = ()
     doc: str = ""
-    vjp: Callable[..., Any] | None = None
 
 
 OPS: dict[str, OpDef] = {}

@@ -1,0 +1,383 @@
+"""Reverse-mode gradient rules: one vector-Jacobian product (VJP) per differentiable op.
+
+`VJP_RULES[op](g, out, ins, attrs) -> tuple[cotangent | None, ...]` maps the cotangent `g`
+of an op's output to one cotangent per input, given the forward output `out`, the forward
+input values `ins` (in node order) and `attrs` as the kernel receives them (patterns as
+source text or None for full, dims as ints; see `backends/codegen.py`). None means "no
+cotangent": int/bool inputs (ids, masks, conditions) and inputs the output does not depend
+on. Every op in `attndsl.ir.ops.OPS` whose kind is not "leaf" has a rule; the leaves
+(`CONSTANT_LIKE`) have none.
+
+Rules use only `np` (plus the NumPy kernels' own helpers), so they run on CuPy with `np`
+rebound. Non-smooth points follow torch autograd: `relu`/`abs` have derivative 0 at 0,
+`maximum`/`minimum` split ties evenly between the operands, and `max` spreads the
+cotangent evenly over every position equal to the maximum. Dropout, LayerDrop and attention
+dropout use inference semantics (identity / the layer always runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from attndsl.backends.numpy_kernels import _erf, attention_mask, op_sigmoid
+
+Array = Any  # a NumPy (or CuPy) array
+Cotangents = tuple[Array | None, ...]
+VjpRule = Callable[[Array, Array, tuple[Array, ...], dict[str, Any]], Cotangents]
+
+VJP_RULES: dict[str, VjpRule] = {}
+CONSTANT_LIKE = frozenset({"constant", "arange", "sinusoidal", "input", "param"})
+
+
+def vjp(*ops: str) -> Callable[[VjpRule], VjpRule]:
+    """Register a function as the VJP rule of `ops`."""
+    def register(rule: VjpRule) -> VjpRule:
+        for op in ops:
+            VJP_RULES[op] = rule
+        return rule
+    return register
+
+
+def unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
+    """Sum `g` over the axes that broadcasting added or stretched to reach `g.shape` from
+    `shape`, so the result has exactly `shape`."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[lead + i] != 1)
+    return np.sum(g, axis=axes, keepdims=True).reshape(shape)
+
+
+def _swap(x: Array) -> Array:
+    return np.swapaxes(x, -1, -2)
+
+
+# -- elementwise --------------------------------------------------------------------------
+
+@vjp("add")
+def _add(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    a, b = ins
+    return unbroadcast(g, a.shape), unbroadcast(g, b.shape)
+
+
+@vjp("sub")
+def _sub(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    a, b = ins
+    return unbroadcast(g, a.shape), unbroadcast(-g, b.shape)
+
+
+@vjp("mul")
+def _mul(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    a, b = ins
+    return unbroadcast(g * b, a.shape), unbroadcast(g * a, b.shape)
+
+
+@vjp("div")
+def _div(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    a, b = ins
+    ga = g / b
+    return unbroadcast(ga, a.shape), unbroadcast(-ga * out, b.shape)
+
+
+@vjp("pow")
+def _pow(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """d/da = b a^(b-1) (0 where b == 0); d/db = a^b log(a), taken as 0 where a <= 0 (no real
+    derivative there; torch gives nan for a < 0)."""
+    a, b = ins
+    da = np.where(b == 0, 0.0, b * np.power(a, b - 1))
+    db = out * np.log(np.where(a > 0, a, 1.0))
+    return unbroadcast(g * da, a.shape), unbroadcast(g * db, b.shape)
+
+
+def _select(g: Array, mine: Array, other: Array, wins: Array) -> Array:
+    """g where `mine` wins, g/2 on ties, 0 where it loses."""
+    return np.where(mine == other, 0.5 * g, np.where(wins, g, 0.0))
+
+
+@vjp("maximum")
+def _maximum(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    a, b = ins
+    return (unbroadcast(_select(g, a, b, a > b), a.shape),
+            unbroadcast(_select(g, b, a, b > a), b.shape))
+
+
+@vjp("minimum")
+def _minimum(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    a, b = ins
+    return (unbroadcast(_select(g, a, b, a < b), a.shape),
+            unbroadcast(_select(g, b, a, b < a), b.shape))
+
+
+@vjp("less", "greater", "equal")
+def _compare(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return None, None
+
+
+@vjp("neg")
+def _neg(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (-g,)
+
+
+@vjp("exp")
+def _exp(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g * out,)
+
+
+@vjp("log")
+def _log(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g / ins[0],)
+
+
+@vjp("sqrt")
+def _sqrt(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g / (2.0 * out),)
+
+
+@vjp("tanh")
+def _tanh(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g * (1.0 - out * out),)
+
+
+@vjp("abs")
+def _abs(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g * np.sign(ins[0]),)
+
+
+@vjp("sigmoid")
+def _sigmoid(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g * out * (1.0 - out),)
+
+
+@vjp("relu")
+def _relu(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (np.where(ins[0] > 0, g, 0.0),)
+
+
+@vjp("gelu")
+def _gelu(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """Exact form: Phi(x) + x phi(x). Tanh form: with t = tanh(c (x + a x^3)),
+    0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)."""
+    x = ins[0]
+    if attrs["approximate"] == "none":
+        cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+        pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+        return (g * (cdf + x * pdf),)
+    c, a = math.sqrt(2.0 / math.pi), 0.044715
+    t = np.tanh(c * (x + a * x * x * x))
+    return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * a * x * x)),)
+
+
+@vjp("silu")
+def _silu(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    x = ins[0]
+    s = op_sigmoid(x)
+    return (g * s * (1.0 + x * (1.0 - s)),)
+
+
+@vjp("cast")
+def _cast(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """float -> float passes the cotangent; int/bool inputs or outputs have none."""
+    float_to_float = ins[0].dtype.kind == "f" and attrs["dtype"] == "float"
+    return (g if float_to_float else None,)
+
+
+@vjp("dropout")
+def _dropout(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g,)
+
+
+@vjp("layer_drop")
+def _layer_drop(g: Array, out: Array, ins: tuple[Array, ...],
+                attrs: dict[str, Any]) -> Cotangents:
+    return None, g
+
+
+@vjp("where")
+def _where(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    cond, a, b = ins
+    return (None, unbroadcast(np.where(cond, g, 0.0), a.shape),
+            unbroadcast(np.where(cond, 0.0, g), b.shape))
+
+
+# -- linear algebra -------------------------------------------------------------------------
+
+@vjp("matmul")
+def _matmul(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """a (..., m, k) or (k,), b (..., k, n), g (..., m, n) or (..., n) for a 1-D `a`."""
+    a, b = ins
+    a2 = a[None, :] if a.ndim == 1 else a                  # (..., m, k)
+    g2 = g[..., None, :] if a.ndim == 1 else g             # (..., m, n)
+    da = unbroadcast(np.matmul(g2, _swap(b)), a2.shape)    # (..., m, k)
+    db = unbroadcast(np.matmul(_swap(a2), g2), b.shape)    # (..., k, n)
+    return da.reshape(a.shape), db
+
+
+@vjp("linear")
+def _linear(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """y = x W^T + b with x (..., in), W (out, in), b (out,)."""
+    x, w = ins[0], ins[1]
+    g2 = g.reshape(-1, w.shape[0])                          # (N, out)
+    dx = np.matmul(g2, w).reshape(x.shape)                  # (..., in)
+    dw = np.matmul(g2.T, x.reshape(-1, w.shape[1]))         # (out, in)
+    if len(ins) == 3:
+        return dx, dw, np.sum(g2, axis=0)
+    return dx, dw
+
+
+# -- shape ops ------------------------------------------------------------------------------
+
+@vjp("transpose")
+def _transpose(g: Array, out: Array, ins: tuple[Array, ...],
+               attrs: dict[str, Any]) -> Cotangents:
+    return (np.transpose(g, tuple(np.argsort(attrs["perm"]))),)
+
+
+@vjp("reshape")
+def _reshape(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (np.reshape(g, ins[0].shape),)
+
+
+def _restore_axes(g: Array, shape: tuple[int, ...], attrs: dict[str, Any]) -> Array:
+    """A reduced cotangent with its reduced axes put back as size 1 (keepdims form)."""
+    if attrs["keepdims"]:
+        return g
+    axes = sorted(a % len(shape) for a in attrs["axes"])
+    return np.expand_dims(g, tuple(axes))
+
+
+@vjp("sum")
+def _sum(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    x = ins[0]
+    return (np.broadcast_to(_restore_axes(g, x.shape, attrs), x.shape),)
+
+
+@vjp("mean")
+def _mean(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    x = ins[0]
+    count = math.prod(x.shape[a] for a in attrs["axes"])
+    return (np.broadcast_to(_restore_axes(g, x.shape, attrs) / count, x.shape),)
+
+
+@vjp("max")
+def _max(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """The cotangent is split evenly over every position equal to the maximum (torch.amax)."""
+    x = ins[0]
+    hit = x == _restore_axes(out, x.shape, attrs)                           # x.shape
+    count = np.sum(hit, axis=tuple(attrs["axes"]), keepdims=True, dtype=g.dtype)
+    return (np.where(hit, _restore_axes(g, x.shape, attrs) / count, 0.0),)
+
+
+@vjp("concat")
+def _concat(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    axis = attrs["axis"]
+    bounds = np.cumsum([x.shape[axis] for x in ins])[:-1]
+    return tuple(np.split(g, [int(b) for b in bounds], axis=axis))
+
+
+@vjp("expand")
+def _expand(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (unbroadcast(g, ins[0].shape),)
+
+
+@vjp("index")
+def _index(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """Scatter into zeros at the indexed positions (ints and (start, stop) slices)."""
+    x = ins[0]
+    dx = np.zeros(x.shape, dtype=g.dtype)
+    dx[tuple(i if isinstance(i, int) else slice(*i) for i in attrs["index"])] = g
+    return (dx,)
+
+
+# -- normalization, softmax, embeddings -----------------------------------------------------
+
+@vjp("softmax")
+def _softmax(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    gy = g * out
+    return (gy - out * np.sum(gy, axis=attrs["axis"], keepdims=True),)
+
+
+@vjp("layer_norm")
+def _layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
+                attrs: dict[str, Any]) -> Cotangents:
+    """x (..., d), gamma (d,), optional beta (d,); xhat = (x - mean) / sqrt(var + eps)."""
+    x, gamma = ins[0], ins[1]
+    d = x.shape[-1]
+    xc = x - np.mean(x, axis=-1, keepdims=True)                               # (..., d)
+    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + attrs["eps"])
+    xhat = xc * rstd
+    gx = g * gamma                                                            # (..., d)
+    dx = rstd * (gx - np.mean(gx, axis=-1, keepdims=True)
+                 - xhat * np.mean(gx * xhat, axis=-1, keepdims=True))
+    g2 = g.reshape(-1, d)
+    dgamma = np.sum(g2 * xhat.reshape(-1, d), axis=0)
+    if len(ins) == 3:
+        return dx, dgamma, np.sum(g2, axis=0)
+    return dx, dgamma
+
+
+@vjp("rms_norm")
+def _rms_norm(g: Array, out: Array, ins: tuple[Array, ...],
+              attrs: dict[str, Any]) -> Cotangents:
+    """y = gamma * x * r with r = 1 / sqrt(mean(x^2) + eps) over the last axis."""
+    x, gamma = ins
+    d = x.shape[-1]
+    r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + attrs["eps"])   # (..., 1)
+    gx = g * gamma                                                             # (..., d)
+    dx = r * (gx - x * (r * r) * np.mean(gx * x, axis=-1, keepdims=True))
+    dgamma = np.sum((g * x * r).reshape(-1, d), axis=0)
+    return dx, dgamma
+
+
+@vjp("embedding")
+def _embedding(g: Array, out: Array, ins: tuple[Array, ...],
+               attrs: dict[str, Any]) -> Cotangents:
+    """Rows of g added into a zero table at `ids` (repeated ids accumulate)."""
+    table, ids = ins
+    dtable = np.zeros(table.shape, dtype=g.dtype)
+    np.add.at(dtable, ids.reshape(-1), g.reshape((-1,) + table.shape[1:]))
+    return dtable, None
+
+
+# -- attention -------------------------------------------------------------------------------
+
+def attention_probs(q: Array, k: Array, key_padding: Array | None, pattern: str | None,
+                    scale: float) -> Array:
+    """softmax(q k^T * scale + mask) as `op_attention` computes it, (B, H, Tq, Tk); fully
+    masked rows are zeros."""
+    s = np.matmul(q, _swap(k)) * scale                 # (B, H, Tq, Tk)
+    mask = attention_mask(pattern, q.shape[-2], k.shape[-2])
+    if key_padding is not None:
+        pad = key_padding[:, None, None, :]            # (B, 1, 1, Tk)
+        mask = pad if mask is None else (mask & pad)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    m = np.max(s, axis=-1, keepdims=True)              # (B, H, Tq, 1)
+    if mask is not None:
+        m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(s - m)
+    den = np.sum(p, axis=-1, keepdims=True)
+    if mask is not None:
+        den = np.where(den == 0, 1.0, den)
+    return p / den
+
+
+@vjp("attention")
+def _attention(g: Array, out: Array, ins: tuple[Array, ...],
+               attrs: dict[str, Any]) -> Cotangents:
+    """q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv), optional key_padding (B, Tk);
+    batch and head axes broadcast. Attention dropout is ignored (inference)."""
+    q, k, v = ins[:3]
+    scale = attrs["scale"]
+    p = attention_probs(q, k, ins[3] if len(ins) == 4 else None, attrs["pattern"], scale)
+    dv = unbroadcast(np.matmul(_swap(p), g), v.shape)                  # (B, H, Tk, Dv)
+    dp = np.matmul(g, _swap(v))                                        # (B, H, Tq, Tk)
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True)) * scale     # 0 where masked
+    dq = unbroadcast(np.matmul(ds, k), q.shape)                        # (B, H, Tq, D)
+    dk = unbroadcast(np.matmul(_swap(ds), q), k.shape)                 # (B, H, Tk, D)
+    return (dq, dk, dv) + ((None,) if len(ins) == 4 else ())
