@@ -8,8 +8,8 @@ cotangent": int/bool inputs (ids, masks, conditions) and inputs the output does 
 on. Every op in `attndsl.ir.ops.OPS` whose kind is not "leaf" has a rule; the leaves
 (`CONSTANT_LIKE`) have none.
 
-Rules use only `np` (plus the NumPy kernels' own helpers), so they run on CuPy with `np`
-rebound. Non-smooth points follow torch autograd: `relu`/`abs` have derivative 0 at 0,
+Rules use only `np` and the NumPy kernels' own helpers (CuPy would need `np` rebound as the
+forward kernels do; that is not wired up or tested). Non-smooth points follow torch autograd: `relu`/`abs` have derivative 0 at 0,
 `maximum`/`minimum` split ties evenly between the operands, and `max` spreads the
 cotangent evenly over every position equal to the maximum. Dropout, LayerDrop and attention
 dropout use inference semantics (identity / the layer always runs).
