@@ -64,7 +64,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(to_dot(graph), end="")
     else:
         from attndsl.backends import get_backend
-        print(get_backend(args.emit).emit(graph), end="")
+        print(get_backend(args.emit, require_available=False).emit(graph), end="")
     if args.explain:
         from attndsl.passes.explain import explain
         print(explain(graph, args.emit if args.emit in ("numpy", "torch", "cupy") else "numpy"),

@@ -65,8 +65,9 @@ class Backend(ABC):
         """Readable source of the lowered program."""
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called `name`; raises ValueError if unknown or unavailable here."""
+def get_backend(name: str, require_available: bool = True) -> Backend:
+    """The backend called `name`; raises ValueError if unknown, or unavailable here when
+    `require_available` (emitting source needs no GPU or package)."""
     if name == "numpy":
         from attndsl.backends.numpy_backend import NumpyBackend
         backend: Backend = NumpyBackend()
@@ -78,7 +79,7 @@ def get_backend(name: str) -> Backend:
         backend = TorchBackend()
     else:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    reason = backend.unavailable_reason()
+    reason = backend.unavailable_reason() if require_available else None
     if reason:
         raise ValueError(f"backend {name!r} is not available: {reason}")
     return backend

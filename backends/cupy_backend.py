@@ -48,4 +48,7 @@ class CupyBackend(Backend):
         return CupyProgram(graph, params, dtype, array_module=cupy)
 
     def emit(self, graph: Graph) -> str:
-        return emit_module(graph)
+        """The NumPy module with `np` bound to CuPy (how this backend runs it)."""
+        source = emit_module(graph)
+        return (source.replace("Needs only NumPy.", "Runs on CuPy (the NumPy kernels, np = cupy).", 1)
+                .replace("import numpy as np\n", "import cupy as np\n", 1))

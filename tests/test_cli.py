@@ -269,3 +269,10 @@ def test_unavailable_backend_is_a_clean_error(capsys, gpt_spec, tiny_args) -> No
         pytest.skip("cupy is available here")
     code, _, err = run_cli(capsys, "run", gpt_spec, "--backend", "cupy", *tiny_args)
     assert code == 2 and "not available" in err
+
+
+def test_emit_cupy_needs_no_gpu(capsys, gpt_spec, tiny_args) -> None:
+    """Emitting source is pure: --emit cupy works without CuPy installed."""
+    assert main(["compile", gpt_spec, *tiny_args, "--emit", "cupy"]) == 0
+    out = capsys.readouterr().out
+    assert "import cupy as np" in out and "def forward(p, inputs):" in out
