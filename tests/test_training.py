@@ -258,3 +258,20 @@ def test_import_does_not_load_torch_or_cupy():
     code = ("import sys, attndsl; attndsl.compile('specs/gpt.attn', config={'layers': 1}); "
             "assert 'torch' not in sys.modules and 'cupy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_interrupt_saves_the_last_completed_step(tmp_path, monkeypatch):
+    trainer = make_trainer(steps=10)
+    real_step = trainer.train_step
+
+    def step_then_interrupt():
+        if trainer.step == 4:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(trainer, "train_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(progress=False, checkpoint_dir=tmp_path / "ck")
+    resumed = make_trainer(steps=10)
+    resumed.restore(tmp_path / "ck")
+    assert resumed.step == 4 and len(resumed.history) == 4

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -215,22 +216,31 @@ class Trainer:
         val: float | None = None
         spent = 0.0
         start_step = self.step
-        while self.step < cfg.steps:
-            t0 = time.perf_counter()
-            loss = self.train_step()
-            spent += time.perf_counter() - t0
-            row: dict[str, float] = {"step": self.step, "loss": loss,
-                                     "lr": self.optimizer.param_groups[0]["lr"]}
-            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                val = self.estimate_loss("val")
-                row["val_loss"] = val
-            self.history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}",
-                            tok_s=f"{tokens_per_step * (self.step - start_step) / spent:,.0f}",
-                            **({"val": f"{val:.4f}"} if val is not None else {}))
-            if checkpoint_dir and save_every and self.step % save_every == 0:
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                spent += time.perf_counter() - t0
+                row: dict[str, float] = {"step": self.step, "loss": loss,
+                                         "lr": self.optimizer.param_groups[0]["lr"]}
+                if cfg.eval_every and (self.step % cfg.eval_every == 0
+                                       or self.step == cfg.steps):
+                    val = self.estimate_loss("val")
+                    row["val_loss"] = val
+                self.history.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}",
+                                tok_s=f"{tokens_per_step * (self.step - start_step) / spent:,.0f}",
+                                **({"val": f"{val:.4f}"} if val is not None else {}))
+                if checkpoint_dir and save_every and self.step % save_every == 0:
+                    self.save(checkpoint_dir, extra_state or {})
+        except KeyboardInterrupt:
+            bar.close()
+            if checkpoint_dir:  # keep the last completed step; --resume continues from it
                 self.save(checkpoint_dir, extra_state or {})
+                print(f"interrupted: checkpoint of step {self.step} saved to {checkpoint_dir}",
+                      file=sys.stderr)
+            raise
         bar.close()
         if checkpoint_dir:
             self.save(checkpoint_dir, extra_state or {})
