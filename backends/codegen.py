@@ -57,6 +57,37 @@ def dim_source(d: Dim) -> str:
     return body if len(parts) == 1 else f"({body})"
 
 
+def dim_bindings(graph: Graph) -> dict[str, tuple[str, int]]:
+    """Symbol -> (input name, axis) that defines it: the first input axis declared as exactly
+    that symbol (`tokens: int[B, T]` binds B and T)."""
+    out: dict[str, tuple[str, int]] = {}
+    for in_name, nid in graph.inputs.items():
+        for axis, d in enumerate(graph.nodes[nid].type.shape):
+            for s in sorted(d.symbols()):
+                if s not in out and d == Dim.symbol(s):
+                    out[s] = (in_name, axis)
+    return out
+
+
+def attr_value(value: Any, env: dict[str, int]) -> Any:
+    """An attribute as the kernel receives it: the value of `attr_source(value)` with the
+    dims bound by `env` (dims as ints, patterns as source text or None for full)."""
+    if isinstance(value, Dim):
+        return math.floor(value.evaluate(env))
+    if isinstance(value, Pattern):
+        return None if value.is_full else value.source()
+    if isinstance(value, tuple):
+        return tuple(attr_value(v, env) for v in value)
+    if isinstance(value, Fraction):
+        return float(value)
+    return value
+
+
+def kernel_attrs(node: Node, env: dict[str, int]) -> dict[str, Any]:
+    """The keyword arguments the emitted program passes to `op_<node.op>`."""
+    return {k: attr_value(v, env) for k, v in node.attrs if k not in SKIP_ATTRS}
+
+
 def attr_source(value: Any) -> str:
     if isinstance(value, Dim):
         return dim_source(value)
@@ -105,13 +136,8 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
     if opts.cached:
         params += ["cache", "past"]
     lines = [f"def {name}({', '.join(params)}):"]
-    bound: set[str] = set()
-    for in_name, nid in graph.inputs.items():
-        for i, d in enumerate(graph.nodes[nid].type.shape):
-            for s in sorted(d.symbols() - bound):
-                if d == Dim.symbol(s):
-                    lines.append(f"    d_{s} = inputs[{in_name!r}].shape[{i}]")
-                    bound.add(s)
+    for s, (in_name, axis) in dim_bindings(graph).items():
+        lines.append(f"    d_{s} = inputs[{in_name!r}].shape[{axis}]")
     sym = decode_symbol(graph) if opts.cached else None
     growing = _growing_nodes(graph, sym) if sym else set()
     position = {nid: pos for pos, nid in enumerate(order)}

@@ -10,20 +10,17 @@ attention dropout and LayerDrop are off, as in torch's eval mode.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from attndsl.backends.codegen import SKIP_ATTRS
+from attndsl.backends.codegen import dim_bindings, kernel_attrs
 from attndsl.backends.numpy_backend import emit_module
 
 from attndsl.autodiff import CONSTANT_LIKE, VJP_RULES
 from attndsl.errors import RuntimeInputError
-from attndsl.ir.dims import Dim
-from attndsl.ir.graph import Graph, Node
-from attndsl.ir.patterns import Pattern
+from attndsl.ir.graph import Graph
+from attndsl.training.losses import cross_entropy_with_grad
 
 Kernels = Mapping[str, Callable[..., Any]]
 
@@ -38,60 +35,9 @@ def kernel_namespace(graph: Graph, dtype: str) -> dict[str, Any]:
 
 
 def bind_dims(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Symbol -> size from the input shapes (an axis declared as exactly one symbol binds it,
-    the first such axis wins, as in the emitted program)."""
-    env: dict[str, int] = {}
-    for name, nid in graph.inputs.items():
-        for axis, d in enumerate(graph.nodes[nid].type.shape):
-            for s in sorted(d.symbols()):
-                if d == Dim.symbol(s) and s not in env and name in inputs:
-                    env[s] = int(inputs[name].shape[axis])
-    return env
-
-
-def attr_value(value: Any, env: dict[str, int]) -> Any:
-    """An attribute as the kernel receives it (the value of `codegen.attr_source`): dims as
-    ints, patterns as source text or None for full, fractions as floats."""
-    if isinstance(value, Dim):
-        return math.floor(value.evaluate(env))
-    if isinstance(value, Pattern):
-        return None if value.is_full else value.source()
-    if isinstance(value, tuple):
-        return tuple(attr_value(v, env) for v in value)
-    if isinstance(value, Fraction):
-        return float(value)
-    return value
-
-
-def kernel_attrs(node: Node, env: dict[str, int]) -> dict[str, Any]:
-    """The keyword arguments the emitted program passes to `op_<node.op>`."""
-    return {k: attr_value(v, env) for k, v in node.attrs if k not in SKIP_ATTRS}
-
-
-def cross_entropy_with_grad(logits: np.ndarray, targets: np.ndarray, label_smoothing: float,
-                            ignore_index: int) -> tuple[float, np.ndarray]:
-    """`losses.cross_entropy_numpy` and its gradient w.r.t. `logits` (..., C), in float64:
-    (softmax - smoothed one-hot) / (number of non-ignored positions), zero rows where the
-    target is `ignore_index`. No kept position: loss 0 and a zero gradient."""
-    c = logits.shape[-1]
-    z = logits.reshape(-1, c).astype(np.float64)                     # (N, C)
-    tgt = targets.reshape(-1)                                         # (N,)
-    keep = tgt != ignore_index                                        # (N,)
-    count = int(keep.sum())
-    if count == 0:
-        return 0.0, np.zeros_like(logits)
-    z -= z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))           # (N, C)
-    rows = np.arange(len(tgt))
-    safe = np.where(keep, tgt, 0)
-    nll = -logp[rows, safe]                                           # (N,)
-    smooth = -logp.mean(axis=1)                                       # (N,)
-    per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-    loss = float(per_row[keep].sum() / count)
-    soft = np.full_like(logp, label_smoothing / c)                    # (N, C)
-    soft[rows, safe] += 1.0 - label_smoothing
-    grad = (np.exp(logp) - soft) * (keep[:, None] / count)            # (N, C)
-    return loss, grad.reshape(logits.shape).astype(logits.dtype)
+    """Symbol -> size from the input shapes, bound as the emitted program binds them."""
+    return {s: int(inputs[name].shape[axis]) for s, (name, axis) in dim_bindings(graph).items()
+            if name in inputs}
 
 
 def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],

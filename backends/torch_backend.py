@@ -14,7 +14,6 @@ from attndsl.backends.numpy_backend import kernel_sources
 from attndsl.errors import RuntimeInputError
 from attndsl.ir.graph import Graph
 
-TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
 TRAINING_OPS = frozenset({"dropout", "attention", "layer_drop"})
 CONTEXT_OPS = frozenset({"constant", "arange", "sinusoidal", "cast"})
 

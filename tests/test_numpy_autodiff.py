@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attndsl.backends import numpy_kernels as K
-from attndsl.backends.numpy_autodiff import cross_entropy_with_grad, value_and_grad_numpy
+from attndsl.backends.numpy_autodiff import value_and_grad_numpy
 from helpers import SPECS_DIR, TINY_CONFIGS, random_inputs, spec_paths
 from test_training import targets_for
 
 import attndsl
 from attndsl.autodiff import CONSTANT_LIKE, VJP_RULES, unbroadcast
 from attndsl.ir import patterns as pat
-from attndsl.training.losses import loss_spec
+from attndsl.training.losses import cross_entropy_with_grad, loss_spec
 
 EPS = 1e-6
 R = np.random.default_rng(7)

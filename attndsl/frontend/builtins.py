@@ -568,8 +568,3 @@ def linear_decay(b: Any, span: Span, warmup: int = 0, min_lr: float = 0.0) -> di
     """Linear warm-up, then linear decay to min_lr at the last step."""
     return _setting("schedule", "linear", warmup=integer(warmup, span, "warmup", positive=False),
                     min_lr=number(min_lr, span, "min_lr"))
-
-
-def builtin_signature(name: str) -> str:
-    fn = BUILTINS.get(name) or TRAIN_BUILTINS.get(name)
-    return getattr(fn, "usage", name)

@@ -87,7 +87,6 @@ class Builder:
         self.loading: list[str] = []
         self.loaded: dict[str, Namespace] = {}
         self.dim_bounds: dict[str, Any] = {}
-        self.current_span: Span | None = None
         from attndsl.frontend.builtins import BUILTINS  # late: builtins import this module
         self.builtins = BUILTINS
 
@@ -223,7 +222,6 @@ class Builder:
     def exec_body(self, body: tuple[ast.Stmt, ...], frame: Frame, in_model: bool) -> Any:
         """Run statements; returns the block's return value (None if none)."""
         for stmt in body:
-            self.current_span = stmt.span
             if isinstance(stmt, ast.Assign):
                 frame.vars[stmt.target] = self.eval_assigned(stmt, frame)
             elif isinstance(stmt, ast.Return):

@@ -139,9 +139,5 @@ class Dim:
     __repr__ = __str__
 
 
-def dim_str(d: DimLike) -> str:
-    return str(Dim.of(d))
-
-
 def shape_str(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"

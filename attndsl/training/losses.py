@@ -18,18 +18,33 @@ import numpy as np
 def cross_entropy_numpy(logits: np.ndarray, targets: np.ndarray, label_smoothing: float = 0.0,
                         ignore_index: int = -100) -> float:
     """logits: (..., C), targets: (...) int. Mean over non-ignored positions."""
+    return cross_entropy_with_grad(logits, targets, label_smoothing, ignore_index)[0]
+
+
+def cross_entropy_with_grad(logits: np.ndarray, targets: np.ndarray, label_smoothing: float,
+                            ignore_index: int) -> tuple[float, np.ndarray]:
+    """`cross_entropy_numpy` and its gradient w.r.t. `logits` (..., C), in float64:
+    (softmax - smoothed one-hot) / (number of non-ignored positions), zero rows where the
+    target is `ignore_index`. No kept position: loss 0 and a zero gradient."""
     c = logits.shape[-1]
-    flat = logits.reshape(-1, c).astype(np.float64)                # (N, C)
-    tgt = targets.reshape(-1)                                       # (N,)
-    keep = tgt != ignore_index
-    flat, tgt = flat[keep], tgt[keep]
-    if len(tgt) == 0:
-        return 0.0
-    z = flat - flat.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))        # (N, C)
-    nll = -logp[np.arange(len(tgt)), tgt]
-    smooth = -logp.mean(axis=1)
-    return float(np.mean((1.0 - label_smoothing) * nll + label_smoothing * smooth))
+    z = logits.reshape(-1, c).astype(np.float64)                     # (N, C)
+    tgt = targets.reshape(-1)                                         # (N,)
+    keep = tgt != ignore_index                                        # (N,)
+    count = int(keep.sum())
+    if count == 0:
+        return 0.0, np.zeros_like(logits)
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))           # (N, C)
+    rows = np.arange(len(tgt))
+    safe = np.where(keep, tgt, 0)
+    nll = -logp[rows, safe]                                           # (N,)
+    smooth = -logp.mean(axis=1)                                       # (N,)
+    per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    loss = float(per_row[keep].sum() / count)
+    soft = np.full_like(logp, label_smoothing / c)                    # (N, C)
+    soft[rows, safe] += 1.0 - label_smoothing
+    grad = (np.exp(logp) - soft) * (keep[:, None] / count)            # (N, C)
+    return loss, grad.reshape(logits.shape).astype(logits.dtype)
 
 
 def cross_entropy_torch(logits: Any, targets: Any, label_smoothing: float = 0.0,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -256,7 +255,7 @@ class Trainer:
         tensors, meta = optimizer_state_tensors(self.optimizer, names)
         state = {"step": self.step, "optimizer": meta, "optimizer_names": names,
                  "rng": numpy_rng_state(self.rng), "torch_rng": torch_rng_state(),
-                 "config": _jsonable(asdict(self.cfg)), "history": self.history,
+                 "config": asdict(self.cfg), "history": self.history,
                  "tokenizer": self.data.tokenizer.to_json(), **extra}
         save_checkpoint(directory, self.model.state_dict(),
                         {k: v.detach().cpu().numpy() for k, v in tensors.items()}, state)
@@ -277,10 +276,6 @@ class Trainer:
         set_torch_rng_state(state["torch_rng"])
         self.history = list(state.get("history", []))
         return state
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=list))
 
 
 def train(model: Model, data: TextDataset | str, steps: int | None = None,
