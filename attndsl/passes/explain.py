@@ -11,9 +11,10 @@ from attndsl.ir.ops import numel
 from attndsl.ir.patterns import Pattern
 
 
-def choose(pattern: Pattern, has_padding: bool, backend: str) -> tuple[str, str]:
-    """(implementation, reason) for one attention on one backend."""
-    if backend == "torch":
+def choose(pattern: Pattern, has_padding: bool, fused: bool) -> tuple[str, str]:
+    """(implementation, reason) for one attention, on a backend with (`fused`) or without a
+    fused scaled-dot-product attention kernel (its `Backend.fused_attention` flag)."""
+    if fused:
         if has_padding:
             return ("SDPA with a boolean mask",
                     "key padding needs a per-batch mask; fully masked rows are zeroed")
@@ -34,6 +35,8 @@ def choose(pattern: Pattern, has_padding: bool, backend: str) -> tuple[str, str]
 
 
 def explain(graph: Graph, backend: str) -> str:
+    from attndsl.backends import get_backend
+    fused = get_backend(backend, require_available=False).fused_attention
     lines = [f"attention implementations on the {backend} backend:"]
     for nid in graph.topological_order():
         node = graph.nodes[nid]
@@ -41,7 +44,7 @@ def explain(graph: Graph, backend: str) -> str:
             continue
         q, k = (graph.nodes[i].type for i in node.inputs[:2])
         pattern = node.attr("pattern")
-        impl, why = choose(pattern, len(node.inputs) == 4, backend)
+        impl, why = choose(pattern, len(node.inputs) == 4, fused)
         where = f"{node.span!r}" if node.span else f"node {nid}"
         scores = numel(q.shape[:3]) * k.shape[2]
         lines.append(f"  {where}: {pattern}, q {q}, k {k} -> {impl}")
