@@ -18,9 +18,8 @@ from attndsl.backends.codegen import dim_bindings, kernel_attrs
 from attndsl.backends.numpy_backend import emit_module
 
 from attndsl.autodiff import CONSTANT_LIKE, VJP_RULES
-from attndsl.errors import RuntimeInputError
 from attndsl.ir.graph import Graph
-from attndsl.training.losses import cross_entropy_with_grad
+from attndsl.training.losses import check_targets, cross_entropy_with_grad
 
 Kernels = Mapping[str, Callable[..., Any]]
 
@@ -73,9 +72,7 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
 
     logits = values[out_id]
     tgt = np.asarray(targets)
-    if tgt.shape != logits.shape[:-1]:
-        raise RuntimeInputError(f"targets have shape {tgt.shape}, output '{loss['output']}' "
-                                f"needs {logits.shape[:-1]}")
+    check_targets(tgt.shape, logits.shape, loss["output"])
     value, dlogits = cross_entropy_with_grad(logits, tgt, loss["label_smoothing"],
                                              loss["ignore_index"])
 

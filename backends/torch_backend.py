@@ -11,7 +11,6 @@ from attndsl.backends import Backend, Program
 from attndsl.backends.codegen import EmitOptions, emit_forward, kernel_names
 from attndsl.backends.numpy_backend import kernel_sources
 
-from attndsl.errors import RuntimeInputError
 from attndsl.ir.graph import Graph
 
 TRAINING_OPS = frozenset({"dropout", "attention", "layer_drop"})
@@ -124,12 +123,10 @@ class TorchProgram(Program):
 
     def loss(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]) -> Any:
         """The loss as a differentiable tensor, in the module's current mode."""
-        from attndsl.training.losses import cross_entropy_torch
+        from attndsl.training.losses import check_targets, cross_entropy_torch
         out = self.run(inputs)[loss["output"]]
         (tgt,) = self.convert_inputs({"targets": targets}).values()
-        if tuple(tgt.shape) != tuple(out.shape[:-1]):
-            raise RuntimeInputError(f"targets have shape {tuple(tgt.shape)}, output "
-                                    f"'{loss['output']}' needs {tuple(out.shape[:-1])}")
+        check_targets(tuple(tgt.shape), tuple(out.shape), loss["output"])
         return cross_entropy_torch(out, tgt, loss["label_smoothing"], loss["ignore_index"])
 
     def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]

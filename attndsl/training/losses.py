@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from attndsl.errors import RuntimeInputError
+
 
 def cross_entropy_numpy(logits: np.ndarray, targets: np.ndarray, label_smoothing: float = 0.0,
                         ignore_index: int = -100) -> float:
@@ -57,6 +59,14 @@ def cross_entropy_torch(logits: Any, targets: Any, label_smoothing: float = 0.0,
         logits = logits.float()                      # low-precision logits: loss in float32
     return F.cross_entropy(logits.reshape(-1, c), targets.reshape(-1),
                            ignore_index=ignore_index, label_smoothing=label_smoothing)
+
+
+def check_targets(targets_shape: tuple[int, ...], logits_shape: tuple[int, ...],
+                  output: str) -> None:
+    """Targets must have the logits' shape without the class axis."""
+    if tuple(targets_shape) != tuple(logits_shape[:-1]):
+        raise RuntimeInputError(f"targets have shape {tuple(targets_shape)}, output "
+                                f"'{output}' needs {tuple(logits_shape[:-1])}")
 
 
 def loss_spec(graph: Any) -> dict[str, Any]:
