@@ -15,22 +15,13 @@ from typing import Any
 
 import numpy as np
 from attndsl.backends.codegen import dim_bindings, kernel_attrs
-from attndsl.backends.numpy_backend import emit_module
+from attndsl.backends.numpy_backend import load_module
 
 from attndsl.autodiff import CONSTANT_LIKE, VJP_RULES
 from attndsl.ir.graph import Graph
 from attndsl.training.losses import check_targets, cross_entropy_with_grad
 
 Kernels = Mapping[str, Callable[..., Any]]
-
-
-def kernel_namespace(graph: Graph, dtype: str) -> dict[str, Any]:
-    """The graph's emitted NumPy program, executed: its `op_<name>` kernels with `DTYPE`
-    bound to `dtype` (as `NumpyProgram.namespace(False)` builds it)."""
-    ns: dict[str, Any] = {}
-    source = emit_module(graph, dtype)
-    exec(compile(source, f"<attndsl-grad:{graph.meta.get('name')}>", "exec"), ns)  # noqa: S102 - our own generated code
-    return ns
 
 
 def bind_dims(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -46,10 +37,10 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
     """The loss `loss` (as `losses.loss_spec(graph)`: output, label_smoothing, ignore_index)
     on (inputs, targets) and its gradient for every name in `graph.params` (zeros where a
     parameter does not reach the loss). Computes in `dtype` ('float32' or 'float64');
-    `kernels` is the program's kernel namespace (default: `kernel_namespace(graph, dtype)`).
+    `kernels` is the program's kernel namespace (default: `load_module(graph, dtype)`).
     Inputs are assumed validated (`Model.validate_inputs`)."""
     fdtype = np.dtype(dtype)
-    ops = kernels if kernels is not None else kernel_namespace(graph, fdtype.name)
+    ops = kernels if kernels is not None else load_module(graph, fdtype.name)
     xs = {name: _convert(inputs[name], graph.nodes[nid].type.dtype, fdtype)
           for name, nid in graph.inputs.items() if name in inputs}
     ps = {k: np.asarray(v, dtype=fdtype) for k, v in params.items()}

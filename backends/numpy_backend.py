@@ -48,6 +48,14 @@ def emit_module(graph: Graph, dtype: str = "float32", cached: bool = False) -> s
     return f"{header}\n\n{body}\n\n" + emit_forward(graph, EmitOptions(cached=cached))
 
 
+def load_module(graph: Graph, dtype: str, cached: bool = False) -> dict[str, Any]:
+    """Execute the emitted module; returns its namespace (kernels, `forward`, `DTYPE`)."""
+    ns: dict[str, Any] = {}
+    source = emit_module(graph, dtype, cached)
+    exec(compile(source, f"<attndsl:{graph.meta.get('name')}>", "exec"), ns)  # noqa: S102 - our own generated code
+    return ns
+
+
 def check_numpy_options(dtype: str, options: dict[str, Any]) -> None:
     if dtype not in NUMPY_DTYPES:
         raise ValueError(f"the NumPy/CuPy backends compute in {' or '.join(NUMPY_DTYPES)}, "
@@ -69,11 +77,8 @@ class NumpyProgram(Program):
     def namespace(self, cached: bool) -> dict[str, Any]:
         """Execute the emitted module once per mode (plain, cached decoding)."""
         if cached not in self.namespaces:
-            ns: dict[str, Any] = {}
-            source = emit_module(self.graph, np.dtype(self.dtype).name, cached)
-            exec(compile(source, f"<attndsl:{self.graph.meta.get('name')}>", "exec"), ns)  # noqa: S102 - our own generated code
+            ns = load_module(self.graph, np.dtype(self.dtype).name, cached)
             ns["np"] = self.xp          # CuPy runs the same kernels
-            ns["DTYPE"] = self.dtype
             self.namespaces[cached] = ns
         return self.namespaces[cached]
 
