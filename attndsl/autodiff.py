@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from attndsl.backends.numpy_kernels import _erf, attention_mask, op_sigmoid
+from attndsl.backends.numpy_kernels import (
+    _erf,
+    _grouped,
+    _relative_index,
+    _rope,
+    _t5_buckets,
+    attention_probs,
+    op_sigmoid,
+)
 
 Array = Any  # a NumPy (or CuPy) array
 Cotangents = tuple[Array | None, ...]
@@ -346,38 +354,114 @@ def _embedding(g: Array, out: Array, ins: tuple[Array, ...],
 
 # -- attention -------------------------------------------------------------------------------
 
-def attention_probs(q: Array, k: Array, key_padding: Array | None, pattern: str | None,
-                    scale: float) -> Array:
-    """softmax(q k^T * scale + mask) as `op_attention` computes it, (B, H, Tq, Tk); fully
-    masked rows are zeros."""
-    s = np.matmul(q, _swap(k)) * scale                 # (B, H, Tq, Tk)
-    mask = attention_mask(pattern, q.shape[-2], k.shape[-2])
-    if key_padding is not None:
-        pad = key_padding[:, None, None, :]            # (B, 1, 1, Tk)
-        mask = pad if mask is None else (mask & pad)
-    if mask is not None:
-        s = np.where(mask, s, -np.inf)
-    m = np.max(s, axis=-1, keepdims=True)              # (B, H, Tq, 1)
-    if mask is not None:
-        m = np.where(np.isfinite(m), m, 0.0)
-    p = np.exp(s - m)
-    den = np.sum(p, axis=-1, keepdims=True)
-    if mask is not None:
-        den = np.where(den == 0, 1.0, den)
-    return p / den
+def _group_sum(x: Array, kv_heads: int) -> Array:
+    """(B, H, T, D) -> (B, Hk, T, D): sum the query heads that share each kv head."""
+    b, h, t, d = x.shape
+    return x.reshape(b, kv_heads, h // kv_heads, t, d).sum(axis=2)
+
+
+def _t5_table_grad(ds: Array, term: tuple[Any, ...], table: Array) -> Array:
+    """d table [buckets, H] of a T5 term from the logits' cotangent ds (B, H, Tq, Tk): sum
+    ds over each relative position (diagonal), then over the positions of each bucket."""
+    _, h, tq, tk = ds.shape
+    diag = (np.arange(tk)[None, :] - np.arange(tq)[:, None] + tq - 1).reshape(-1)  # (Tq Tk,)
+    per_head = ds.sum(axis=0).reshape(h, -1)                                          # (H, Tq Tk)
+    dvals = np.stack([np.bincount(diag, weights=per_head[i], minlength=tq + tk - 1)
+                      for i in range(h)])                                             # (H, L)
+    buckets = _t5_buckets(np.arange(-(tk - 1), tq), *term[1:])                        # (L,)
+    dtable = np.zeros(table.shape, dtype=ds.dtype)
+    np.add.at(dtable, buckets, dvals.T)
+    return dtable
+
+
+def _relative_grads(ds: Array, q: Array, table: Array, k: int, scale: float
+                    ) -> tuple[Array, Array]:
+    """(dq, d table) of Shaw's term scale * q_i . a_{idx(i, j)} added to the logits."""
+    tq, tk = ds.shape[-2:]
+    idx = _relative_index(k, tq, tk, 0, tq)                                  # (Tq, Tk)
+    dqa = np.stack([np.sum(np.where(idx == c, ds, 0.0), axis=-1)
+                    for c in range(2 * k + 1)], axis=-1) * scale             # (B, H, Tq, 2k+1)
+    dq = np.matmul(dqa, table)                                               # (B, H, Tq, D)
+    dtable = np.einsum("bhic,bhid->cd", dqa, q)                              # (2k+1, D)
+    return dq, dtable
 
 
 @vjp("attention")
 def _attention(g: Array, out: Array, ins: tuple[Array, ...],
                attrs: dict[str, Any]) -> Cotangents:
-    """q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv), optional key_padding (B, Tk);
-    batch and head axes broadcast. Attention dropout is ignored (inference)."""
+    """q (B, H, Tq, D), k/v (B, Hk, Tk, D) with H a multiple of Hk, then the extra operands
+    named by attrs['extras']; batch axes broadcast. Recomputes the probabilities; attention
+    dropout is ignored (inference)."""
+    return _attention_vjp(g, ins, attrs, weights=False)
+
+
+@vjp("attention_weights")
+def _attention_weights(g: Array, out: Array, ins: tuple[Array, ...],
+                       attrs: dict[str, Any]) -> Cotangents:
+    """g is the probabilities' cotangent (B, H, Tq, Tk); v gets none."""
+    return _attention_vjp(g, ins, attrs, weights=True)
+
+
+def _attention_vjp(g: Array, ins: tuple[Array, ...], attrs: dict[str, Any],
+                   weights: bool) -> Cotangents:
     q, k, v = ins[:3]
-    scale = attrs["scale"]
-    p = attention_probs(q, k, ins[3] if len(ins) == 4 else None, attrs["pattern"], scale)
-    dv = unbroadcast(np.matmul(_swap(p), g), v.shape)                  # (B, H, Tk, Dv)
-    dp = np.matmul(g, _swap(v))                                        # (B, H, Tq, Tk)
-    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True)) * scale     # 0 where masked
-    dq = unbroadcast(np.matmul(ds, k), q.shape)                        # (B, H, Tq, D)
-    dk = unbroadcast(np.matmul(_swap(ds), q), k.shape)                 # (B, H, Tk, D)
-    return (dq, dk, dv) + ((None,) if len(ins) == 4 else ())
+    extras = attrs.get("extras") or ("key_padding",) * (len(ins) - 3)
+    ex = dict(zip(extras, ins[3:]))
+    score, bias, rope, scale = attrs.get("score", "scaled"), attrs.get("bias", ()), attrs.get(
+        "rope"), attrs["scale"]
+    p, qr, kr = attention_probs(q, k, ins[3:], attrs["pattern"], scale, score, bias, rope,
+                                extras)
+    b, h, tq, tk = p.shape
+    hk = k.shape[1]
+    if weights:
+        dp, dv = g, None
+    else:
+        pg = _grouped(p, hk)                                               # (B, Hk, G Tq, Tk)
+        gg = _grouped(g, hk)                                               # (B, Hk, G Tq, Dv)
+        dv = unbroadcast(np.matmul(_swap(pg), gg), v.shape)                # (B, Hk, Tk, Dv)
+        dp = np.matmul(gg, _swap(v)).reshape(p.shape)                      # (B, H, Tq, Tk)
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))               # d logits, 0 masked
+    grads: dict[str, Array | None] = {name: None for name in extras}
+    dqr = np.zeros(qr.shape, dtype=ds.dtype)
+    for i, term in enumerate(bias):
+        name = f"bias{i}"
+        if term[0] == "tensor":
+            grads[name] = unbroadcast(ds, ex[name].shape)
+        elif term[0] == "t5":
+            grads[name] = _t5_table_grad(ds, term, ex[name])
+        elif term[0] == "relative":
+            dq_rel, grads[name] = _relative_grads(ds, qr, ex[name], term[1], scale)
+            dqr += dq_rel
+    dsc = ds * scale                                                       # (B, H, Tq, Tk)
+    if score == "additive":
+        dqr_s, dkr = _additive_grads(dsc, qr, kr, ex, grads)
+        dqr += dqr_s
+    else:
+        qs = np.matmul(qr, ex["score_w"]) if score == "bilinear" else qr
+        dqs = np.matmul(_grouped(dsc, hk), kr).reshape(qr.shape)           # (B, H, Tq, D)
+        dkr = np.matmul(_swap(_grouped(dsc, hk)), _grouped(qs, hk))        # (B, Hk, Tk, D)
+        if score == "bilinear":
+            grads["score_w"] = np.einsum("bhid,bhie->de", qr, dqs)
+            dqs = np.matmul(dqs, _swap(ex["score_w"]))
+        dqr += dqs
+    dq = _rope(dqr, tk - tq, rope, inverse=True) if rope is not None else dqr
+    dk = _rope(dkr, 0, rope, inverse=True) if rope is not None else dkr
+    return (unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), dv,
+            *(grads[name] for name in extras))
+
+
+def _additive_grads(dsc: Array, q: Array, k: Array, ex: dict[str, Array],
+                    grads: dict[str, Array | None]) -> tuple[Array, Array]:
+    """Bahdanau s_ij = w . tanh(Wq q_i + Wk k_j): (dq, dk), and the score parameters'
+    cotangents into `grads`. Materializes (B, H, Tq, Tk, A): a training-time cost."""
+    h, hk = q.shape[1], k.shape[1]
+    wq, wk, w = ex["score_wq"], ex["score_wk"], ex["score_v"]
+    qa = np.matmul(q, wq.T)                                                # (B, H, Tq, A)
+    ka = np.repeat(np.matmul(k, wk.T), h // hk, axis=1)                    # (B, H, Tk, A)
+    t = np.tanh(qa[:, :, :, None, :] + ka[:, :, None, :, :])               # (B, H, Tq, Tk, A)
+    grads["score_v"] = np.einsum("bhij,bhija->a", dsc, t)
+    pre = dsc[..., None] * w * (1.0 - t * t)                               # (B, H, Tq, Tk, A)
+    dqa, dka = pre.sum(axis=3), _group_sum(pre.sum(axis=2), hk)            # (B, H, Tq, A) ...
+    grads["score_wq"] = np.einsum("bhia,bhid->ad", dqa, q)
+    grads["score_wk"] = np.einsum("bhja,bhjd->ad", dka, k)
+    return np.matmul(dqa, wq), np.matmul(dka, wk)

@@ -234,7 +234,8 @@ def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | N
             **options: Any) -> Model:
     """Parse, check, optimize and lower a spec; initialize weights from `seed` (or load
     `weights`). `layerdrop` overrides the spec's LayerDrop probability. `outputs` keeps only
-    the named outputs (the rest of the graph that feeds nothing else is removed). `options`
+    the named outputs (the rest of the graph that feeds nothing else is removed); attention
+    weights exposed with `weights="name"` are outputs only when named here. `options`
     go to the backend (torch: device="cuda", checkpointing=True)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -246,6 +247,9 @@ def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | N
                               did_you_mean(unknown[0], graph.outputs)
                               or f"outputs: {', '.join(graph.outputs)}")
         graph.outputs = {k: v for k, v in graph.outputs.items() if k in outputs}
+    else:  # attention weights (`weights="name"`) are returned only when asked for
+        optional = set(graph.meta.get("optional_outputs", ()))
+        graph.outputs = {k: v for k, v in graph.outputs.items() if k not in optional}
     graph = optimize(graph)
     be = get_backend(backend)
     model = Model(graph, be, init_params(graph, seed), dtype, options)

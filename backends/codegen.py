@@ -71,11 +71,14 @@ def dim_bindings(graph: Graph) -> dict[str, tuple[str, int]]:
 
 def attr_value(value: Any, env: dict[str, int]) -> Any:
     """An attribute as the kernel receives it: the value of `attr_source(value)` with the
-    dims bound by `env` (dims as ints, patterns as source text or None for full)."""
+    dims bound by `env` (dims as ints, patterns as source text or None for full, score
+    biases and rope as the plain tuples of their `kernel_attr()`)."""
     if isinstance(value, Dim):
         return math.floor(value.evaluate(env))
     if isinstance(value, Pattern):
         return None if value.is_full else value.source()
+    if hasattr(value, "kernel_attr"):  # score biases, rope: plain tuples
+        return value.kernel_attr()
     if isinstance(value, tuple):
         return tuple(attr_value(v, env) for v in value)
     if isinstance(value, Fraction):
@@ -93,6 +96,8 @@ def attr_source(value: Any) -> str:
         return dim_source(value)
     if isinstance(value, Pattern):
         return "None" if value.is_full else repr(value.source())
+    if hasattr(value, "kernel_attr"):
+        return repr(value.kernel_attr())
     if isinstance(value, tuple):
         inner = ", ".join(attr_source(v) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"

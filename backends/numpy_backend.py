@@ -16,15 +16,16 @@ from attndsl.backends.codegen import EmitOptions, emit_forward, kernel_names
 from attndsl.ir.graph import Graph
 
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
-_NAME = re.compile(r"\b(op_\w+|_erf|attention_mask)\b")
+_NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_mask|attention_probs)\b")
 
 
 def kernel_sources(module: ModuleType, names: list[str]) -> list[str]:
-    """Source of the named kernels and every helper they call, in dependency order."""
+    """Source of the named kernels and every helper function they call (`op_*`, `_*`,
+    `attention_*`), in dependency order."""
     needed: dict[str, None] = {}
 
     def visit(name: str) -> None:
-        if name in needed or not hasattr(module, name):
+        if name in needed or not inspect.isfunction(getattr(module, name, None)):
             return
         src = inspect.getsource(getattr(module, name))
         for dep in _NAME.findall(src):

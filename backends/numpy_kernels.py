@@ -245,46 +245,226 @@ def op_embedding(table, ids):
 
 def attention_mask(pattern, tq, tk):
     """Boolean [tq, tk] mask of allowed positions (None if all are); queries are the last
-    tq of the tk positions, as in cached decoding. Cached per (pattern, tq, tk)."""
+    tq of the tk positions, as in cached decoding. The 16 most recently used masks are
+    kept (a server seeing many lengths does not grow without bound)."""
     if pattern is None:
         return None
     key = (pattern, tq, tk)
-    if key not in _MASKS:
+    mask = _MASKS.pop(key, None)
+    if mask is None:
         q = np.arange(tk - tq, tk)[:, None]
         k = np.arange(tk)[None, :]
-        _MASKS[key] = eval(pattern, {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - pattern text
-    return _MASKS[key]
+        mask = eval(pattern, {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - pattern text
+    _MASKS[key] = mask
+    while len(_MASKS) > 16:
+        del _MASKS[next(iter(_MASKS))]
+    return mask
 
 
-def op_attention(q, k, v, key_padding=None, *, pattern, scale, dropout):
-    """softmax(q k^T * scale + mask) v on (B, H, T, D); fully masked rows give zeros."""
-    s = np.matmul(q, np.swapaxes(k, -1, -2))           # (B, H, Tq, Tk)
-    s *= scale
-    mask = attention_mask(pattern, q.shape[-2], k.shape[-2])
-    if key_padding is not None:
-        pad = key_padding[:, None, None, :]            # (B, 1, 1, Tk)
+def _rope_inv_freq(rope):
+    """Inverse frequencies (dims/2,) in float64 after the rope's scaling."""
+    theta, dims, _, scaling = rope
+    if scaling[0] == "ntk":
+        theta = theta * scaling[1] ** (dims / (dims - 2))
+    inv = 1.0 / theta ** (np.arange(0, dims, 2, dtype=np.float64) / dims)
+    if scaling[0] == "linear":
+        inv = inv / scaling[1]
+    elif scaling[0] == "llama3":
+        factor, low, high, old = scaling[1:]
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - low) / (high - low)
+        scaled = np.where(wavelen > old / low, inv / factor, inv)
+        medium = (wavelen <= old / low) & (wavelen >= old / high)
+        inv = np.where(medium, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return inv
+
+
+def _rope(x, offset, rope, inverse=False):
+    """Rotate the first `dims` features of x (B, H, T, D) at positions offset..offset+T-1;
+    `inverse` rotates back (the transpose, used by the gradient)."""
+    _, dims, layout, _ = rope
+    ang = np.arange(offset, offset + x.shape[-2], dtype=np.float64)[:, None] * _rope_inv_freq(
+        rope)[None, :]                                                      # (T, dims/2)
+    cos, sin = np.cos(ang).astype(x.dtype), np.sin(ang).astype(x.dtype)
+    if inverse:
+        sin = -sin
+    first, second = (slice(0, dims // 2), slice(dims // 2, dims)) if layout == "half" else (
+        slice(0, dims, 2), slice(1, dims, 2))
+    x1, x2 = x[..., first], x[..., second]                                  # (B, H, T, dims/2)
+    out = x.copy()
+    out[..., first] = x1 * cos - x2 * sin
+    out[..., second] = x2 * cos + x1 * sin
+    return out
+
+
+def _alibi_slopes(heads):
+    """Press et al.'s head slopes: 2^(-8i/n) for n a power of two, else the slopes of the
+    next lower power of two plus every other slope of twice that."""
+    def power_of_two(n):
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    lower = 2 ** int(math.floor(math.log2(heads)))
+    slopes = power_of_two(lower)
+    if lower != heads:
+        slopes += power_of_two(2 * lower)[0::2][:heads - lower]
+    return np.asarray(slopes, dtype=np.float64)
+
+
+def _t5_buckets(rel, buckets, max_distance, bidirectional):
+    """Raffel et al.'s bucket of each relative position rel = key - query (int array)."""
+    out = np.zeros(rel.shape, dtype=np.int64)
+    if bidirectional:
+        buckets //= 2
+        out += (rel > 0) * buckets
+        n = np.abs(rel)
+    else:
+        n = -np.minimum(rel, 0)
+    exact = buckets // 2
+    log = np.log(np.maximum(n, 1) / exact) / math.log(max_distance / exact)
+    large = np.minimum(exact + (log * (buckets - exact)).astype(np.int64), buckets - 1)
+    return out + np.where(n < exact, n, large)
+
+
+def _relative_values(term, table, heads, tq, tk):
+    """(H, tq + tk - 1) bias of each relative position rel = -(tk-1) .. tq-1 (key minus
+    query position, queries being the last tq of tk) for an ALiBi or T5 term."""
+    rel = np.arange(-(tk - 1), tq)
+    if term[0] == "alibi":
+        return -_alibi_slopes(heads)[:, None] * np.abs(rel)[None, :]
+    return np.transpose(table[_t5_buckets(rel, *term[1:])])
+
+
+def _toeplitz(values, tq, tk):
+    """The (tq, tk) read-only view M[i, j] = values[j - i + tq - 1] (no copy)."""
+    start = values[tq - 1:]
+    step = start.strides[0]
+    return np.lib.stride_tricks.as_strided(start, (tq, tk), (-step, step), writeable=False)
+
+
+def _relative_index(k, tq, tk, r0, r1):
+    """Shaw et al.'s clip(key - query, -k, k) + k for query rows r0..r1, (r1 - r0, tk)."""
+    rel = np.arange(tk)[None, :] - (tk - tq + np.arange(r0, r1))[:, None]
+    return np.clip(rel, -k, k) + k
+
+
+def _row_block(s):
+    """Rows per block so a block of s (B, H, Tq, Tk) holds about 4M elements."""
+    return max(1, (1 << 22) // max(1, s.shape[0] * s.shape[1] * s.shape[3]))
+
+
+def _add_bias(s, q, ex, bias, scale):
+    """Add every bias term to the logits s (B, H, Tq, Tk) in place; q is the (rotated) query,
+    for Shaw's relative term. No temporary larger than a row block of s."""
+    b, h, tq, tk = s.shape
+    for i, term in enumerate(bias):
+        table = ex.get(f"bias{i}")
+        if term[0] == "tensor":
+            s += table
+        elif term[0] == "relative":
+            qa = np.matmul(q, table.T)                                     # (B, H, Tq, 2k+1)
+            qa *= scale
+            rows = _row_block(s)
+            for r0 in range(0, tq, rows):
+                r1 = min(tq, r0 + rows)
+                idx = _relative_index(term[1], tq, tk, r0, r1)[None, None]  # (1, 1, R, Tk)
+                s[:, :, r0:r1] += np.take_along_axis(qa[:, :, r0:r1], idx, axis=-1)
+        else:
+            values = _relative_values(term, table, h, tq, tk).astype(s.dtype)   # (H, L)
+            for head in range(h):
+                view = _toeplitz(values[head], tq, tk)
+                for bi in range(b):
+                    s[bi, head] += view
+
+
+def _grouped(x, kv_heads):
+    """(B, H, T, D) -> (B, Hk, (H/Hk) T, D): query heads next to the key/value head they
+    share (head h reads kv head h // (H/Hk), as Hugging Face's repeat_kv)."""
+    b, h, t, d = x.shape
+    return x.reshape(b, kv_heads, (h // kv_heads) * t, d)
+
+
+def _additive_scores(q, k, ex):
+    """Bahdanau: s[i, j] = v . tanh(Wq q_i + Wk k_j), computed per row block, (B, H, Tq, Tk)."""
+    b, h, tq, _ = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    qa = np.matmul(q, ex["score_wq"].T).reshape(b, hk, h // hk, tq, -1)  # (B, Hk, G, Tq, A)
+    ka = np.matmul(k, ex["score_wk"].T)[:, :, None, None]                  # (B, Hk, 1, 1, Tk, A)
+    s = np.empty((b, hk, h // hk, tq, tk), dtype=q.dtype)
+    rows = max(1, (1 << 22) // max(1, b * h * tk * qa.shape[-1]))
+    for r0 in range(0, tq, rows):
+        t = np.tanh(qa[:, :, :, r0:r0 + rows, None, :] + ka)             # (B, Hk, G, R, Tk, A)
+        s[:, :, :, r0:r0 + rows] = np.matmul(t, ex["score_v"])
+    return s.reshape(b, h, tq, tk)
+
+
+def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope_keys=True):
+    """softmax(score(q, k) + bias + mask) as (B, H, Tq, Tk), fully masked rows zero; returns
+    (probabilities, the rotated query, the rotated key). `extra` are the node's extra
+    operands, named by `extras` ('key_padding', 'bias<i>', 'score_*')."""
+    ex = {n: x for n, x in zip(extras, extra) if x is not None}
+    b, h, tq, _ = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    if rope is not None:
+        q = _rope(q, tk - tq, rope)
+        k = _rope(k, 0, rope) if rope_keys else k
+    if score == "additive":
+        s = _additive_scores(q, k, ex)
+        if scale != 1.0:
+            s *= scale
+    else:
+        qs = np.matmul(q, ex["score_w"]) if score == "bilinear" else q
+        s = np.matmul(_grouped(qs, hk), np.swapaxes(k, -1, -2))          # (B, Hk, G Tq, Tk)
+        s = s.reshape(s.shape[0], h, tq, tk)                               # (B, H, Tq, Tk)
+        s *= scale
+    if bias:
+        _add_bias(s, q, ex, bias, scale)
+    mask = attention_mask(pattern, tq, tk)
+    pad = ex.get("key_padding")
+    if pad is not None:
+        pad = pad[:, None, None, :]                                        # (B, 1, 1, Tk)
         mask = pad if mask is None else (mask & pad)
     if mask is not None:
         np.copyto(s, -np.inf, where=~mask)
-    m = np.max(s, axis=-1, keepdims=True)              # (B, H, Tq, 1)
-    if mask is not None:
-        m[~np.isfinite(m)] = 0.0
+    m = np.max(s, axis=-1, keepdims=True)                                  # (B, H, Tq, 1)
+    m[~np.isfinite(m)] = 0.0
     s -= m
     np.exp(s, out=s)
     den = np.sum(s, axis=-1, keepdims=True)
-    if mask is not None:
-        den[den == 0] = 1.0
+    den[den == 0] = 1.0
     s /= den
-    return np.matmul(s, v)                             # (B, H, Tq, Dv)
+    return s, q, k
 
 
-def op_attention_cached(cache, key, q, k, v, key_padding=None, **attrs):
-    """Decoding step: append this step's keys/values to `cache[key]`, attend over all."""
+def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(), rope=None,
+                 extras=None, rope_keys=True):
+    """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k (B, Hk, Tk, D),
+    v (B, Hk, Tk, Dv) with H a multiple of Hk (K/V are shared, never repeated); fully masked
+    rows give zeros. `extras` names the extra operands (default: a key_padding)."""
+    extras = ("key_padding",) * len(extra) if extras is None else extras
+    p, _, _ = attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope_keys)
+    b, h, tq, _ = p.shape
+    out = np.matmul(_grouped(p, k.shape[1]), v)                            # (B, Hk, G Tq, Dv)
+    return out.reshape(out.shape[0], h, tq, v.shape[-1])                   # (B, H, Tq, Dv)
+
+
+def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(),
+                         rope=None, extras=None):
+    """The attention probabilities (B, H, Tq, Tk) of `op_attention` with the same operands."""
+    extras = ("key_padding",) * len(extra) if extras is None else extras
+    return attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras)[0]
+
+
+def op_attention_cached(cache, key, q, k, v, *extra, **attrs):
+    """Decoding step: rotate this step's keys at their positions, append keys/values to
+    `cache[key]` (kv_heads of them), attend over all."""
+    past = cache[key][0].shape[-2] if key in cache else 0
+    if attrs.get("rope") is not None:
+        k = _rope(k, past, attrs["rope"])
     if key in cache:
-        k = np.concatenate([cache[key][0], k], axis=-2)   # (B, H, past + T, D)
+        k = np.concatenate([cache[key][0], k], axis=-2)   # (B, Hk, past + T, D)
         v = np.concatenate([cache[key][1], v], axis=-2)
     cache[key] = (k, v)
-    return op_attention(q, k, v, key_padding, **attrs)
+    return op_attention(q, k, v, *extra, rope_keys=False, **attrs)
 
 
 def op_layer_drop(x, y, *, p):

@@ -13,7 +13,7 @@ from attndsl.backends.numpy_backend import kernel_sources
 
 from attndsl.ir.graph import Graph
 
-TRAINING_OPS = frozenset({"dropout", "attention", "layer_drop"})
+TRAINING_OPS = frozenset({"dropout", "attention", "attention_weights", "layer_drop"})
 CONTEXT_OPS = frozenset({"constant", "arange", "sinusoidal", "cast"})
 
 MODULE_TEMPLATE = '''

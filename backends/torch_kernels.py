@@ -188,37 +188,217 @@ def op_embedding(table, ids):
 
 
 def attention_mask(pattern, tq, tk, device):
-    """Boolean [tq, tk] mask (queries are the last tq of tk positions), cached."""
+    """Boolean [tq, tk] mask (queries are the last tq of tk positions); the 16 most recently
+    used are kept."""
     key = (pattern, tq, tk, str(device))
-    if key not in _MASKS:
+    mask = _MASKS.pop(key, None)
+    if mask is None:
         q = torch.arange(tk - tq, tk, device=device)[:, None]
         k = torch.arange(tk, device=device)[None, :]
-        _MASKS[key] = eval(pattern, {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - pattern text
-    return _MASKS[key]
+        mask = eval(pattern, {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - pattern text
+    _MASKS[key] = mask
+    while len(_MASKS) > 16:
+        del _MASKS[next(iter(_MASKS))]
+    return mask
 
 
-def op_attention(q, k, v, key_padding=None, *, pattern, scale, dropout, training):
-    """softmax(q k^T * scale + mask) v on (B, H, T, D); fully masked rows give zeros."""
+def _rope_inv_freq(rope, device):
+    """Inverse frequencies (dims/2,) in float64 after the rope's scaling."""
+    theta, dims, _, scaling = rope
+    if scaling[0] == "ntk":
+        theta = theta * scaling[1] ** (dims / (dims - 2))
+    inv = 1.0 / theta ** (torch.arange(0, dims, 2, dtype=torch.float64, device=device) / dims)
+    if scaling[0] == "linear":
+        inv = inv / scaling[1]
+    elif scaling[0] == "llama3":
+        factor, low, high, old = scaling[1:]
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old / low, inv / factor, inv)
+        medium = (wavelen <= old / low) & (wavelen >= old / high)
+        inv = torch.where(medium, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return inv
+
+
+def _rope(x, offset, rope):
+    """Rotate the first `dims` features of x (B, H, T, D) at positions offset..offset+T-1."""
+    _, dims, layout, _ = rope
+    pos = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
+    ang = pos[:, None] * _rope_inv_freq(rope, x.device)[None, :]          # (T, dims/2)
+    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    if layout == "half":
+        x1, x2, rest = x[..., :dims // 2], x[..., dims // 2:dims], x[..., dims:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+    x1, x2, rest = x[..., 0:dims:2], x[..., 1:dims:2], x[..., dims:]
+    pairs = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (..., dims/2, 2)
+    return torch.cat([pairs.flatten(-2), rest], dim=-1)
+
+
+def _alibi_slopes(heads, device):
+    """Press et al.'s head slopes (see the NumPy kernel)."""
+    def power_of_two(n):
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    lower = 2 ** int(math.floor(math.log2(heads)))
+    slopes = power_of_two(lower)
+    if lower != heads:
+        slopes += power_of_two(2 * lower)[0::2][:heads - lower]
+    return torch.tensor(slopes, dtype=torch.float64, device=device)
+
+
+def _t5_buckets(rel, buckets, max_distance, bidirectional):
+    """Raffel et al.'s bucket of each relative position rel = key - query (int tensor)."""
+    out = torch.zeros_like(rel)
+    if bidirectional:
+        buckets //= 2
+        out = out + (rel > 0).long() * buckets
+        n = rel.abs()
+    else:
+        n = -torch.clamp(rel, max=0)
+    exact = buckets // 2
+    log = torch.log(n.clamp(min=1).double() / exact) / math.log(max_distance / exact)
+    large = torch.clamp(exact + (log * (buckets - exact)).long(), max=buckets - 1)
+    return out + torch.where(n < exact, n, large)
+
+
+def _bias_block(q, ex, bias, scale, heads, r0, r1, tq, tk):
+    """The summed bias terms for query rows r0..r1: broadcastable to (B, H, r1 - r0, Tk)."""
+    device = q.device
+    rel = (torch.arange(tk, device=device)[None, :]
+           - torch.arange(tk - tq + r0, tk - tq + r1, device=device)[:, None])   # (R, Tk)
+    out = None
+    for i, term in enumerate(bias):
+        t = ex.get(f"bias{i}")
+        if term[0] == "alibi":
+            add = (-_alibi_slopes(heads, device)[:, None, None] * rel.abs()).to(q.dtype)
+        elif term[0] == "t5":
+            add = t[_t5_buckets(rel, *term[1:])].permute(2, 0, 1)        # (H, R, Tk)
+        elif term[0] == "relative":
+            idx = torch.clamp(rel, -term[1], term[1]) + term[1]            # (R, Tk)
+            qa = torch.matmul(q[:, :, r0:r1], t.transpose(0, 1)) * scale   # (B, H, R, 2k+1)
+            add = torch.gather(qa, -1, idx.expand(*qa.shape[:2], *idx.shape))
+        else:
+            add = t if t.dim() < 2 or t.shape[-2] == 1 else t[..., r0:r1, :]
+        out = add if out is None else out + add
+    return out
+
+
+def _explicit_probs(q, k, qr, ex, pattern, scale, score, bias):
+    """softmax(score(q, k) + bias + mask), (B, H, Tq, Tk), fully masked rows zero: the path
+    for what SDPA cannot express (additive scores, Shaw's relative term, the weights). `q` is
+    the query the score reads (q W for bilinear), `qr` the rotated query Shaw's term reads."""
+    b, h, tq, _ = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    if score == "additive":
+        qa = torch.matmul(q, ex["score_wq"].T).reshape(b, hk, h // hk, tq, 1, -1)
+        ka = torch.matmul(k, ex["score_wk"].T)[:, :, None, None]           # (B, Hk, 1, 1, Tk, A)
+        s = torch.matmul(torch.tanh(qa + ka), ex["score_v"]).reshape(b, h, tq, tk) * scale
+    else:
+        s = torch.matmul(q.reshape(b, hk, (h // hk) * tq, -1), k.transpose(-1, -2))
+        s = s.reshape(-1, h, tq, tk) * scale                               # (B, H, Tq, Tk)
+    if bias:
+        s = s + _bias_block(qr, ex, bias, scale, h, 0, tq, tq, tk)
+    mask = _full_mask(ex, pattern, tq, tk, q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return p if mask is None else p.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+
+
+def _full_mask(ex, pattern, tq, tk, device):
+    """Boolean mask broadcastable to (B, H, Tq, Tk) from the pattern and key padding."""
+    mask = None if pattern is None else attention_mask(pattern, tq, tk, device)
+    pad = ex.get("key_padding")
+    if pad is not None:
+        pad = pad[:, None, None, :]                                        # (B, 1, 1, Tk)
+        mask = pad if mask is None else (mask & pad)
+    return mask
+
+
+def _grouped_pv(p, v):
+    """p (B, H, Tq, Tk) @ v (B, Hk, Tk, Dv) with query heads sharing kv heads."""
+    b, h, tq, tk = p.shape
+    out = torch.matmul(p.reshape(b, v.shape[1], -1, tk), v)               # (B, Hk, G Tq, Dv)
+    return out.reshape(b, h, tq, v.shape[-1])
+
+
+def _sdpa_rows(q, k, v, ex, pattern, scale, bias, p, gqa):
+    """SDPA with a float mask built per block of query rows (bias + pattern + padding), so
+    no [H, Tq, Tk] tensor is ever materialized; fully masked rows give zeros."""
+    b, h, tq, _ = q.shape
+    tk = k.shape[2]
+    rows = max(1, min(tq, (1 << 21) // max(1, b * h * tk)))
+    outs = []
+    for r0 in range(0, tq, rows):
+        r1 = min(tq, r0 + rows)
+        mask = _full_mask(ex, pattern, tq, tk, q.device)
+        block = _bias_block(q, ex, bias, scale, h, r0, r1, tq, tk).to(q.dtype)
+        live = None
+        if mask is not None:
+            mask = mask[..., r0:r1, :] if mask.shape[-2] != 1 else mask
+            live = mask.any(dim=-1, keepdim=True)                         # rows with some key
+            block = torch.where(mask | ~live, block, float("-inf"))
+        out = F.scaled_dot_product_attention(q[:, :, r0:r1], k, v, attn_mask=block,
+                                             dropout_p=p, scale=scale, enable_gqa=gqa)
+        outs.append(out if live is None else out.masked_fill(~live, 0.0))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scaled", bias=(),
+                 rope=None, extras=None, rope_keys=True):
+    """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k/v (B, Hk, Tk, D) with H a
+    multiple of Hk; fully masked rows give zeros. SDPA (enable_gqa for grouped heads) for
+    dot/scaled/bilinear scores with ALiBi/T5/tensor biases; an explicit path otherwise."""
+    extras = ("key_padding",) * len(extra) if extras is None else extras
+    ex = {n: x for n, x in zip(extras, extra) if x is not None}
     p = dropout if training else 0.0
     tq, tk = q.shape[-2], k.shape[-2]
-    if key_padding is None and (pattern is None or (pattern == CAUSAL and tq == 1)):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
-    if key_padding is None and pattern == CAUSAL and tq == tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
-    mask = None if pattern is None else attention_mask(pattern, tq, tk, q.device)
-    if key_padding is not None:
-        pad = key_padding[:, None, None, :]                       # (B, 1, 1, Tk)
-        mask = pad if mask is None else (mask & pad)
-    live = mask.any(dim=-1, keepdim=True)                         # rows with some key
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~live, dropout_p=p,
-                                         scale=scale)
-    return out.masked_fill(~live, 0.0)
+    if rope is not None:
+        q = _rope(q, tk - tq, rope)
+        k = _rope(k, 0, rope) if rope_keys else k
+    gqa = q.shape[1] != k.shape[1]
+    if score == "additive" or any(t[0] == "relative" for t in bias):
+        qs = torch.matmul(q, ex["score_w"]) if score == "bilinear" else q
+        probs = _explicit_probs(qs, k, q, ex, pattern, scale, score, bias)
+        return _grouped_pv(F.dropout(probs, p, training) if p > 0 else probs, v)
+    if score == "bilinear":
+        q = torch.matmul(q, ex["score_w"])
+    if not bias and "key_padding" not in ex:
+        if pattern is None or (pattern == CAUSAL and tq == 1):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale,
+                                                  enable_gqa=gqa)
+        if pattern == CAUSAL and tq == tk:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
+                                                  scale=scale, enable_gqa=gqa)
+    if not bias:
+        mask = _full_mask(ex, pattern, tq, tk, q.device)
+        live = mask.any(dim=-1, keepdim=True)                             # rows with some key
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~live, dropout_p=p,
+                                             scale=scale, enable_gqa=gqa)
+        return out.masked_fill(~live, 0.0)
+    return _sdpa_rows(q, k, v, ex, pattern, scale, bias, p, gqa)
 
 
-def op_attention_cached(cache, key, q, k, v, key_padding=None, **attrs):
-    """Decoding step: append this step's keys/values to `cache[key]`, attend over all."""
+def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",
+                         bias=(), rope=None, extras=None):
+    """The attention probabilities (B, H, Tq, Tk) of `op_attention` with the same operands."""
+    extras = ("key_padding",) * len(extra) if extras is None else extras
+    ex = {n: x for n, x in zip(extras, extra) if x is not None}
+    tq, tk = q.shape[-2], k.shape[-2]
+    if rope is not None:
+        q, k = _rope(q, tk - tq, rope), _rope(k, 0, rope)
+    qs = torch.matmul(q, ex["score_w"]) if score == "bilinear" else q
+    return _explicit_probs(qs, k, q, ex, pattern, scale, score, bias)
+
+
+def op_attention_cached(cache, key, q, k, v, *extra, **attrs):
+    """Decoding step: rotate this step's keys at their positions, append keys/values to
+    `cache[key]` (kv_heads of them), attend over all."""
+    past = cache[key][0].shape[-2] if key in cache else 0
+    if attrs.get("rope") is not None:
+        k = _rope(k, past, attrs["rope"])
     if key in cache:
-        k = torch.cat([cache[key][0], k], dim=-2)   # (B, H, past + T, D)
+        k = torch.cat([cache[key][0], k], dim=-2)   # (B, Hk, past + T, D)
         v = torch.cat([cache[key][1], v], dim=-2)
     cache[key] = (k, v)
-    return op_attention(q, k, v, key_padding, **attrs)
+    return op_attention(q, k, v, *extra, rope_keys=False, **attrs)

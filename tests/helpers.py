@@ -71,7 +71,38 @@ model attn {
 }
 """
 
-OP_SPECS = {"ops": OPS_SPEC, "attn": ATTN_SPEC}
+# Attention variants (grouped heads, score functions, biases, rope) on the sdpa built-in.
+VARIANTS_SPEC = """
+model variants {
+    input q: float[B, 4, T, 8]
+    input k: float[B, 4, T, 8]
+    input v: float[B, 4, T, 8]
+    input k1: float[B, 1, T, 8]
+    input v1: float[B, 1, T, 8]
+    input k2: float[B, 2, T, 8]
+    input v2: float[B, 2, T, 8]
+    input pad: bool[B, T]
+    input bias: float[B, 1, T, T]
+    output mqa = sdpa(q, k1, v1, pattern=causal)
+    output gqa = sdpa(q, k2, v2)
+    output alibi_causal = sdpa(q, k, v, pattern=causal, bias=alibi())
+    output t5 = sdpa(q, k, v, bias=t5_bias(buckets=8, max_distance=16))
+    output t5_causal = sdpa(q, k2, v2, pattern=causal, bias=t5_bias(bidirectional=false))
+    output rope_half = sdpa(q, k2, v2, pattern=causal, rope=rope(theta=100))
+    output rope_interleaved = sdpa(q, k, v, rope=rope(layout="interleaved", dims=4,
+                                                      scaling=ntk(2)))
+    output rope_linear = sdpa(q, k, v, pattern=causal, rope=rope(scaling=linear(2)))
+    output rope_llama3 = sdpa(q, k, v, rope=rope(scaling=llama3(factor=4,
+                                                               original_max_position=4)))
+    output relative_causal = sdpa(q, k, v, pattern=causal, bias=relative(max_distance=2))
+    output tensor_bias = sdpa(q, k, v, pattern=causal, bias=alibi() + bias, key_padding=pad)
+    output additive = sdpa(q, k1, v1, score=additive, pattern=causal)
+    output bilinear = sdpa(q, k, v, score=bilinear, pattern=causal)
+    output dot = sdpa(q, k, v, score=dot, pattern=window(2))
+}
+"""
+
+OP_SPECS = {"ops": OPS_SPEC, "attn": ATTN_SPEC, "variants": VARIANTS_SPEC}
 
 
 def spec_paths() -> list[Path]:

@@ -105,6 +105,40 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
           ("shared-kv-heads", CAUSAL, (randn(2, 2, 5, 4), randn(2, 1, 5, 4), randn(2, 1, 5, 3))),
           ("cached-queries", CAUSAL, (randn(2, 2, 3, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3))),
       )],
+    # attention variants: (op, pattern, score, bias terms, rope, extras, operands)
+    *[(f"{op}-{tag}", op, ins, {"pattern": p, "scale": 0.5, "dropout": 0.0, "score": score,
+                                "bias": bias, "rope": rope, "extras": extras})
+      for op in ("attention", "attention_weights")
+      for tag, p, score, bias, rope, extras, ins in (
+          ("gqa", CAUSAL, "scaled", (), None, (),
+           (randn(2, 4, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3))),
+          ("rope-half-gqa", CAUSAL, "scaled", (), (100.0, 4, "half", ("none",)), (),
+           (randn(2, 4, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3))),
+          ("rope-interleaved-partial-linear", None, "dot", (),
+           (50.0, 2, "interleaved", ("linear", 2.0)), (),
+           (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3))),
+          ("rope-llama3-cached", CAUSAL, "scaled", (), (500.0, 4, "half",
+                                                        ("llama3", 8.0, 1.0, 4.0, 16.0)), (),
+           (randn(2, 2, 3, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3))),
+          ("alibi-t5", CAUSAL, "scaled", (("alibi",), ("t5", 8, 20, False)), None, ("bias1",),
+           (randn(2, 3, 5, 4), randn(2, 3, 5, 4), randn(2, 3, 5, 3), randn(8, 3))),
+          ("t5-bidirectional-cached", None, "scaled", (("t5", 8, 20, True),),
+           (100.0, 4, "half", ("ntk", 2.0)), ("bias0",),
+           (randn(2, 2, 3, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), randn(8, 2))),
+          ("relative", CAUSAL_WINDOW, "scaled", (("relative", 2),), None, ("bias0",),
+           (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), randn(5, 4))),
+          ("tensor-bias-padding", CAUSAL, "scaled", (("tensor",),), None,
+           ("key_padding", "bias0"),
+           (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), PAD_FIRST,
+            randn(2, 1, 5, 5))),
+          ("additive-gqa", CAUSAL, "additive", (), None, ("score_wq", "score_wk", "score_v"),
+           (randn(2, 4, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), randn(3, 4), randn(3, 4),
+            randn(3))),
+          ("bilinear-rope-relative", CAUSAL, "bilinear", (("relative", 1),),
+           (100.0, 4, "half", ("none",)), ("bias0", "score_w"),
+           (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), randn(3, 4),
+            randn(4, 4))),
+      )],
 ]
 
 

@@ -162,7 +162,7 @@ COMPARE = {"less": lambda a, b: a < b, "greater": lambda a, b: a > b,
 TESTED_ELSEWHERE = {
     "constant", "arange", "sinusoidal", "gelu", "cast", "dropout", "layer_drop", "where", "matmul", "linear",
     "transpose", "reshape", "sum", "mean", "max", "concat", "expand", "index", "softmax",
-    "layer_norm", "rms_norm", "embedding", "attention",
+    "layer_norm", "rms_norm", "embedding", "attention", "attention_weights",
 }
 GRAPH_SOURCES = {"input", "param"}   # read by generated code, no kernel
 

@@ -141,11 +141,19 @@ def test_reductions_and_softmax_axis() -> None:
 def test_attention_rule() -> None:
     q, k = tt(B, 8, T, 16), tt(B, 8, S, 16)
     assert ops.infer("attention", [q, k, k], {}) == tt(B, 8, T, 16)
-    assert ops.infer("attention", [q, k, k, tt(B, S, dtype="bool")], {}) == tt(B, 8, T, 16)
+    pad = {"extras": ("key_padding",)}
+    assert ops.infer("attention", [q, k, k, tt(B, S, dtype="bool")], pad) == tt(B, 8, T, 16)
     with pytest.raises(ShapeError, match="head sizes differ"):
         ops.infer("attention", [q, tt(B, 8, S, 8), k], {})
     with pytest.raises(TypeError_, match="key_padding must be bool"):
-        ops.infer("attention", [q, k, k, tt(B, S)], {})
+        ops.infer("attention", [q, k, k, tt(B, S)], pad)
+    grouped = tt(B, 2, S, 16)                                  # 8 query heads share 2 kv heads
+    assert ops.infer("attention", [q, grouped, grouped], {}) == tt(B, 8, T, 16)
+    assert ops.infer("attention_weights", [q, grouped, grouped], {}) == tt(B, 8, T, S)
+    with pytest.raises(ShapeError, match="multiple of kv_heads"):
+        ops.infer("attention", [q, tt(B, 3, S, 16), tt(B, 3, S, 16)], {})
+    with pytest.raises(ShapeError, match="different head counts"):
+        ops.infer("attention", [q, grouped, k], {})
 
 
 # -- shape inference through specs ------------------------------------------------------------------

@@ -211,64 +211,6 @@ def merge_heads(b: Any, x: Tensor, span: Span) -> Tensor:
     return b.add("reshape", [x], {"shape": (bsz, t, h * hd)}, span)
 
 
-def _pattern(value: Any, span: Span) -> pat.Pattern:
-    if not isinstance(value, pat.Pattern):
-        raise TypeError_(f"pattern must be an attention pattern (causal, full, window(n), ...), "
-                         f"got {describe(value)}", span)
-    return value
-
-
-def _padding(b: Any, value: Any, span: Span) -> list[Tensor]:
-    if value is None:
-        return []
-    return [tensor(b, value, span, "key_padding", rank=2, dtype="bool")]
-
-
-@builtin("attention", layer=True)
-def attention(b: Any, span: Span, x: Tensor, heads: int, pattern: Any = pat.FULL,
-              kv: Any = None, key_padding: Any = None, bias: bool = True, dropout: float = 0.0,
-              scale: Any = None) -> Tensor:
-    """Multi-head attention on x: [B, T, d]; projections `q`, `k`, `v`, `o` (each d x d).
-
-    kv: [B, S, d] for cross-attention (keys and values from another sequence).
-    """
-    x = tensor(b, x, span, "attention input", rank=3)
-    heads = integer(heads, span, "heads")
-    src = x if kv is None else tensor(b, kv, span, "kv", rank=3)
-    d = x.type.shape[-1].as_int()
-    if d is None:
-        raise ShapeError(f"attention needs a fixed model width, got {x.type}", span)
-
-    def proj(name: str, inp: Tensor) -> Tensor:
-        with b.in_scope([b.claim_name(name)]):
-            return linear_layer(b, span, inp, d, bias=bias)
-
-    q = split_heads(b, proj("q", x), heads, span)      # (B, H, T, hd)
-    k = split_heads(b, proj("k", src), heads, span)    # (B, H, S, hd)
-    v = split_heads(b, proj("v", src), heads, span)    # (B, H, S, hd)
-    a = sdpa_node(b, span, q, k, v, pattern, scale, key_padding, dropout)
-    with b.in_scope([b.claim_name("o")]):
-        return linear_layer(b, span, merge_heads(b, a, span), d, bias=bias)
-
-
-def sdpa_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any, scale: Any,
-              key_padding: Any, dropout: float) -> Tensor:
-    hd = q.type.shape[-1].as_int() if q.type.rank == 4 else None
-    scale_v = (1.0 / math.sqrt(hd) if hd else 1.0) if scale is None else number(scale, span,
-                                                                                  "scale")
-    return b.add("attention", [q, k, v, *_padding(b, key_padding, span)],
-                 {"pattern": _pattern(pattern, span), "scale": scale_v,
-                  "dropout": number(dropout, span, "dropout")}, span)
-
-
-@builtin("sdpa")
-def sdpa(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any = pat.FULL,
-         scale: Any = None, key_padding: Any = None, dropout: float = 0.0) -> Tensor:
-    """Scaled dot-product attention on [B, H, T, D] tensors (no projections)."""
-    q, k, v = (tensor(b, t, span, n, rank=4) for t, n in ((q, "q"), (k, "k"), (v, "v")))
-    return sdpa_node(b, span, q, k, v, pattern, scale, key_padding, dropout)
-
-
 @builtin("split_heads")
 def split_heads_fn(b: Any, span: Span, x: Tensor, heads: int) -> Tensor:
     """[B, T, H*D] -> [B, H, T, D]."""
@@ -568,3 +510,7 @@ def linear_decay(b: Any, span: Span, warmup: int = 0, min_lr: float = 0.0) -> di
     """Linear warm-up, then linear decay to min_lr at the last step."""
     return _setting("schedule", "linear", warmup=integer(warmup, span, "warmup", positive=False),
                     min_lr=number(min_lr, span, "min_lr"))
+
+
+# attention, sdpa, score biases and rope live in their own module; importing it registers them
+from attndsl.frontend import attention as _attention  # noqa: E402,F401

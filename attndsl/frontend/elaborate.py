@@ -40,6 +40,7 @@ from attndsl.frontend import ast
 from attndsl.frontend.parser import parse_text, read_source
 from attndsl.frontend.values import BlockRef, OutputRef, Tensor, describe
 from attndsl.ir import ops
+from attndsl.ir.biases import Bias
 from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph, TensorType
 from attndsl.ir.patterns import Pattern
@@ -372,6 +373,23 @@ class Builder:
         self.graph.params[name] = nid
         return Tensor(nid, ttype)
 
+    def table_param(self, name: str, shape: tuple[int, ...], span: Span) -> Tensor:
+        """The learned table `name` of a score bias (T5, Shaw): created at its first use,
+        shared by every attention that uses the same bias value (T5 shares one per stack)."""
+        ttype = TensorType(tuple(Dim.of(d) for d in shape), "float")
+        if name in self.graph.params:
+            nid = self.graph.params[name]
+            if self.graph.nodes[nid].type != ttype:
+                raise ShapeError(f"the bias table '{name}' is {self.graph.nodes[nid].type}, but "
+                                 f"this attention needs {ttype}", span,
+                                 "a shared bias needs the same head count (and head size) "
+                                 "in every attention that uses it")
+            return Tensor(nid, ttype)
+        nid = self.graph.add("param", (), {"name": name, "type": ttype, "init": "normal",
+                                           "std": 0.02}, ttype, span)
+        self.graph.params[name] = nid
+        return Tensor(nid, ttype)
+
     def tied_param(self, scope_name: str, local: str, span: Span) -> Tensor:
         """Resolve `tie="wte"`: the parameter `wte.<local>`, looked up from the innermost scope."""
         for depth in range(len(self.scope), -1, -1):
@@ -504,6 +522,9 @@ class Builder:
     def binop(self, op: str, a: Any, b: Any, span: Span) -> Any:
         if isinstance(a, Pattern) and isinstance(b, Pattern) and op in "&|":
             return a & b if op == "&" else a | b
+        if op == "+" and (isinstance(a, Bias) or isinstance(b, Bias)):
+            from attndsl.frontend.attention import add_biases  # late: it imports builtins
+            return add_biases(a, b, span)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             name = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul",
                     "**": "pow"}.get(op)

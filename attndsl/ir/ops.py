@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attndsl.errors import ShapeError, TypeError_
+from attndsl.ir.biases import NO_BIAS, BiasAttr
 from attndsl.ir.dims import Dim, shape_str
 from attndsl.ir.graph import TensorType
 
@@ -46,7 +47,7 @@ OPS: dict[str, OpDef] = {}
 # conditions). Every other int/bool operand of a float-valued op is cast to float by the
 # frontend, so kernels only ever combine floats with floats.
 NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention": (3,),
-                                                  "where": (0,)}
+                                                  "attention_weights": (3,), "where": (0,)}
 
 
 def numel(shape: tuple[Dim, ...]) -> Dim:
@@ -343,7 +344,21 @@ register("embedding", "composite", _embedding, doc="table[ids] (gather rows).")
 
 # -- attention -------------------------------------------------------------------------------
 
+SCORES = ("dot", "scaled", "additive", "bilinear")
+ATTENTION_ATTRS = ("pattern", "scale", "dropout", "score", "bias", "rope", "extras")
+
+
+def attention_attrs(pattern: Any, scale: float, dropout: float = 0.0, score: str = "scaled",
+                    bias: BiasAttr = NO_BIAS, rope: Any = None,
+                    extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every attribute of an attention node (plain multi-head attention by default)."""
+    return {"pattern": pattern, "scale": scale, "dropout": dropout, "score": score,
+            "bias": bias, "rope": rope, "extras": extras}
+
+
 def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """q [B, H, Tq, D], k [B, Hk, Tk, D], v [B, Hk, Tk, Dv], then the extra operands named
+    by attrs['extras']; H must be a multiple of Hk (grouped-query attention)."""
     q, k, v = ins[:3]
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         raise ShapeError(f"attention expects [B, H, T, D] tensors, got q {shape_str(q.shape)}, "
@@ -352,21 +367,62 @@ def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         raise ShapeError(f"query and key head sizes differ: {q.shape[-1]} vs {k.shape[-1]}")
     if k.shape[2] != v.shape[2]:
         raise ShapeError(f"key and value lengths differ: {k.shape[2]} vs {v.shape[2]}")
-    broadcast_shapes(q.shape[:2], k.shape[:2])
-    if len(ins) == 4:
-        pad = ins[3]
-        if pad.dtype != "bool" or pad.rank != 2:
-            raise TypeError_(f"key_padding must be bool[B, S], got {pad}")
-        broadcast_shapes(pad.shape, (q.shape[0], k.shape[2]))
+    if k.shape[1] != v.shape[1]:
+        raise ShapeError(f"keys and values have different head counts: {k.shape[1]} vs "
+                         f"{v.shape[1]}")
+    broadcast_shapes(q.shape[:1], k.shape[:1])
+    h, hk = q.shape[1].as_int(), k.shape[1].as_int()
+    if q.shape[1] != k.shape[1] and hk != 1 and (h is None or hk is None or h % hk):
+        raise ShapeError(f"{q.shape[1]} query heads cannot share {k.shape[1]} key/value heads "
+                         "(the query head count must be a multiple of kv_heads)")
+    extras = attrs.get("extras", ())
+    if len(extras) != len(ins) - 3:
+        raise ShapeError(f"attention got {len(ins) - 3} extra operands for {list(extras)}")
+    scores = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    for name, t in zip(extras, ins[3:]):
+        if name == "key_padding":
+            if t.dtype != "bool" or t.rank != 2:
+                raise TypeError_(f"key_padding must be bool[B, S], got {t}")
+            broadcast_shapes(t.shape, (q.shape[0], k.shape[2]))
+        elif name.startswith("bias") and attrs["bias"].terms[int(name[4:])].kernel_attr() == (
+                "tensor",):
+            if t.dtype != "float" or t.rank > 4 or broadcast_shapes(t.shape, scores) != scores:
+                raise ShapeError(f"a bias tensor must be float and broadcast to "
+                                 f"{shape_str(scores)}, got {t}")
     return TensorType(q.shape[:3] + v.shape[3:], "float")
 
 
-register("attention", "composite", _attention,
-         lambda ins, out, a: numel(ins[0].shape[:3]) * ins[1].shape[2]
-         * (ins[0].shape[3] * 2 + ins[2].shape[3] * 2 + 5),
-         attrs=("pattern", "scale", "dropout"),
-         doc="softmax(q @ k^T * scale + mask(pattern, key_padding)) @ v on [B, H, T, D]; "
-             "fully masked rows give zeros.")
+def _attention_weights(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    q, k = ins[:2]
+    _attention(ins, attrs)
+    return TensorType((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), "float")
+
+
+def _attention_flops(ins: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> Dim:
+    """2 D (scores) + 2 Dv (values) + 5 (softmax) per score; additive scores add 3 A per
+    score (add, tanh, dot with v); bilinear adds the q W product; each bias term 1."""
+    q, k, v = ins[:3]
+    scores = numel(q.shape[:3]) * k.shape[2]
+    per = q.shape[3] * 2 + v.shape[3] * 2 + 5 + len(attrs["bias"].terms)
+    extra = Dim.of(0)
+    if attrs["score"] == "additive":
+        a = ins[3 + attrs["extras"].index("score_wq")].shape[0]
+        per = v.shape[3] * 2 + 5 + len(attrs["bias"].terms) + a * 3
+        extra = numel(q.shape[:3]) * a * q.shape[3] * 2 + numel(k.shape[:3]) * a * k.shape[3] * 2
+    elif attrs["score"] == "bilinear":
+        extra = numel(q.shape) * q.shape[3] * 2
+    return scores * per + extra
+
+
+register("attention", "composite", _attention, _attention_flops, attrs=ATTENTION_ATTRS,
+         doc="softmax(score(rope(q), rope(k)) + bias + mask(pattern, key_padding)) @ v on "
+             "[B, H, T, D] (k, v may have fewer heads: grouped-query attention); fully "
+             "masked rows give zeros.")
+register("attention_weights", "composite", _attention_weights,
+         lambda ins, out, a: _attention_flops(ins, out, a) - numel(out.shape) * ins[2].shape[3] * 2,
+         attrs=ATTENTION_ATTRS,
+         doc="The probabilities [B, H, Tq, Tk] of the attention with the same operands and "
+             "attributes (what `weights=` exposes).")
 
 
 def infer(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:

@@ -14,6 +14,7 @@ left for dead-code elimination.
 from __future__ import annotations
 
 from attndsl.ir.graph import Graph, Node
+from attndsl.ir.ops import attention_attrs
 from attndsl.ir.patterns import FULL
 from attndsl.passes.manager import PassResult
 
@@ -30,7 +31,7 @@ def fuse_attention(graph: Graph) -> PassResult:
         if match is None:
             continue
         q, k, v, scale = match
-        attrs = {"pattern": FULL, "scale": scale, "dropout": 0.0}
+        attrs = attention_attrs(FULL, scale)
         out.replace_node(nid, op="attention", inputs=(q, k, v),
                          attrs=tuple(sorted(attrs.items())))
         modified = True
