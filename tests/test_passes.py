@@ -114,5 +114,23 @@ def test_default_pipeline_is_valid_on_every_spec(spec_path):
 def test_explain_names_the_choice_per_backend():
     g = attndsl.build("specs/gpt.attn", config={"layers": 1})
     assert "SDPA is_causal=True" in explain(g, "torch")
-    assert "dense masked" in explain(g, "numpy")
+    assert "dense softmax(QK^T)V" in explain(g, "numpy")
     assert "gpt.attn:" in explain(g, "numpy")
+
+
+def test_explain_reports_each_distinct_attention_once_with_its_variant():
+    g = attndsl.build("""model m {
+        input tokens: int[B, T]
+        x = embedding(tokens, 50, 32)
+        repeat 4 as layers {
+            x = attention(x, 4, pattern=causal, kv_heads=2, bias=alibi(), rope=rope(theta=500))
+        }
+        output y = attention(x, 4, score=additive)
+    }""")
+    torch_text, numpy_text = explain(g, "torch"), explain(g, "numpy")
+    assert torch_text.count("(x4)") == 1 and len(torch_text.splitlines()) == 5
+    assert "4 query / 2 kv heads (grouped-query)" in torch_text
+    assert "bias=alibi()" in torch_text and "rope(theta=500" in torch_text
+    assert "SDPA per block of query rows, float mask" in torch_text
+    assert "explicit softmax(scores)V" in torch_text           # additive scores
+    assert "strided Toeplitz view" in numpy_text

@@ -1,21 +1,54 @@
-"""`attndsl compile --explain`: which implementation each attention node gets, and why.
+"""`attndsl compile --explain`: which implementation each attention gets, and why.
 
 An analysis, not a rewrite. The choice mirrors the kernels' own dispatch
 (`backends/*_kernels.py: op_attention`), so the text states what will actually run.
+Attentions that are the same (spec line, variant, shapes) are reported once with their
+count: a `repeat` of 12 identical layers is one entry "x12".
 """
 
 from __future__ import annotations
 
-from attndsl.ir.graph import Graph
+from collections import Counter
+
+from attndsl.ir.graph import Graph, Node
 from attndsl.ir.ops import numel
-from attndsl.ir.patterns import Pattern
 
 
-def choose(pattern: Pattern, has_padding: bool, fused: bool) -> tuple[str, str]:
-    """(implementation, reason) for one attention, on a backend with (`fused`) or without a
-    fused scaled-dot-product attention kernel (its `Backend.fused_attention` flag)."""
+def variant(node: Node, graph: Graph) -> str:
+    """A one-line description: heads, score, bias, rope, pattern, padding."""
+    q, k = (graph.nodes[i].type for i in node.inputs[:2])
+    attrs = node.attr_dict
+    heads = f"{q.shape[1]} heads"
+    if k.shape[1] != q.shape[1]:
+        kind = "multi-query" if k.shape[1] == 1 else "grouped-query"
+        heads = f"{q.shape[1]} query / {k.shape[1]} kv heads ({kind})"
+    parts = [heads, f"score={attrs.get('score', 'scaled')}", f"pattern={attrs['pattern']}"]
+    if attrs.get("bias"):
+        parts.append(f"bias={attrs['bias']}")
+    if attrs.get("rope") is not None:
+        parts.append(str(attrs["rope"]))
+    if "key_padding" in attrs.get("extras", ()):
+        parts.append("key padding")
+    return ", ".join(parts)
+
+
+def choose(node: Node, fused: bool) -> tuple[str, str]:
+    """(implementation, reason) for one attention node on a backend with (`fused`) or
+    without a fused scaled-dot-product attention kernel (its `Backend.fused_attention`)."""
+    attrs = node.attr_dict
+    pattern, bias, score = attrs["pattern"], attrs.get("bias"), attrs.get("score", "scaled")
+    padded = "key_padding" in attrs.get("extras", ())
+    terms = [t.kernel_attr()[0] for t in bias.terms] if bias else []
     if fused:
-        if has_padding:
+        if score == "additive" or "relative" in terms:
+            return ("explicit softmax(scores)V",
+                    f"{'additive scores' if score == 'additive' else 'the relative-key term'} "
+                    "cannot be expressed as an SDPA mask; the [B, H, Tq, Tk] scores are built")
+        if terms:
+            return ("SDPA per block of query rows, float mask",
+                    "the bias (and pattern) is evaluated per row block and passed as SDPA's "
+                    "attn_mask; no [H, Tq, Tk] bias is ever materialized")
+        if padded:
             return ("SDPA with a boolean mask",
                     "key padding needs a per-batch mask; fully masked rows are zeroed")
         if pattern.is_full:
@@ -26,29 +59,45 @@ def choose(pattern: Pattern, has_padding: bool, fused: bool) -> tuple[str, str]:
                     "(fewer queries than keys) a bottom-right-aligned boolean mask is used")
         return ("SDPA with a boolean mask",
                 f"pattern {pattern} is not expressible as is_causal; the mask is built once "
-                "per (pattern, Tq, Tk) from the pattern expression and cached")
-    if pattern.is_full and not has_padding:
-        return "dense softmax(QK^T)V", "no mask needed"
-    return ("dense masked softmax(QK^T)V",
-            f"mask from {'key padding and ' if has_padding else ''}pattern {pattern}, cached per "
-            "(pattern, Tq, Tk); fully masked rows give zeros")
+                "per (pattern, Tq, Tk) from the pattern expression (16 most recent kept)")
+    how = ["dense scores in one [B, H, Tq, Tk] buffer, softmax in place"]
+    if score == "additive":
+        how = ["additive scores computed per block of query rows into one [B, H, Tq, Tk] "
+               "buffer, softmax in place"]
+    if {"alibi", "t5"} & set(terms):
+        how.append("ALiBi/T5 biases added in place through a strided Toeplitz view of one "
+                   "(H, Tq + Tk - 1) table")
+    if "relative" in terms:
+        how.append("the relative-key term gathered per block of query rows")
+    if not pattern.is_full or padded:
+        how.append(f"mask from {'key padding and ' if padded else ''}pattern {pattern}, "
+                   "cached per (pattern, Tq, Tk)")
+    return "dense softmax(QK^T)V", "; ".join(how)
 
 
 def explain(graph: Graph, backend: str) -> str:
     from attndsl.backends import get_backend
     fused = get_backend(backend, require_available=False).fused_attention
     lines = [f"attention implementations on the {backend} backend:"]
+    entries: Counter[tuple[str, str, str, str]] = Counter()
     for nid in graph.topological_order():
         node = graph.nodes[nid]
-        if node.op != "attention":
+        if node.op not in ("attention", "attention_weights"):
             continue
         q, k = (graph.nodes[i].type for i in node.inputs[:2])
-        pattern = node.attr("pattern")
-        impl, why = choose(pattern, len(node.inputs) == 4, fused)
         where = f"{node.span!r}" if node.span else f"node {nid}"
+        what = variant(node, graph)
+        if node.op == "attention_weights":
+            impl, why = ("explicit probabilities", "weights= returns the [B, H, Tq, Tk] map")
+        else:
+            impl, why = choose(node, fused)
         scores = numel(q.shape[:3]) * k.shape[2]
-        lines.append(f"  {where}: {pattern}, q {q}, k {k} -> {impl}")
-        lines.append(f"      why: {why}; score matrix {scores} elements per call")
+        entries[(where, f"{what}; q {q}, k {k}", impl, f"{why}; score matrix {scores} "
+                 "elements per call")] += 1
+    for (where, what, impl, why), count in entries.items():
+        times = f" (x{count})" if count > 1 else ""
+        lines.append(f"  {where}{times}: {what} -> {impl}")
+        lines.append(f"      why: {why}")
     if len(lines) == 1:
         lines.append("  (no attention nodes)")
     return "\n".join(lines)
