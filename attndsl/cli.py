@@ -136,8 +136,10 @@ def random_inputs(graph: Any, env: dict[str, int], seed: int) -> dict[str, np.nd
 
 def cmd_run(args: argparse.Namespace) -> int:
     import attndsl
+    wanted = [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None
     model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args),
-                            seed=args.seed, dtype=args.dtype, weights=args.weights)
+                            seed=args.seed, dtype=args.dtype, weights=args.weights,
+                            outputs=wanted)
     if args.input:
         inputs = load_inputs(args.input)
     else:
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--weights", help="a safetensors file to load")
     p.add_argument("-o", "--output", help="write outputs to this .npz")
+    p.add_argument("--outputs", metavar="NAME[,NAME...]",
+                   help="only these outputs (attention weights= maps are returned only here)")
     add_set(p)
     p.set_defaults(fn=cmd_run)
 

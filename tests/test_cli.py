@@ -276,3 +276,52 @@ def test_emit_cupy_needs_no_gpu(capsys, gpt_spec, tiny_args) -> None:
     assert main(["compile", gpt_spec, *tiny_args, "--emit", "cupy"]) == 0
     out = capsys.readouterr().out
     assert "import cupy as np" in out and "def forward(p, inputs):" in out
+
+
+VARIANT_LM = """
+model lm {
+    input tokens: int[B, T]
+    x = embedding(tokens, 50, 32)
+    rel = t5_bias(buckets=8, max_distance=16, bidirectional=false)
+    repeat 2 as layers {
+        x = x + attention(x, 4, pattern=causal, kv_heads=2, bias=rel + alibi(),
+                          rope=rope(theta=500, scaling=llama3(factor=2, original_max_position=8)),
+                          weights="map")
+        x = x + attention(x, 4, pattern=causal, score=bilinear, bias=relative(max_distance=2))
+        x = x + attention(x, 4, pattern=causal, score=additive, kv_heads=1)
+    }
+    output logits = linear(x, 50)
+}
+"""
+
+
+def test_emitted_numpy_program_with_attention_variants_is_standalone(capsys, tmp_path) -> None:
+    spec = tmp_path / "lm.attn"
+    spec.write_text(VARIANT_LM)
+    code, source, _ = run_cli(capsys, "compile", str(spec), "--emit", "numpy")
+    assert code == 0
+    path = tmp_path / "lm_program.py"
+    path.write_text(source)
+    module_spec = importlib.util.spec_from_file_location("lm_program", path)
+    program = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(program)
+    model = attndsl.compile(spec, seed=0, outputs=["logits", "layers.0.map", "layers.1.map"])
+    ids = np.random.default_rng(1).integers(0, 50, (2, 7))
+    out = program.forward(model.state_dict(), {"tokens": ids})
+    expected = model(tokens=ids)
+    assert set(out) == set(expected) == {"logits", "layers.0.map", "layers.1.map"}
+    for name in expected:
+        np.testing.assert_allclose(out[name], expected[name], err_msg=name,
+                                   **TOLERANCES["float32"])
+
+
+def test_run_outputs_selects_attention_weights(capsys, tmp_path) -> None:
+    spec = tmp_path / "lm.attn"
+    spec.write_text(VARIANT_LM)
+    code, out, _ = run_cli(capsys, "run", str(spec), "--seq", "6")
+    assert code == 0 and "logits:" in out and "map" not in out
+    code, out, _ = run_cli(capsys, "run", str(spec), "--seq", "6",
+                           "--outputs", "logits,layers.1.map")
+    assert code == 0 and "layers.1.map: float32[1, 4, 6, 6]" in out
+    code, _, err = run_cli(capsys, "run", str(spec), "--outputs", "nope")
+    assert code == 2 and "no output 'nope'" in err and "layers.0.map" in err
