@@ -335,10 +335,10 @@ def _relative_values(term, table, heads, tq, tk):
 
 
 def _toeplitz(values, tq, tk):
-    """The (tq, tk) read-only view M[i, j] = values[j - i + tq - 1] (no copy)."""
+    """The (tq, tk) view M[i, j] = values[j - i + tq - 1] (no copy; only ever read)."""
     start = values[tq - 1:]
     step = start.strides[0]
-    return np.lib.stride_tricks.as_strided(start, (tq, tk), (-step, step), writeable=False)
+    return np.lib.stride_tricks.as_strided(start, (tq, tk), (-step, step))
 
 
 def _relative_index(k, tq, tk, r0, r1):
