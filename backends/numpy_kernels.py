@@ -254,7 +254,7 @@ def attention_mask(pattern, tq, tk):
     if mask is None:
         q = np.arange(tk - tq, tk)[:, None]
         k = np.arange(tk)[None, :]
-        mask = eval(pattern, {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - pattern text
+        mask = eval(pattern, {"abs": abs}, {"q": q, "k": k, "n": tk})  # noqa: S307
     _MASKS[key] = mask
     while len(_MASKS) > 16:
         del _MASKS[next(iter(_MASKS))]

@@ -195,7 +195,7 @@ def attention_mask(pattern, tq, tk, device):
     if mask is None:
         q = torch.arange(tk - tq, tk, device=device)[:, None]
         k = torch.arange(tk, device=device)[None, :]
-        mask = eval(pattern, {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - pattern text
+        mask = eval(pattern, {"abs": abs}, {"q": q, "k": k, "n": tk})  # noqa: S307
     _MASKS[key] = mask
     while len(_MASKS) > 16:
         del _MASKS[next(iter(_MASKS))]

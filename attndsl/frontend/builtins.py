@@ -432,6 +432,13 @@ def global_tokens(b: Any, span: Span, positions: tuple) -> pat.Pattern:
     return pat.Global(tuple(integer(p, span, "position", positive=False) for p in positions))
 
 
+@builtin("random_blocks")
+def random_blocks(b: Any, span: Span, blocks: int, block: int = 64, seed: int = 0) -> pat.Pattern:
+    """BigBird random attention: each query block sees `blocks` seeded random key blocks."""
+    return pat.RandomBlocks(integer(blocks, span, "blocks"), integer(block, span, "block"),
+                            integer(seed, span, "seed", positive=False))
+
+
 @builtin("prefix")
 def prefix(b: Any, span: Span, length: int) -> pat.Pattern:
     """Prefix-LM: the first `length` positions are visible to all queries."""

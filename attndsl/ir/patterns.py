@@ -9,7 +9,15 @@ compose with `&` (both allow) and `|` (either allows)::
 arrays `q` and `k`; it works with any array module (NumPy, CuPy, torch), so backends
 and emitted programs share one definition and no backend needs its own pattern code.
 Query position `q` and key position `k` are absolute; for cached decoding the query
-positions are offset by the cache length.
+positions are offset by the cache length. `n` is the number of key positions (only
+`random_blocks` reads it).
+
+Block sparsity comes from the pattern itself, never from a T x T mask: `full_source()` and
+`empty_source()` are expressions over the inclusive bounds `q0, q1, k0, k1` of a (query
+block, key block) pair (broadcastable int arrays) that are true where every pair in the
+block is allowed (full) or none is (empty); anything else is partial. Both are
+conservative: a block the expressions cannot decide is partial, never wrongly full/empty.
+`block_layout(...)` evaluates them for a block grid.
 """
 
 from __future__ import annotations
@@ -33,8 +41,29 @@ class Pattern(ABC):
         """The pattern as a Python expression over position arrays `q` and `k` (any array
         module); `allowed(q, k)` evaluates exactly this text."""
 
-    def allowed(self, q: Any, k: Any) -> Any:
-        return eval(self.source(), {"abs": abs}, {"q": q, "k": k})  # noqa: S307 - our own text
+    def allowed(self, q: Any, k: Any, n: int = 0) -> Any:
+        return eval(self.source(), {"abs": abs}, {"q": q, "k": k, "n": n})  # noqa: S307
+
+    @abstractmethod
+    def full_source(self) -> str:
+        """Expression over block bounds q0, q1, k0, k1: every pair in the block allowed."""
+
+    @abstractmethod
+    def empty_source(self) -> str:
+        """Expression over block bounds q0, q1, k0, k1: no pair in the block allowed."""
+
+    def block_layout(self, tq: int, tk: int, block_q: int, block_k: int) -> tuple[Any, Any]:
+        """(full, empty) boolean [ceil(tq/block_q), ceil(tk/block_k)] grids for queries that are
+        the last tq of tk positions (as under a KV cache); no [tq, tk] mask is built."""
+        import numpy as np
+        q0 = (tk - tq + np.arange(0, tq, block_q))[:, None]
+        q1 = np.minimum(q0 + block_q, tk) - 1
+        k0 = np.arange(0, tk, block_k)[None, :]
+        k1 = np.minimum(k0 + block_k, tk) - 1
+        env = {"q0": q0, "q1": q1, "k0": k0, "k1": k1, "n": tk}
+        shape = (q0.shape[0], k0.shape[1])
+        return tuple(np.broadcast_to(eval(src, {"abs": abs}, env), shape)  # noqa: S307
+                     for src in (self.full_source(), self.empty_source()))
 
     @property
     def is_full(self) -> bool:
@@ -57,6 +86,12 @@ class Full(Pattern):
     def source(self) -> str:
         return "((q >= 0) | (k >= 0))"
 
+    def full_source(self) -> str:
+        return "((q0 >= 0) | (k0 >= 0))"
+
+    def empty_source(self) -> str:
+        return "((q0 < 0) & (k0 < 0))"
+
     @property
     def is_full(self) -> bool:
         return True
@@ -71,6 +106,12 @@ class Causal(Pattern):
 
     def source(self) -> str:
         return "(k <= q)"
+
+    def full_source(self) -> str:
+        return "(k1 <= q0)"
+
+    def empty_source(self) -> str:
+        return "(k0 > q1)"
 
     @property
     def is_causal(self) -> bool:
@@ -89,6 +130,12 @@ class Window(Pattern):
     def source(self) -> str:
         return f"(abs(q - k) < {self.size})"
 
+    def full_source(self) -> str:
+        return f"((q0 - k1 > -{self.size}) & (q1 - k0 < {self.size}))"
+
+    def empty_source(self) -> str:
+        return f"((q0 - k1 >= {self.size}) | (q1 - k0 <= -{self.size}))"
+
     def __str__(self) -> str:
         return f"window({self.size})"
 
@@ -102,6 +149,14 @@ class Dilated(Pattern):
 
     def source(self) -> str:
         return f"((abs(q - k) < {self.size * self.dilation}) & ((q - k) % {self.dilation} == 0))"
+
+    def full_source(self) -> str:
+        band = Window(self.size * self.dilation).full_source()
+        return band if self.dilation == 1 else _one_multiple(band, self.dilation)
+
+    def empty_source(self) -> str:
+        return (f"({Window(self.size * self.dilation).empty_source()} | "
+                f"{_no_multiple(self.dilation)})")
 
     def __str__(self) -> str:
         return f"dilated({self.size}, {self.dilation})"
@@ -117,6 +172,20 @@ class Global(Pattern):
         return "(" + " | ".join(f"(q == {p}) | (k == {p})" for p in self.positions) + ")" if \
             self.positions else "((q < 0) & (k < 0))"
 
+    def _count(self, lo: str, hi: str) -> str:
+        return " + ".join(f"(({lo} <= {p}) & ({p} <= {hi})) * 1" for p in set(self.positions))
+
+    def full_source(self) -> str:
+        if not self.positions:
+            return "((q0 < 0) & (k0 < 0))"
+        return (f"(({self._count('q0', 'q1')} == q1 - q0 + 1) | "
+                f"({self._count('k0', 'k1')} == k1 - k0 + 1))")
+
+    def empty_source(self) -> str:
+        if not self.positions:
+            return "((q0 >= 0) | (k0 >= 0))"
+        return f"(({self._count('q0', 'q1')} + {self._count('k0', 'k1')}) == 0)"
+
     def __str__(self) -> str:
         return f"global([{', '.join(map(str, self.positions))}])"
 
@@ -129,6 +198,12 @@ class Prefix(Pattern):
 
     def source(self) -> str:
         return f"(k < {self.length})"
+
+    def full_source(self) -> str:
+        return f"(k1 < {self.length})"
+
+    def empty_source(self) -> str:
+        return f"(k0 >= {self.length})"
 
     def __str__(self) -> str:
         return f"prefix({self.length})"
@@ -143,8 +218,59 @@ class Strided(Pattern):
     def source(self) -> str:
         return f"((q - k) % {self.stride} == 0)"
 
+    def full_source(self) -> str:
+        always = "((q0 >= 0) | (k0 >= 0))"
+        return always if self.stride == 1 else _one_multiple(always, self.stride)
+
+    def empty_source(self) -> str:
+        return _no_multiple(self.stride)
+
     def __str__(self) -> str:
         return f"strided({self.stride})"
+
+
+@dataclass(frozen=True)
+class RandomBlocks(Pattern):
+    """BigBird's random attention: each query block of `block` positions sees `blocks` key
+    blocks chosen by a seeded hash of (query block, draw) modulo the number of key blocks
+    (draws that collide give fewer). Depends on the key length, so it is for encoders."""
+
+    blocks: int
+    block: int
+    seed: int
+
+    def _hit(self, qb: str, kb: str) -> str:
+        nb = f"((n + {self.block - 1}) // {self.block})"
+        draws = [f"(({qb} * 1103515245 + {t * 12345 + self.seed * 2654435761 + 1013904223})"
+                 f" % 2147483647 % {nb})" for t in range(self.blocks)]
+        return "(" + " | ".join(f"({kb} == {d})" for d in draws) + ")"
+
+    def source(self) -> str:
+        return self._hit(f"(q // {self.block})", f"(k // {self.block})")
+
+    def _single(self) -> str:
+        b = self.block
+        return f"((q0 // {b} == q1 // {b}) & (k0 // {b} == k1 // {b}))"
+
+    def full_source(self) -> str:
+        return f"({self._single()} & {self._hit(f'(q0 // {self.block})', f'(k0 // {self.block})')})"
+
+    def empty_source(self) -> str:
+        hit = self._hit(f"(q0 // {self.block})", f"(k0 // {self.block})")
+        return f"({self._single()} & ~{hit})"
+
+    def __str__(self) -> str:
+        return f"random_blocks({self.blocks}, block={self.block}, seed={self.seed})"
+
+
+def _one_multiple(full: str, r: int) -> str:
+    """Full only where the block covers a single difference q - k that is a multiple of r."""
+    return f"({full} & (q0 - k1 == q1 - k0) & ((q0 - k1) % {r} == 0))"
+
+
+def _no_multiple(r: int) -> str:
+    """No difference q - k in [q0 - k1, q1 - k0] is a multiple of r."""
+    return f"((q1 - k0) // {r} == (q0 - k1 - 1) // {r})"
 
 
 @dataclass(frozen=True)
@@ -154,6 +280,12 @@ class And(Pattern):
 
     def source(self) -> str:
         return f"({self.left.source()} & {self.right.source()})"
+
+    def full_source(self) -> str:
+        return f"({self.left.full_source()} & {self.right.full_source()})"
+
+    def empty_source(self) -> str:
+        return f"({self.left.empty_source()} | {self.right.empty_source()})"
 
     @property
     def causal_implied(self) -> bool:
@@ -170,6 +302,12 @@ class Or(Pattern):
 
     def source(self) -> str:
         return f"({self.left.source()} | {self.right.source()})"
+
+    def full_source(self) -> str:
+        return f"({self.left.full_source()} | {self.right.full_source()})"
+
+    def empty_source(self) -> str:
+        return f"({self.left.empty_source()} & {self.right.empty_source()})"
 
     @property
     def is_full(self) -> bool:

@@ -1,0 +1,73 @@
+"""Block sparsity derived from pattern values (no T x T mask): for every (query block, key
+block) pair, `full` blocks allow every pair and `empty` blocks none, checked against the
+dense mask on random pattern compositions, block sizes, lengths and cache offsets."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attndsl.ir import patterns as pat
+
+PRIMITIVES = st.one_of(
+    st.just(pat.FULL), st.just(pat.CAUSAL),
+    st.builds(pat.Window, st.integers(1, 20)),
+    st.builds(pat.Dilated, st.integers(1, 6), st.integers(1, 4)),
+    st.builds(pat.Strided, st.integers(1, 7)),
+    st.builds(pat.Global, st.lists(st.integers(0, 30), max_size=3).map(tuple)),
+    st.builds(pat.Prefix, st.integers(0, 12)),
+    st.builds(pat.RandomBlocks, st.integers(1, 3), st.integers(1, 8), st.integers(0, 5)),
+)
+PATTERNS = st.recursive(PRIMITIVES, lambda inner: st.one_of(
+    st.builds(pat.And, inner, inner), st.builds(pat.Or, inner, inner)), max_leaves=5)
+
+
+def dense_mask(p: pat.Pattern, tq: int, tk: int) -> np.ndarray:
+    q = np.arange(tk - tq, tk)[:, None]
+    k = np.arange(tk)[None, :]
+    return np.broadcast_to(p.allowed(q, k, tk), (tq, tk))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(PATTERNS, st.integers(1, 40), st.integers(0, 10), st.integers(1, 9), st.integers(1, 9))
+def test_layout_is_sound_against_the_dense_mask(p, tk, past, bq, bk):
+    tq = max(1, tk - past)
+    full, empty = p.block_layout(tq, tk, bq, bk)
+    mask = dense_mask(p, tq, tk)
+    assert full.shape == empty.shape == (-(-tq // bq), -(-tk // bk))
+    for i in range(full.shape[0]):
+        for j in range(full.shape[1]):
+            block = mask[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+            assert not (full[i, j] and not block.all()), (str(p), i, j)
+            assert not (empty[i, j] and block.any()), (str(p), i, j)
+
+
+def test_simple_layouts_are_exact():
+    """Causal, window, prefix and their compositions are classified exactly (no block is
+    called partial that is in fact full or empty)."""
+    for p in (pat.CAUSAL, pat.Window(7), pat.CAUSAL & pat.Window(9), pat.Prefix(5) | pat.CAUSAL,
+              pat.FULL):
+        full, empty = p.block_layout(32, 32, 4, 4)
+        mask = dense_mask(p, 32, 32)
+        blocks = mask.reshape(8, 4, 8, 4).transpose(0, 2, 1, 3).reshape(8, 8, 16)
+        np.testing.assert_array_equal(full, blocks.all(-1), err_msg=str(p))
+        np.testing.assert_array_equal(empty, ~blocks.any(-1), err_msg=str(p))
+
+
+def test_sliding_window_is_banded():
+    """A causal window of 256 at T=8192 in blocks of 128 keeps 3 key blocks per query block:
+    the layout (and hence the work) grows linearly in T."""
+    full, empty = (pat.CAUSAL & pat.Window(256)).block_layout(8192, 8192, 128, 128)
+    live = ~empty
+    assert live.shape == (64, 64)
+    assert live.sum(axis=1).max() == 3 and live.sum() == 64 * 3 - 3
+
+
+def test_random_blocks_choose_at_most_r_blocks_per_query_block():
+    p = pat.RandomBlocks(3, 16, seed=1)
+    full, empty = p.block_layout(256, 256, 16, 16)
+    assert ((full | empty).all()) and (full.sum(axis=1) <= 3).all()
+    assert full.sum() > 16 * 2                         # draws rarely collide
+    other = pat.RandomBlocks(3, 16, seed=2).block_layout(256, 256, 16, 16)[0]
+    assert (full != other).any()                       # the seed matters
