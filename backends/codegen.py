@@ -87,8 +87,17 @@ def attr_value(value: Any, env: dict[str, int]) -> Any:
 
 
 def kernel_attrs(node: Node, env: dict[str, int]) -> dict[str, Any]:
-    """The keyword arguments the emitted program passes to `op_<node.op>`."""
-    return {k: attr_value(v, env) for k, v in node.attrs if k not in SKIP_ATTRS}
+    """The keyword arguments the emitted program passes to `op_<node.op>`: the attributes,
+    plus `<name>_blocks` for each pattern attribute (its block layout sources)."""
+    out = {k: attr_value(v, env) for k, v in node.attrs if k not in SKIP_ATTRS}
+    out.update((f"{k}_blocks", block_sources(v)) for k, v in node.attrs
+               if isinstance(v, Pattern))
+    return out
+
+
+def block_sources(pattern: Pattern) -> tuple[str, str] | None:
+    """(full, empty) block-layout expressions of a pattern, None for the full pattern."""
+    return None if pattern.is_full else (pattern.full_source(), pattern.empty_source())
 
 
 def attr_source(value: Any) -> str:
@@ -203,6 +212,8 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
         attrs["offset"] = _Raw("past")
     kwargs = [f"{k}={attr_source(v) if not isinstance(v, _Raw) else v.text}"
               for k, v in sorted(attrs.items()) if k not in SKIP_ATTRS]
+    kwargs += [f"{k}_blocks={block_sources(v)!r}" for k, v in sorted(attrs.items())
+               if isinstance(v, Pattern)]
     if node.op in opts.training_ops:
         kwargs.append("training=training")
     if node.op in opts.context_ops:

@@ -16,26 +16,32 @@ from attndsl.backends.codegen import EmitOptions, emit_forward, kernel_names
 from attndsl.ir.graph import Graph
 
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
-_NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_mask|attention_probs)\b")
+_NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_\w+|blocked_\w+|[A-Z][A-Z0-9_]+)\b")
 
 
 def kernel_sources(module: ModuleType, names: list[str]) -> list[str]:
-    """Source of the named kernels and every helper function they call (`op_*`, `_*`,
-    `attention_*`), in dependency order."""
-    needed: dict[str, None] = {}
+    """Source of the named kernels and every helper they use (functions `op_*`, `_*`,
+    `attention_*`, `blocked_*`, and UPPER_CASE numeric constants), in dependency order."""
+    needed: dict[str, str] = {}
 
     def visit(name: str) -> None:
-        if name in needed or not inspect.isfunction(getattr(module, name, None)):
+        value = getattr(module, name, None)
+        if name in needed:
             return
-        src = inspect.getsource(getattr(module, name))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and name.isupper():
+            needed[name] = f"{name} = {value!r}"
+            return
+        if not inspect.isfunction(value):
+            return
+        src = inspect.getsource(value)
         for dep in _NAME.findall(src):
             if dep != name:
                 visit(dep)
-        needed[name] = None
+        needed[name] = src
 
     for n in names:
         visit(n)
-    return [inspect.getsource(getattr(module, n)) for n in needed]
+    return list(needed.values())
 
 
 def emit_module(graph: Graph, dtype: str = "float32", cached: bool = False) -> str:

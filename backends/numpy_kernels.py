@@ -436,11 +436,23 @@ def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope
 
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(), rope=None,
-                 extras=None, rope_keys=True):
+                 extras=None, rope_keys=True, impl="dense", pattern_blocks=None):
     """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k (B, Hk, Tk, D),
     v (B, Hk, Tk, Dv) with H a multiple of Hk (K/V are shared, never repeated); fully masked
-    rows give zeros. `extras` names the extra operands (default: a key_padding)."""
+    rows give zeros. `extras` names the extra operands (default: a key_padding). `impl`:
+    'dense' (one score buffer), 'tiled'/'sparse' (query tiles over the live key blocks of
+    `pattern_blocks`, the pattern's block layout) or 'auto' (the cheapest by the cost model)."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
+    impl = attention_impl(impl, q, k, v, pattern_blocks, score, bias, extras, pattern)
+    if impl != "dense":
+        ex = {n: x for n, x in zip(extras, extra) if x is not None}
+        tq, tk = q.shape[-2], k.shape[-2]
+        if rope is not None:
+            q = _rope(q, tk - tq, rope)
+            k = _rope(k, 0, rope) if rope_keys else k
+        qs = np.matmul(q, ex["score_w"]) if score == "bilinear" else q
+        return blocked_attention(qs, k, v, ex, pattern, pattern_blocks, scale, bias,
+                                 impl == "sparse")
     p, _, _ = attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope_keys)
     b, h, tq, _ = p.shape
     out = np.matmul(_grouped(p, k.shape[1]), v)                            # (B, Hk, G Tq, Dv)
@@ -448,7 +460,7 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(),
-                         rope=None, extras=None):
+                         rope=None, extras=None, impl="dense", pattern_blocks=None):
     """The attention probabilities (B, H, Tq, Tk) of `op_attention` with the same operands."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
     return attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras)[0]
@@ -469,3 +481,154 @@ def op_attention_cached(cache, key, q, k, v, *extra, **attrs):
 
 def op_layer_drop(x, y, *, p):
     return y  # inference: the layer always runs
+
+
+# -- blocked attention: query tiles over the live key blocks of the pattern's layout ---------
+
+BLOCK = 128                    # query/key block size of the tiled and sparse kernels
+TILE_ELEMENTS = 1 << 22        # score elements per step (16 MiB in float32)
+
+
+def _live_blocks(layout, tq, tk, block):
+    """(nqb, nkb) bool grid: the (query block, key block) pairs the pattern's layout does
+    not prove empty (every pair for the full pattern)."""
+    q0 = (tk - tq + np.arange(0, tq, block))[:, None]
+    k0 = np.arange(0, tk, block)[None, :]
+    if layout is None:
+        return np.ones((q0.shape[0], k0.shape[1]), dtype=bool)
+    env = {"q0": q0, "q1": np.minimum(q0 + block, tk) - 1, "k0": k0,
+           "k1": np.minimum(k0 + block, tk) - 1, "n": tk}
+    empty = eval(layout[1], {"abs": abs}, env)  # noqa: S307 - pattern text
+    return ~np.broadcast_to(empty, (q0.shape[0], k0.shape[1]))
+
+
+def blocked_plan(layout, tq, tk, block, gather):
+    """Steps of the blocked kernel: (query tiles, key index array) pairs. `gather`: each tile
+    reads exactly its live key blocks, tiles with the same number of live keys batched
+    together ('sparse'); else each tile reads the contiguous span from its first to its last
+    live key block ('tiled'). Tiles without a live key block are absent (their rows are 0)."""
+    live = _live_blocks(layout, tq, tk, block)                       # (nqb, nkb)
+    steps = []
+    groups = {}
+    for i in range(live.shape[0]):
+        js = np.flatnonzero(live[i])
+        if not js.size:
+            continue
+        if gather:
+            keys = (js[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+        else:
+            keys = np.arange(js[0] * block, (js[-1] + 1) * block)
+        keys = keys[keys < tk]
+        rows = min(block, tq - i * block)
+        group = (rows, keys.size) if gather else (rows, keys.size, i)   # tiled: one per tile
+        groups.setdefault(group, []).append((i, keys))
+    for group, members in groups.items():
+        steps.append((np.array([i for i, _ in members]), np.stack([k for _, k in members]),
+                      group[0]))
+    return steps
+
+
+def blocked_probs(q, k, ex, pattern, scale, bias, tiles, keys, rows, block):
+    """Probabilities for query tiles `tiles` (nt,) over their keys `keys` (nt, K):
+    (B, H, nt, rows, K); q, k already rotated (and q multiplied by W for bilinear)."""
+    b, h, tq, d = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    qpos = (tiles[:, None] * block + np.arange(rows)[None, :])       # (nt, rows) local
+    qt = q[:, :, qpos]                                               # (B, H, nt, rows, D)
+    kt = k[:, :, keys]                                               # (B, Hk, nt, K, D)
+    g = h // hk
+    s = np.matmul(qt.reshape(b, hk, g, *qt.shape[2:]), np.swapaxes(kt, -1, -2)[:, :, None])
+    s = s.reshape(s.shape[0], h, *s.shape[3:])                       # (B, H, nt, rows, K)
+    s *= scale
+    for i, term in enumerate(bias):                                  # ALiBi / T5 only
+        values = _relative_values(term, ex.get(f"bias{i}"), h, tq, tk).astype(s.dtype)
+        s += values[:, keys[:, None, :] - qpos[:, :, None] + tq - 1]  # (H, nt, rows, K)
+    allowed = None
+    if pattern is not None:
+        allowed = np.broadcast_to(eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
+            "q": (tk - tq + qpos)[:, :, None], "k": keys[:, None, :], "n": tk}),
+            (len(tiles), rows, keys.shape[1]))
+    pad = ex.get("key_padding")
+    if pad is not None:
+        pad = pad[:, keys][:, None, :, None, :]                      # (B, 1, nt, 1, K)
+        allowed = pad if allowed is None else (allowed & pad)
+    if allowed is not None:
+        np.copyto(s, -np.inf, where=~allowed)
+    m = np.max(s, axis=-1, keepdims=True)
+    m[~np.isfinite(m)] = 0.0
+    s -= m
+    np.exp(s, out=s)
+    den = np.sum(s, axis=-1, keepdims=True)
+    den[den == 0] = 1.0
+    s /= den
+    return s
+
+
+def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
+    """softmax(q k^T * scale + bias + mask) v computed per query tile over the live key
+    blocks of the layout only: extra memory O(B H block K) per step instead of O(B H Tq Tk),
+    work proportional to the live blocks. q/k rotated already; biases ALiBi/T5 only."""
+    b, h, tq, _ = q.shape
+    hk, dv = v.shape[1], v.shape[3]
+    out = np.zeros((max(b, v.shape[0]), h, tq, dv), dtype=q.dtype)
+    for tiles, keys, rows in blocked_plan(layout, tq, k.shape[2], BLOCK, gather):
+        per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
+        for c in range(0, len(tiles), per_tile):
+            t, kk = tiles[c:c + per_tile], keys[c:c + per_tile]
+            p = blocked_probs(q, k, ex, pattern, scale, bias, t, kk, rows, BLOCK)
+            vt = v[:, :, kk]                                         # (B, Hk, nt, K, Dv)
+            o = np.matmul(p.reshape(p.shape[0], hk, h // hk, *p.shape[2:]), vt[:, :, None])
+            qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]
+            out[:, :, qpos] = o.reshape(o.shape[0], h, *o.shape[3:])
+    return out
+
+
+GEMM_FLOPS = 185e9            # fp32 GEMM practical peak of the reference 2-core machine
+COPY_BYTES = 30e9             # memory copy bandwidth of the same machine
+STEP_SECONDS = 2e-4           # fixed cost of one blocked step (gathers, masks, Python)
+
+
+def blocked_supported(score, bias, extras):
+    """The blocked kernels handle dot/scaled/bilinear scores with ALiBi/T5 biases (and key
+    padding, rope, grouped heads); anything else runs dense."""
+    return score != "additive" and all(t[0] in ("alibi", "t5") for t in bias)
+
+
+def attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported=True):
+    """Estimated cost of each implementation for these sizes: name -> (flops, extra peak
+    bytes, seconds). Seconds = flops / GEMM peak + bytes the softmax passes touch / copy
+    bandwidth + a fixed cost per blocked step. The kernels choose with this same model."""
+    per_score = 2 * (d + dv)
+    dense_scores = b * h * tq * tk
+    costs = {"dense": (dense_scores * (per_score + 5),
+                       dense_scores * itemsize + (tq * tk if masked else 0),
+                       dense_scores * per_score / GEMM_FLOPS
+                       + 6 * dense_scores * itemsize / COPY_BYTES)}
+    if not supported:
+        return costs
+    for name, gather in (("tiled", False), ("sparse", True)):
+        scores = peak = steps = moved = 0
+        for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
+            per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
+            chunk = min(per_tile, len(tiles))
+            gathered = b * hk * chunk * keys.shape[1] * (d + dv) if gather else 0
+            scores += b * h * len(tiles) * rows * keys.shape[1]
+            peak = max(peak, 2 * b * h * chunk * rows * keys.shape[1] + gathered)
+            steps += -(-len(tiles) // per_tile)
+            moved += gathered * -(-len(tiles) // per_tile)
+        costs[name] = (scores * (per_score + 5), peak * itemsize,
+                       scores * per_score / GEMM_FLOPS
+                       + (6 * scores + moved) * itemsize / COPY_BYTES + steps * STEP_SECONDS)
+    return costs
+
+
+def attention_impl(impl, q, k, v, layout, score, bias, extras, pattern):
+    """The implementation that runs: `impl` when forced (and supported), else the cheapest
+    by `attention_costs`."""
+    supported = blocked_supported(score, bias, extras)
+    if impl != "auto":
+        return impl if supported else "dense"
+    costs = attention_costs(max(q.shape[0], k.shape[0]), q.shape[1], k.shape[1], q.shape[2],
+                            k.shape[2], q.shape[3], v.shape[3], layout, q.dtype.itemsize,
+                            pattern is not None, supported)
+    return min(costs, key=lambda name: (costs[name][2], costs[name][1]))

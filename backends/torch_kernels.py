@@ -345,7 +345,7 @@ def _sdpa_rows(q, k, v, ex, pattern, scale, bias, p, gqa):
 
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scaled", bias=(),
-                 rope=None, extras=None, rope_keys=True):
+                 rope=None, extras=None, rope_keys=True, impl="auto", pattern_blocks=None):
     """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k/v (B, Hk, Tk, D) with H a
     multiple of Hk; fully masked rows give zeros. SDPA (enable_gqa for grouped heads) for
     dot/scaled/bilinear scores with ALiBi/T5/tensor biases; an explicit path otherwise."""
@@ -380,7 +380,7 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",
-                         bias=(), rope=None, extras=None):
+                         bias=(), rope=None, extras=None, impl="auto", pattern_blocks=None):
     """The attention probabilities (B, H, Tq, Tk) of `op_attention` with the same operands."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
     ex = {n: x for n, x in zip(extras, extra) if x is not None}

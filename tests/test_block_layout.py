@@ -71,3 +71,55 @@ def test_random_blocks_choose_at_most_r_blocks_per_query_block():
     assert full.sum() > 16 * 2                         # draws rarely collide
     other = pat.RandomBlocks(3, 16, seed=2).block_layout(256, 256, 16, 16)[0]
     assert (full != other).any()                       # the seed matters
+
+
+# -- the blocked kernels agree with the dense one --------------------------------------------
+
+from attndsl.backends import numpy_kernels as K  # noqa: E402
+from attndsl.backends.codegen import block_sources  # noqa: E402
+
+
+def run_impl(impl, q, k, v, *extra, pattern, **attrs):
+    return K.op_attention(q, k, v, *extra, pattern=None if pattern.is_full else pattern.source(),
+                          pattern_blocks=block_sources(pattern), impl=impl, **attrs)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(PATTERNS, st.integers(1, 300), st.integers(0, 40), st.sampled_from([(4, 4), (4, 2), (4, 1)]),
+       st.booleans(), st.booleans())
+def test_tiled_and_sparse_match_dense(p, tk, past, heads, biased, padded):
+    """Random patterns, lengths (several blocks with a partial last one), cache offsets,
+    grouped heads, ALiBi + T5 biases, rope and key padding: every implementation gives the
+    dense kernel's numbers (float64)."""
+    rng = np.random.default_rng(tk * 41 + past)
+    h, hk = heads
+    tq = max(1, tk - past)
+    q, k, v = (rng.standard_normal(s) for s in ((2, h, tq, 8), (2, hk, tk, 8), (2, hk, tk, 6)))
+    extras, extra, bias = [], [], ()
+    if padded:
+        pad = rng.random((2, tk)) > 0.2
+        extras.append("key_padding")
+        extra.append(pad)
+    if biased:
+        bias = (("alibi",), ("t5", 8, 40, True))
+        extras.append("bias1")
+        extra.append(rng.standard_normal((8, h)))
+    attrs = dict(scale=0.4, dropout=0.0, bias=bias, extras=tuple(extras),
+                 rope=(100.0, 8, "half", ("none",)))
+    dense = run_impl("dense", q, k, v, *extra, pattern=p, **attrs)
+    for impl in ("tiled", "sparse"):
+        got = run_impl(impl, q, k, v, *extra, pattern=p, **attrs)
+        np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12, err_msg=f"{impl} {p}")
+
+
+def test_auto_chooses_blocked_kernels_for_long_sparse_patterns():
+    window = pat.CAUSAL & pat.Window(256)
+    layout = block_sources(window)
+    costs = K.attention_costs(1, 12, 12, 8192, 8192, 64, 64, layout, 4, True)
+    assert costs["sparse"][1] * 20 < costs["dense"][1]          # memory
+    assert costs["sparse"][2] * 5 < costs["dense"][2]           # estimated time
+    q = np.zeros((1, 12, 8192, 64), dtype=np.float32)
+    assert K.attention_impl("auto", q, q, q, layout, "scaled", (), (), "x") in ("sparse", "tiled")
+    small = np.zeros((1, 2, 16, 8), dtype=np.float32)
+    assert K.attention_impl("auto", small, small, small, layout, "scaled", (), (), "x") == "dense"
+    assert K.attention_impl("sparse", q, q, q, layout, "additive", (), (), "x") == "dense"

@@ -68,7 +68,7 @@ def test_fuse_attention_rewrites_hand_written_attention():
         %0 = input() {name='q'} : float[B, H, T, 8]
         %1 = input() {name='k'} : float[B, H, S, 8]
         %2 = input() {name='v'} : float[B, H, S, 4]
-        %3 = attention(%0, %1, %2) {bias=none, dropout=0.0, extras=[], pattern=full, rope=None, scale=0.5, score='scaled'} : float[B, H, T, 4]
+        %3 = attention(%0, %1, %2) {bias=none, dropout=0.0, extras=[], impl='auto', pattern=full, rope=None, scale=0.5, score='scaled'} : float[B, H, T, 4]
         output y = %3
         """)
 

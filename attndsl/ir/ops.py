@@ -345,15 +345,17 @@ register("embedding", "composite", _embedding, doc="table[ids] (gather rows).")
 # -- attention -------------------------------------------------------------------------------
 
 SCORES = ("dot", "scaled", "additive", "bilinear")
-ATTENTION_ATTRS = ("pattern", "scale", "dropout", "score", "bias", "rope", "extras")
+ATTENTION_ATTRS = ("pattern", "scale", "dropout", "score", "bias", "rope", "extras", "impl")
+IMPLS = ("auto", "dense", "tiled", "sparse")
 
 
 def attention_attrs(pattern: Any, scale: float, dropout: float = 0.0, score: str = "scaled",
                     bias: BiasAttr = NO_BIAS, rope: Any = None,
-                    extras: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every attribute of an attention node (plain multi-head attention by default)."""
+                    extras: tuple[str, ...] = (), impl: str = "auto") -> dict[str, Any]:
+    """Every attribute of an attention node (plain multi-head attention by default). `impl`
+    is the implementation: 'auto' (chosen per call by the backend's cost model) or forced."""
     return {"pattern": pattern, "scale": scale, "dropout": dropout, "score": score,
-            "bias": bias, "rope": rope, "extras": extras}
+            "bias": bias, "rope": rope, "extras": extras, "impl": impl}
 
 
 def _attention(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
