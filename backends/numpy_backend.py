@@ -19,13 +19,16 @@ NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_\w+|blocked_\w+|[A-Z][A-Z0-9_]+)\b")
 
 
-def kernel_sources(module: ModuleType, names: list[str]) -> list[str]:
+def kernel_sources(module: ModuleType, names: list[str],
+                   shared: ModuleType | None = None) -> list[str]:
     """Source of the named kernels and every helper they use (functions `op_*`, `_*`,
-    `attention_*`, `blocked_*`, and UPPER_CASE numeric constants), in dependency order."""
+    `attention_*`, `blocked_*`, and UPPER_CASE numeric constants), in dependency order;
+    names `module` lacks are taken from `shared` (the torch kernels reuse the NumPy block
+    planning and cost model)."""
     needed: dict[str, str] = {}
 
     def visit(name: str) -> None:
-        value = getattr(module, name, None)
+        value = getattr(module, name, getattr(shared, name, None))
         if name in needed:
             return
         if isinstance(value, (int, float)) and not isinstance(value, bool) and name.isupper():

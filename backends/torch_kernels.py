@@ -7,8 +7,10 @@ to `F.scaled_dot_product_attention` (fused kernels where the pattern allows).
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from attndsl.backends.numpy_kernels import BLOCK, TILE_ELEMENTS, attention_costs, blocked_plan
 
 CAUSAL = "(k <= q)"
 _MASKS: dict = {}
@@ -363,6 +365,9 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         return _grouped_pv(F.dropout(probs, p, training) if p > 0 else probs, v)
     if score == "bilinear":
         q = torch.matmul(q, ex["score_w"])
+    if _use_blocked(impl, q, k, v, pattern, pattern_blocks):
+        return _blocked_attention(q, k, v, ex, pattern, pattern_blocks, scale, bias, p,
+                                  impl != "tiled")
     if not bias and "key_padding" not in ex:
         if pattern is None or (pattern == CAUSAL and tq == 1):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale,
@@ -402,3 +407,73 @@ def op_attention_cached(cache, key, q, k, v, *extra, **attrs):
         v = torch.cat([cache[key][1], v], dim=-2)
     cache[key] = (k, v)
     return op_attention(q, k, v, *extra, rope_keys=False, **attrs)
+
+
+def _use_blocked(impl, q, k, v, pattern, layout):
+    """Forced 'tiled'/'sparse', or 'auto' for a pattern SDPA has no fast path for (not full or
+    causal) when the NumPy cost model prices the blocked kernel below dense."""
+    if impl in ("tiled", "sparse"):
+        return True
+    if impl == "dense" or pattern is None or pattern == CAUSAL:
+        return False
+    costs = attention_costs(max(q.shape[0], k.shape[0]), q.shape[1], k.shape[1], q.shape[2],
+                            k.shape[2], q.shape[3], v.shape[3], layout, q.element_size(), True)
+    return costs["sparse"][2] < costs["dense"][2]
+
+
+def _relative_values(term, table, heads, tq, tk, device, dtype):
+    """(H, tq + tk - 1) bias of each relative position -(tk-1) .. tq-1 (ALiBi or T5)."""
+    rel = torch.arange(-(tk - 1), tq, device=device)
+    if term[0] == "alibi":
+        return (-_alibi_slopes(heads, device)[:, None] * rel.abs()[None, :]).to(dtype)
+    return table[_t5_buckets(rel, *term[1:])].transpose(0, 1)
+
+
+def _blocked_attention(q, k, v, ex, pattern, layout, scale, bias, p, gather):
+    """The NumPy kernels' blocked attention in torch (autograd flows through it): query tiles
+    over the live key blocks of the pattern's layout; rows without a live key give zeros."""
+    b, h, tq, _ = q.shape
+    hk, tk, dv = k.shape[1], k.shape[2], v.shape[3]
+    g = h // hk
+    values = [_relative_values(t, ex.get(f"bias{i}"), h, tq, tk, q.device, q.dtype)
+              for i, t in enumerate(bias)]
+    outs, positions = [], []
+    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
+        per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
+        for c in range(0, len(tiles), per_tile):
+            qpos = torch.as_tensor(tiles[c:c + per_tile, None] * BLOCK + np.arange(rows)[None, :],
+                                   device=q.device)                    # (nt, rows)
+            kk = torch.as_tensor(keys[c:c + per_tile], device=q.device)  # (nt, K)
+            qt, kt = q[:, :, qpos], k[:, :, kk]                     # (B, H, nt, rows, D) ...
+            s = torch.matmul(qt.reshape(b, hk, g, *qt.shape[2:]),
+                             kt[:, :, None].transpose(-1, -2)) * scale
+            s = s.reshape(s.shape[0], h, *s.shape[3:])              # (B, H, nt, rows, K)
+            for vals in values:
+                s = s + vals[:, kk[:, None, :] - qpos[:, :, None] + tq - 1]
+            allowed = None
+            if pattern is not None:
+                allowed = eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
+                    "q": (tk - tq + qpos)[:, :, None], "k": kk[:, None, :], "n": tk})
+            pad = ex.get("key_padding")
+            if pad is not None:
+                pad = pad[:, kk][:, None, :, None, :]               # (B, 1, nt, 1, K)
+                allowed = pad if allowed is None else (allowed & pad)
+            if allowed is not None:
+                live = allowed.any(dim=-1, keepdim=True)
+                s = s.masked_fill(~(allowed | ~live), float("-inf"))
+            probs = torch.softmax(s, dim=-1)
+            if allowed is not None:
+                probs = probs.masked_fill(~live, 0.0)
+            if p > 0:
+                probs = F.dropout(probs, p)
+            o = torch.matmul(probs.reshape(probs.shape[0], hk, g, *probs.shape[2:]),
+                             v[:, :, kk][:, :, None])
+            outs.append(o.reshape(o.shape[0], h, -1, dv))
+            positions.append(qpos.reshape(-1))
+    covered = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+    missing = np.setdiff1d(np.arange(tq), covered.cpu().numpy())
+    if missing.size:                                                # rows that see no key
+        outs.append(q.new_zeros(max(b, v.shape[0]), h, missing.size, dv))
+        covered = torch.cat([covered, torch.as_tensor(missing, device=covered.device)])
+    out = torch.cat(outs, dim=2)
+    return out[:, :, torch.argsort(covered)]
