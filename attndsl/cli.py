@@ -57,7 +57,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     graph = build(args.spec, config_of(args))
     if not args.no_opt:
-        graph = optimize(graph)
+        from attndsl.passes.select_attention import select_attention
+        graph = select_attention(optimize(graph), args.attention).graph
     if args.emit == "graph":
         print(print_graph(graph, spans=args.spans), end="")
     elif args.emit == "dot":
@@ -67,8 +68,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(get_backend(args.emit, require_available=False).emit(graph), end="")
     if args.explain:
         from attndsl.passes.explain import explain
-        print(explain(graph, args.emit if args.emit in ("numpy", "torch", "cupy") else "numpy"),
-              file=sys.stderr)
+        backend = args.backend or (args.emit if args.emit in ("numpy", "torch", "cupy")
+                                   else "numpy")
+        env = dims_env(graph, args.batch, args.seq) if args.seq or args.batch else None
+        print(explain(graph, backend, env), file=sys.stderr)
     return 0
 
 
@@ -139,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wanted = [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None
     model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args),
                             seed=args.seed, dtype=args.dtype, weights=args.weights,
-                            outputs=wanted)
+                            outputs=wanted, attention=args.attention)
     if args.input:
         inputs = load_inputs(args.input)
     else:
@@ -197,6 +200,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", default="auto", choices=("auto", "dense", "tiled", "sparse"),
+                   help="attention implementation (auto: the cost model picks per call)")
+
+
 def add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="override a spec constant (repeatable)")
@@ -219,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
     p.add_argument("--explain", action="store_true",
                    help="say which attention implementation was chosen and why (on stderr)")
+    p.add_argument("--backend", choices=("numpy", "torch", "cupy"),
+                   help="with --explain: the backend to explain for (default: --emit's)")
+    p.add_argument("--batch", type=positive_int, help="with --explain: batch size for costs")
+    p.add_argument("--seq", type=positive_int, help="with --explain: sequence length for costs")
+    add_attention(p)
     add_set(p)
     p.set_defaults(fn=cmd_compile)
 
@@ -242,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write outputs to this .npz")
     p.add_argument("--outputs", metavar="NAME[,NAME...]",
                    help="only these outputs (attention weights= maps are returned only here)")
+    add_attention(p)
     add_set(p)
     p.set_defaults(fn=cmd_run)
 

@@ -623,12 +623,16 @@ def attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported
 
 
 def attention_impl(impl, q, k, v, layout, score, bias, extras, pattern):
-    """The implementation that runs: `impl` when forced (and supported), else the cheapest
-    by `attention_costs`."""
-    supported = blocked_supported(score, bias, extras)
+    """The implementation that runs for these arrays (`attention_choice`)."""
+    return attention_choice(impl, max(q.shape[0], k.shape[0]), q.shape[1], k.shape[1],
+                            q.shape[2], k.shape[2], q.shape[3], v.shape[3], q.dtype.itemsize,
+                            layout, pattern is not None, blocked_supported(score, bias, extras))
+
+
+def attention_choice(impl, b, h, hk, tq, tk, d, dv, itemsize, layout, masked, supported):
+    """`impl` when forced (and the variant has a blocked kernel), else the cheapest by
+    `attention_costs` (ties: less memory)."""
     if impl != "auto":
         return impl if supported else "dense"
-    costs = attention_costs(max(q.shape[0], k.shape[0]), q.shape[1], k.shape[1], q.shape[2],
-                            k.shape[2], q.shape[3], v.shape[3], layout, q.dtype.itemsize,
-                            pattern is not None, supported)
+    costs = attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported)
     return min(costs, key=lambda name: (costs[name][2], costs[name][1]))

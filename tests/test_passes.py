@@ -114,7 +114,7 @@ def test_default_pipeline_is_valid_on_every_spec(spec_path):
 def test_explain_names_the_choice_per_backend():
     g = attndsl.build("specs/gpt.attn", config={"layers": 1})
     assert "SDPA is_causal=True" in explain(g, "torch")
-    assert "dense softmax(QK^T)V" in explain(g, "numpy")
+    assert "dense, tiled or sparse (cost model)" in explain(g, "numpy")
     assert "gpt.attn:" in explain(g, "numpy")
 
 
@@ -134,3 +134,44 @@ def test_explain_reports_each_distinct_attention_once_with_its_variant():
     assert "SDPA per block of query rows, float mask" in torch_text
     assert "explicit softmax(scores)V" in torch_text           # additive scores
     assert "strided Toeplitz view" in numpy_text
+
+
+LONG = """const ctx = 16384
+model longformer {
+    input tokens: int[B, T <= ctx]
+    x = embedding(tokens, 100, 32)
+    repeat 3 as layers {
+        x = x + attention(x, 4, pattern=causal & window(256) | global([0]))
+    }
+    output y = attention(x, 4, pattern=causal, score=additive)
+}"""
+
+
+def test_explain_with_sizes_prices_every_candidate_and_marks_the_choice():
+    g = optimize(attndsl.build(LONG))
+    text = explain(g, "numpy", {"B": 1, "T": 8192})
+    window = text.split("/longformer")[0] if "/longformer" in text else text
+    assert "(x3)" in window and "live 128x128 blocks 313/4096 (7.6%)" in text
+    block = text[text.index("(x3)"):text.index(":8:")]
+    assert "sparse" in block and "<- chosen" in block and "dense" in block
+    chosen = [line for line in block.splitlines() if "<- chosen" in line]
+    assert len(chosen) == 1 and chosen[0].split()[0] in ("sparse", "tiled")
+    assert "do not implement this variant" in text       # additive scores: dense only
+
+
+def test_attention_choices_agree(backend):
+    """attention=dense/tiled/sparse/auto give the same outputs on every spec-like model."""
+    from attndsl.passes.select_attention import select_attention
+    spec = LONG.replace("window(256)", "window(40)").replace("ctx = 16384", "ctx = 512")
+    ids = np.random.default_rng(0).integers(0, 100, (2, 300))
+    outs = {}
+    for impl in ("dense", "tiled", "sparse", "auto"):
+        m = attndsl.compile(spec, backend=backend, dtype="float64", attention=impl, seed=3)
+        impls = {n.attr("impl") for n in m.graph.nodes.values() if n.op == "attention"}
+        assert impls == ({impl} if impl in ("auto", "dense") else {impl, "auto"})  # additive
+        outs[impl] = m.to_numpy(m(tokens=ids))["y"]
+    for impl in ("tiled", "sparse", "auto"):
+        np.testing.assert_allclose(outs[impl], outs["dense"], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        attndsl.compile(spec, attention="flash")
+    assert not select_attention(m.graph, "auto").modified

@@ -39,6 +39,11 @@ def choose(node: Node, fused: bool) -> tuple[str, str]:
     pattern, bias, score = attrs["pattern"], attrs.get("bias"), attrs.get("score", "scaled")
     padded = "key_padding" in attrs.get("extras", ())
     terms = [t.kernel_attr()[0] for t in bias.terms] if bias else []
+    blocked = ("blocked: query tiles over the live key blocks of the pattern's layout, or "
+               "SDPA/dense, whichever the cost model prices lower per call")
+    if fused and not (pattern.is_full or pattern.is_causal) and not (
+            score == "additive" or {"relative", "tensor"} & set(terms)):
+        return "blocked or SDPA with a mask (cost model)", blocked
     if fused:
         if score == "additive" or "relative" in terms:
             return ("explicit softmax(scores)V",
@@ -72,14 +77,60 @@ def choose(node: Node, fused: bool) -> tuple[str, str]:
     if not pattern.is_full or padded:
         how.append(f"mask from {'key padding and ' if padded else ''}pattern {pattern}, "
                    "cached per (pattern, Tq, Tk)")
+    if score != "additive" and not {"relative", "tensor"} & set(terms):
+        return "dense, tiled or sparse (cost model)", (
+            "per call, the cheapest of: " + "; ".join(how) + " | tiled: query tiles over the "
+            "span of live key blocks | sparse: query tiles over gathered live key blocks")
     return "dense softmax(QK^T)V", "; ".join(how)
 
 
-def explain(graph: Graph, backend: str) -> str:
+def costs_text(node: Node, graph: Graph, backend: str, env: dict[str, int]) -> list[str]:
+    """The pattern's density and every candidate's estimated time and extra memory at the
+    sizes in `env`, with the one the kernel will pick (the kernels' own cost model)."""
+    from attndsl.backends.codegen import block_sources
+    from attndsl.backends.numpy_kernels import BLOCK, _live_blocks, attention_choice, \
+        attention_costs, blocked_supported
+    q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
+    try:
+        b, h, tq, d = (int(x.evaluate(env)) for x in q.shape)
+        hk, tk, dv = int(k.shape[1].evaluate(env)), int(k.shape[2].evaluate(env)), int(
+            v.shape[3].evaluate(env))
+    except (KeyError, ZeroDivisionError):
+        return []
+    b = max(b, int(k.shape[0].evaluate(env)))
+    attrs = node.attr_dict
+    pattern, layout = attrs["pattern"], block_sources(attrs["pattern"])
+    bias = attrs["bias"].kernel_attr() if attrs.get("bias") else ()
+    supported = blocked_supported(attrs.get("score", "scaled"), bias, attrs.get("extras", ()))
+    live = _live_blocks(layout, tq, tk, BLOCK)
+    sizes = ", ".join(f"{s}={n}" for s, n in env.items())
+    lines = [f"      at {sizes}: live {BLOCK}x{BLOCK} blocks {int(live.sum())}/{live.size} "
+             f"({100 * live.mean():.1f}%)"]
+    costs = attention_costs(b, h, hk, tq, tk, d, dv, layout, 4, not pattern.is_full, supported)
+    pick = attention_choice(attrs.get("impl", "auto"), b, h, hk, tq, tk, d, dv, 4, layout,
+                            not pattern.is_full, supported)
+    if backend == "torch" and pick != "dense" and attrs.get("impl", "auto") == "auto" and (
+            pattern.is_full or pattern.is_causal):
+        pick = "dense"                                    # SDPA's fused full/causal kernels
+    for name, (flops, peak, seconds) in costs.items():
+        mark = "  <- chosen" if name == pick else ""
+        lines.append(f"      {name:<7} ~{seconds * 1e3:9.1f} ms  {flops / 1e9:9.2f} GFLOP  "
+                     f"+{peak / 2**20:9.1f} MiB{mark}")
+    if not supported:
+        lines.append("      (tiled/sparse kernels do not implement this variant)")
+    if backend == "torch":
+        lines.append("      (torch: 'dense' runs SDPA, faster than this NumPy-model estimate)")
+    return lines
+
+
+def explain(graph: Graph, backend: str, env: dict[str, int] | None = None) -> str:
+    """Per distinct attention: spec line, repeat count, variant, implementation and why; with
+    sizes `env` ({'B': 1, 'T': 4096}) also the candidates' estimated costs and the choice."""
     from attndsl.backends import get_backend
     fused = get_backend(backend, require_available=False).fused_attention
-    lines = [f"attention implementations on the {backend} backend:"]
-    entries: Counter[tuple[str, str, str, str]] = Counter()
+    lines = [f"attention implementations on the {backend} backend"
+             + (" (estimates for the 2-core reference machine, float32):" if env else ":")]
+    entries: Counter[tuple[str, str, str, str, int]] = Counter()
     for nid in graph.topological_order():
         node = graph.nodes[nid]
         if node.op not in ("attention", "attention_weights"):
@@ -91,13 +142,22 @@ def explain(graph: Graph, backend: str) -> str:
             impl, why = ("explicit probabilities", "weights= returns the [B, H, Tq, Tk] map")
         else:
             impl, why = choose(node, fused)
+        forced = node.attr("impl", "auto")
+        if forced != "auto":
+            impl = f"{impl} (attention={forced!r})"
         scores = numel(q.shape[:3]) * k.shape[2]
-        entries[(where, f"{what}; q {q}, k {k}", impl, f"{why}; score matrix {scores} "
-                 "elements per call")] += 1
-    for (where, what, impl, why), count in entries.items():
+        key = (where, f"{what}; q {q}, k {k}", impl, f"{why}; score matrix {scores} elements "
+               "per call", nid)
+        if not any(e[:4] == key[:4] for e in entries):
+            entries[key] += 1
+        else:
+            entries[next(e for e in entries if e[:4] == key[:4])] += 1
+    for (where, what, impl, why, nid), count in entries.items():
         times = f" (x{count})" if count > 1 else ""
         lines.append(f"  {where}{times}: {what} -> {impl}")
         lines.append(f"      why: {why}")
+        if env and graph.nodes[nid].op == "attention":
+            lines += costs_text(graph.nodes[nid], graph, backend, env)
     if len(lines) == 1:
         lines.append("  (no attention nodes)")
     return "\n".join(lines)
