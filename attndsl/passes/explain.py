@@ -88,8 +88,13 @@ def costs_text(node: Node, graph: Graph, backend: str, env: dict[str, int]) -> l
     """The pattern's density and every candidate's estimated time and extra memory at the
     sizes in `env`, with the one the kernel will pick (the kernels' own cost model)."""
     from attndsl.backends.codegen import block_sources
-    from attndsl.backends.numpy_kernels import BLOCK, _live_blocks, attention_choice, \
-        attention_costs, blocked_supported
+    from attndsl.backends.numpy_kernels import (
+        BLOCK,
+        _live_blocks,
+        attention_choice,
+        attention_costs,
+        blocked_supported,
+    )
     q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
     try:
         b, h, tq, d = (int(x.evaluate(env)) for x in q.shape)
