@@ -107,7 +107,11 @@ class TorchProgram(Program):
         self.set_params(params)
 
     def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self.module(**self.convert_inputs(inputs))
+        """Inference: no autograd graph is recorded (gradients come from `loss`,
+        `value_and_grad` or calling `module` directly)."""
+        import torch
+        with torch.inference_mode():
+            return self.module(**self.convert_inputs(inputs))
 
     def convert_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -125,7 +129,7 @@ class TorchProgram(Program):
     def loss(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]) -> Any:
         """The loss as a differentiable tensor, in the module's current mode."""
         from attndsl.training.losses import check_targets, cross_entropy_torch
-        out = self.run(inputs)[loss["output"]]
+        out = self.module(**self.convert_inputs(inputs))[loss["output"]]
         (tgt,) = self.convert_inputs({"targets": targets}).values()
         check_targets(tuple(tgt.shape), tuple(out.shape), loss["output"])
         return cross_entropy_torch(out, tgt, loss["label_smoothing"], loss["ignore_index"])

@@ -328,3 +328,16 @@ def test_report(gpt_spec, ids) -> None:
 def test_compile_rejects_an_unknown_dtype(gpt_spec) -> None:
     with pytest.raises(ValueError, match="dtype must be one of"):
         tiny(gpt_spec, dtype="float8")
+
+
+def test_torch_inference_records_no_autograd_graph(repo_root):
+    """Model.__call__ on torch runs under inference_mode (no activations kept for backward);
+    value_and_grad still differentiates."""
+    import torch
+    m = attndsl.compile(repo_root / "specs" / "gpt.attn", backend="torch",
+                        config=dict(vocab=97, ctx=32, d_model=32, heads=4, layers=1, d_ff=64))
+    ids = np.random.default_rng(0).integers(0, 97, (1, 8))
+    out = m(tokens=ids)["logits"]
+    assert not out.requires_grad and out.is_inference() and torch.is_grad_enabled()
+    loss, grads = m.value_and_grad(np.roll(ids, -1, axis=1), tokens=ids)
+    assert np.isfinite(loss) and any(np.abs(g).sum() > 0 for g in grads.values())
