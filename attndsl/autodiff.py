@@ -24,12 +24,17 @@ from typing import Any
 import numpy as np
 
 from attndsl.backends.numpy_kernels import (
+    BLOCK,
+    TILE_ELEMENTS,
     _erf,
     _grouped,
     _relative_index,
     _rope,
     _t5_buckets,
+    attention_impl,
     attention_probs,
+    blocked_plan,
+    blocked_probs,
     op_sigmoid,
 )
 
@@ -409,6 +414,11 @@ def _attention_vjp(g: Array, ins: tuple[Array, ...], attrs: dict[str, Any],
     ex = dict(zip(extras, ins[3:]))
     score, bias, rope, scale = attrs.get("score", "scaled"), attrs.get("bias", ()), attrs.get(
         "rope"), attrs["scale"]
+    layout = attrs.get("pattern_blocks")
+    impl = "dense" if weights else attention_impl(attrs.get("impl", "dense"), q, k, v, layout,
+                                                   score, bias, extras, attrs["pattern"])
+    if impl != "dense":
+        return _blocked_vjp(g, q, k, v, ex, extras, attrs, layout, impl == "sparse")
     p, qr, kr = attention_probs(q, k, ins[3:], attrs["pattern"], scale, score, bias, rope,
                                 extras)
     b, h, tq, tk = p.shape
@@ -465,3 +475,55 @@ def _additive_grads(dsc: Array, q: Array, k: Array, ex: dict[str, Array],
     grads["score_wq"] = np.einsum("bhia,bhid->ad", dqa, q)
     grads["score_wk"] = np.einsum("bhja,bhjd->ad", dka, k)
     return np.matmul(dqa, wq), np.matmul(dka, wk)
+
+
+def _blocked_vjp(g: Array, q: Array, k: Array, v: Array, ex: dict[str, Array],
+                 extras: tuple[str, ...], attrs: dict[str, Any], layout: Any,
+                 gather: bool) -> Cotangents:
+    """The attention VJP over the same query tiles and live key blocks as the forward
+    `blocked_attention` (probabilities recomputed per tile, as flash attention's backward):
+    extra memory O(B H block K) per step, never [B, H, Tq, Tk]."""
+    score, bias, rope, scale = attrs.get("score", "scaled"), attrs.get("bias", ()), attrs.get(
+        "rope"), attrs["scale"]
+    b, h, tq, _ = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    grp = h // hk
+    qr = _rope(q, tk - tq, rope) if rope is not None else q
+    kr = _rope(k, 0, rope) if rope is not None else k
+    qs = np.matmul(qr, ex["score_w"]) if score == "bilinear" else qr
+    dqs, dk, dv = np.zeros(qs.shape, g.dtype), np.zeros(kr.shape, g.dtype), np.zeros(
+        v.shape, g.dtype)
+    dvals = {i: np.zeros((h, tq + tk - 1), g.dtype) for i, t in enumerate(bias) if t[0] == "t5"}
+    heads = np.arange(h)[:, None, None, None]
+    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
+        per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
+        for c in range(0, len(tiles), per_tile):
+            t, kk = tiles[c:c + per_tile], keys[c:c + per_tile]             # (nt,), (nt, K)
+            p = blocked_probs(qs, kr, ex, attrs["pattern"], scale, bias, t, kk, rows, BLOCK)
+            qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]             # (nt, rows)
+            pg = p.reshape(b, hk, grp, *p.shape[2:])                         # (B, Hk, G, nt, r, K)
+            gg = g[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)         # (B, Hk, G, nt, r, Dv)
+            np.add.at(dv, (slice(None), slice(None), kk), np.matmul(_swap(pg), gg).sum(axis=2))
+            dp = np.matmul(gg, _swap(v[:, :, kk])[:, :, None])               # (B, Hk, G, nt, r, K)
+            ds = pg * (dp - np.sum(dp * pg, axis=-1, keepdims=True))
+            for i in dvals:
+                idx = kk[:, None, :] - qpos[:, :, None] + tq - 1             # (nt, r, K)
+                np.add.at(dvals[i], (heads, idx[None]), ds.reshape(p.shape).sum(axis=0))
+            ds *= scale
+            dqs[:, :, qpos] = np.matmul(ds, kr[:, :, kk][:, :, None]).reshape(
+                b, h, len(t), rows, -1)                                      # (B, H, nt, r, D)
+            qg = qs[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)
+            np.add.at(dk, (slice(None), slice(None), kk), np.matmul(_swap(ds), qg).sum(axis=2))
+    grads: dict[str, Array | None] = {name: None for name in extras}
+    for i, dval in dvals.items():
+        table = ex[f"bias{i}"]
+        dtable = np.zeros(table.shape, dtype=g.dtype)
+        np.add.at(dtable, _t5_buckets(np.arange(-(tk - 1), tq), *bias[i][1:]), dval.T)
+        grads[f"bias{i}"] = dtable
+    dqr = dqs
+    if score == "bilinear":
+        grads["score_w"] = np.einsum("bhid,bhie->de", qr, dqs)
+        dqr = np.matmul(dqs, _swap(ex["score_w"]))
+    dq = _rope(dqr, tk - tq, rope, inverse=True) if rope is not None else dqr
+    dk = _rope(dk, 0, rope, inverse=True) if rope is not None else dk
+    return (dq, dk, dv, *(grads[name] for name in extras))

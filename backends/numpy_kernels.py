@@ -623,7 +623,10 @@ def attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported
 
 
 def attention_impl(impl, q, k, v, layout, score, bias, extras, pattern):
-    """The implementation that runs for these arrays (`attention_choice`)."""
+    """The implementation that runs for these arrays (`attention_choice`); batch
+    broadcasting between q and k/v runs dense."""
+    if not q.shape[0] == k.shape[0] == v.shape[0]:
+        return "dense"
     return attention_choice(impl, max(q.shape[0], k.shape[0]), q.shape[1], k.shape[1],
                             q.shape[2], k.shape[2], q.shape[3], v.shape[3], q.dtype.itemsize,
                             layout, pattern is not None, blocked_supported(score, bias, extras))

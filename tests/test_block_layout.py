@@ -155,3 +155,33 @@ def test_torch_blocked_kernel_matches_numpy_and_differentiates(impl, pattern):
         grads[mode] = [t.grad.numpy() for t in ts]
     for got, want in zip(grads[impl], grads["dense"]):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(PATTERNS, st.integers(1, 300), st.integers(0, 40), st.sampled_from([(4, 4), (4, 2)]),
+       st.sampled_from(["tiled", "sparse"]), st.sampled_from(["scaled", "bilinear"]))
+def test_blocked_backward_matches_dense_backward(p, tk, past, heads, impl, score):
+    """The NumPy VJP over query tiles gives the dense VJP's cotangents for q, k, v, the T5
+    table and the bilinear weight (float64), with rope, ALiBi and key padding."""
+    from attndsl.autodiff import VJP_RULES
+    rng = np.random.default_rng(tk * 7 + past)
+    h, hk = heads
+    tq = max(1, tk - past)
+    q, k, v = (rng.standard_normal(s) for s in ((2, h, tq, 8), (2, hk, tk, 8), (2, hk, tk, 6)))
+    ins = (q, k, v, rng.random((2, tk)) > 0.2, rng.standard_normal((8, h)))
+    extras = ("key_padding", "bias1")
+    if score == "bilinear":
+        ins += (rng.standard_normal((8, 8)),)
+        extras += ("score_w",)
+    attrs = dict(pattern=None if p.is_full else p.source(), pattern_blocks=block_sources(p),
+                 scale=0.4, dropout=0.0, score=score, bias=(("alibi",), ("t5", 8, 40, True)),
+                 extras=extras, rope=(100.0, 8, "half", ("none",)))
+    out = K.op_attention(*ins, impl="dense", **attrs)
+    g = rng.standard_normal(out.shape)
+    dense = VJP_RULES["attention"](g, out, ins, {**attrs, "impl": "dense"})
+    blocked = VJP_RULES["attention"](g, out, ins, {**attrs, "impl": impl})
+    for i, (a, b) in enumerate(zip(blocked, dense)):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"input {i}")
