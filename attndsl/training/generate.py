@@ -1,21 +1,25 @@
 """Text generation: sampling with a KV cache (temperature, top-k, top-p) for decoder-only
 specs, and greedy / beam search for encoder–decoder specs.
 
-Incremental decoding runs the program's `forward_cached`: each step feeds only the new
-tokens, self-attention appends their keys/values to the cache, and position tables start
-at the number of tokens already decoded — the logits equal the full forward's.
+Incremental decoding runs the program's `forward_cached` where the compiler proves it exact
+(`attndsl.passes.cache_safety`): each step feeds only the new tokens, self-attention appends
+their keys/values to the cache, and position tables start at the number of tokens already
+decoded — the logits equal the full forward's. Anything else recomputes the full window.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attndsl.backends.codegen import decode_symbol
 from attndsl.errors import TrainingError
 from attndsl.model import Model
+from attndsl.passes.cache_safety import cache_safety
 from attndsl.training.losses import loss_spec
 
 
@@ -43,7 +47,13 @@ def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None,
 
 
 class Decoder:
-    """Incremental decoding over a model's cached program, one sequence at a time."""
+    """Incremental decoding of a model, one step of new token ids at a time.
+
+    Uses the cached program (`forward_cached`: only the new positions are computed, self-
+    attention keys/values are cached) when `attndsl.passes.cache_safety` proves it gives the
+    full forward's numbers; otherwise every step recomputes the whole window with the plain
+    forward, and a notice naming the reason is printed once per model (never wrong numbers).
+    `cached` says which; `verdict` says why."""
 
     def __init__(self, model: Model):
         self.model = model
@@ -51,26 +61,40 @@ class Decoder:
         self.input = next(iter(model.graph.inputs))
         bounds = model.graph.meta.get("dim_bounds", {})
         self.max_len = min(bounds.values()) if bounds else None
+        self.verdict = cache_safety(model.graph, decode_symbol(model.graph), self.output)
+        self.cached = self.verdict.safe
+        if not self.cached and not getattr(model, "_decode_notice_shown", False):
+            print(f"generate: cached decoding is not provably correct for this spec "
+                  f"({self.verdict.describe()}); recomputing the full window each step",
+                  file=sys.stderr)
+            model._decode_notice_shown = True  # type: ignore[attr-defined]
         self.cache: dict[Any, Any] = {}
+        self.history: np.ndarray | None = None
         self.past = 0
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         """Feed new token ids (1, n); returns the logits of the last position (V,)."""
         ids = np.asarray(ids, dtype=np.int64)
         model = self.model
-        xs = model.validate_inputs({self.input: ids})
-        if model.backend.name == "torch":
-            import torch
-            with torch.no_grad():
-                out = model.module.forward_cached(self.cache, self.past,
-                                                  **model.program.convert_inputs(xs))
+        if not self.cached:
+            self.history = ids if self.history is None else np.concatenate(
+                [self.history, ids], axis=1)
+            window = self.history[:, -self.max_len:] if self.max_len else self.history
+            out = model(**{self.input: window})
         else:
-            out = model.program.run_cached(xs, self.cache, self.past)
+            xs = model.validate_inputs({self.input: ids})
+            if model.backend.name == "torch":
+                import torch
+                with torch.no_grad():
+                    out = model.module.forward_cached(self.cache, self.past,
+                                                      **model.program.convert_inputs(xs))
+            else:
+                out = model.program.run_cached(xs, self.cache, self.past)
         self.past += ids.shape[1]
         return model.program.to_numpy(out[self.output])[0, -1]
 
     def reset(self) -> None:
-        self.cache, self.past = {}, 0
+        self.cache, self.history, self.past = {}, None, 0
 
 
 def generate_ids(model: Model, prompt: list[int], max_new: int, temperature: float = 1.0,
