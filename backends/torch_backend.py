@@ -145,7 +145,8 @@ class TorchProgram(Program):
         return float(value.detach()), {k: self.to_numpy(g) for k, g in grads.items()}
 
     def get_params(self) -> dict[str, np.ndarray]:
-        return {k: self.to_numpy(v) for k, v in self.module.named_parameters()}
+        """In the spec's parameter order (as every backend), not the module tree's."""
+        return {k: self.to_numpy(v) for k, v in self.module._params().items()}
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         import torch

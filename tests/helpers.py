@@ -22,6 +22,10 @@ TINY_CONFIGS: dict[str, dict[str, int]] = {
                         d_ff=64),
     "vit": dict(img=16, patch=4, channels=3, d_model=32, heads=4, layers=2, d_ff=64,
                 classes=10),
+    "llama": dict(vocab=97, ctx=32, d_model=32, heads=4, kv_heads=2, layers=2, d_ff=48),
+    "alibi_gpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "t5": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "bahdanau": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
 }
 
 # Specs with a causal stream: (input whose future positions must not leak, output).
@@ -29,6 +33,10 @@ CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
     "gpt": ("tokens", "logits"),
     "nanogpt": ("tokens", "logits"),
     "transformer": ("tgt", "logits"),
+    "llama": ("tokens", "logits"),
+    "alibi_gpt": ("tokens", "logits"),
+    "t5": ("tgt", "logits"),
+    "bahdanau": ("tgt", "logits"),
 }
 
 

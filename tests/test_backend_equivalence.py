@@ -111,8 +111,10 @@ def test_module_parameter_names_match_state_dict(spec_path: Path) -> None:
     model = compiled(str(spec_path), "torch")
     assert isinstance(model.module, torch.nn.Module)
     names = [name for name, _ in model.module.named_parameters()]
-    assert names == list(compiled(str(spec_path), "numpy").state_dict())
-    assert names == list(model.state_dict())
+    # the module tree groups parameters by submodule (a T5 bias table created mid-stack
+    # comes after it); state_dict() keeps the spec's order on every backend
+    assert sorted(names) == sorted(model.state_dict())
+    assert list(model.state_dict()) == list(compiled(str(spec_path), "numpy").state_dict())
     for name, param in model.module.named_parameters():
         assert tuple(param.shape) == model.state_dict()[name].shape, name
 

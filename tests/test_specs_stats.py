@@ -73,12 +73,53 @@ def nanogpt_params(vocab: int = 65, ctx: int = 64, d_model: int = 128, layers: i
     return gpt_params(vocab, ctx, d_model, layers)
 
 
+def llama_params(vocab: int = 32000, d_model: int = 768, heads: int = 12, kv_heads: int = 4,
+                 layers: int = 12, d_ff: int = 2048, **_: Any) -> int:
+    """LLaMA: RMSNorm weights only, q/o d x d and k/v d x kv_heads*head_dim (GQA), SwiGLU's
+    three matrices, no biases, untied head."""
+    kv = kv_heads * (d_model // heads)
+    attn = 2 * d_model * d_model + 2 * d_model * kv
+    layer = d_model + attn + d_model + 3 * d_model * d_ff
+    return 2 * vocab * d_model + layers * layer + d_model
+
+
+def alibi_gpt_params(vocab: int = 50257, d_model: int = 768, layers: int = 12, **_: Any) -> int:
+    """GPT-2 without the position table: ALiBi adds no parameters."""
+    return gpt_params(vocab, 0, d_model, layers)
+
+
+def t5_params(vocab: int = 32128, d_model: int = 512, heads: int = 8, layers: int = 6,
+              d_ff: int = 2048, **_: Any) -> int:
+    """T5: one shared embedding (tied head), bias-free projections, RMSNorm weights, one
+    [32, heads] relative-bias table per stack, final norms of both stacks."""
+    attn = 4 * d_model * d_model
+    ffn_ = 2 * d_model * d_ff
+    enc = 2 * d_model + attn + ffn_
+    dec = 3 * d_model + 2 * attn + ffn_
+    return vocab * d_model + layers * (enc + dec) + 2 * 32 * heads + 2 * d_model
+
+
+def bahdanau_params(vocab: int = 8000, d_model: int = 256, heads: int = 4, layers: int = 2,
+                    d_ff: int = 1024, **_: Any) -> int:
+    """Two embeddings, post-LN encoder/decoder layers; the additive cross-attention adds Wq,
+    Wk [hd, hd] and v [hd]; untied head with bias."""
+    hd = d_model // heads
+    enc = attention(d_model) + layer_norm(d_model) + ffn(d_model, d_ff) + layer_norm(d_model)
+    dec = 2 * attention(d_model) + 2 * hd * hd + hd + 3 * layer_norm(d_model) + ffn(d_model,
+                                                                                    d_ff)
+    return 2 * vocab * d_model + layers * (enc + dec) + linear(d_model, vocab)
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
-            "vit": vit_params, "nanogpt": nanogpt_params}
+            "vit": vit_params, "nanogpt": nanogpt_params, "llama": llama_params,
+            "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
-         "nanogpt": 809_856}  # nanoGPT prints 0.80M (without wpe)
+         "nanogpt": 809_856,  # nanoGPT prints 0.80M (without wpe)
+         "t5": 60_506_624,    # Hugging Face t5-small
+         "alibi_gpt": 124_439_808 - 1024 * 768,   # GPT-2 small without wpe
+         "llama": 124_668_672, "bahdanau": 9_854_912}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -88,6 +129,11 @@ OVERRIDES = {
     "nanogpt": [{"layers": 1, "vocab": 97}],
     "vit": [{"layers": 2}, {"img": 32, "patch": 8, "d_model": 64, "heads": 4, "d_ff": 128,
                             "layers": 1, "classes": 10}],
+    "llama": [{"layers": 1, "kv_heads": 1}, {"d_model": 64, "heads": 8, "kv_heads": 2,
+                                             "d_ff": 96, "layers": 2, "vocab": 300}],
+    "alibi_gpt": [{"layers": 2, "vocab": 1000}],
+    "t5": [{"layers": 1, "heads": 4}, {"d_model": 64, "heads": 2, "d_ff": 128, "vocab": 500}],
+    "bahdanau": [{"layers": 1, "heads": 8}],
 }
 
 
