@@ -43,7 +43,7 @@ Cotangents = tuple[Array | None, ...]
 VjpRule = Callable[[Array, Array, tuple[Array, ...], dict[str, Any]], Cotangents]
 
 VJP_RULES: dict[str, VjpRule] = {}
-CONSTANT_LIKE = frozenset({"constant", "arange", "sinusoidal", "input", "param"})
+CONSTANT_LIKE = frozenset({"constant", "size", "arange", "sinusoidal", "input", "param"})
 
 
 def vjp(*ops: str) -> Callable[[VjpRule], VjpRule]:
@@ -127,9 +127,51 @@ def _minimum(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]
             unbroadcast(_select(g, b, a, b < a), b.shape))
 
 
-@vjp("less", "greater", "equal")
+@vjp("less", "greater", "equal", "logical_and", "logical_or")
 def _compare(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
     return None, None
+
+
+@vjp("logical_not", "top_k_indices", "one_hot")
+def _no_gradient(g: Array, out: Array, ins: tuple[Array, ...],
+                 attrs: dict[str, Any]) -> Cotangents:
+    """Bool or int results, or int inputs: nothing to differentiate."""
+    return (None,)
+
+
+@vjp("sign")
+def _sign(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (np.zeros_like(g),)
+
+
+@vjp("sin")
+def _sin(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (g * np.cos(ins[0]),)
+
+
+@vjp("cos")
+def _cos(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return (-g * np.sin(ins[0]),)
+
+
+@vjp("softplus")
+def _softplus(g: Array, out: Array, ins: tuple[Array, ...],
+              attrs: dict[str, Any]) -> Cotangents:
+    """sigmoid(x), and 1 past torch's threshold of 20 (where softplus is x)."""
+    x = ins[0]
+    return (np.where(x > 20, g, g * op_sigmoid(x)),)
+
+
+@vjp("clip")
+def _clip(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """Passes where lo <= x <= hi (bounds included, as torch.clamp)."""
+    x = ins[0]
+    keep = np.ones(x.shape, dtype=bool)
+    if attrs["lo"] is not None:
+        keep &= x >= attrs["lo"]
+    if attrs["hi"] is not None:
+        keep &= x <= attrs["hi"]
+    return (np.where(keep, g, 0.0),)
 
 
 @vjp("neg")
@@ -286,6 +328,30 @@ def _max(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) ->
     return (np.where(hit, _restore_axes(g, x.shape, attrs) / count, 0.0),)
 
 
+@vjp("min")
+def _min(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    return _max(g, out, ins, attrs)
+
+
+@vjp("cumsum")
+def _cumsum(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """The reversed running sum of g along the axis."""
+    axis = attrs["axis"]
+    return (np.flip(np.cumsum(np.flip(g, axis), axis=axis), axis),)
+
+
+@vjp("gather")
+def _gather(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """g scattered back to the gathered positions (repeats accumulate); no index gradient."""
+    x, index = ins
+    axis = attrs["axis"] % x.ndim
+    where = list(np.indices(index.shape, sparse=True))
+    where[axis] = index % x.shape[axis]
+    dx = np.zeros(x.shape, dtype=g.dtype)
+    np.add.at(dx, tuple(where), g)
+    return dx, None
+
+
 @vjp("concat")
 def _concat(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
     axis = attrs["axis"]
@@ -319,14 +385,16 @@ def _softmax(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]
 def _layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
                 attrs: dict[str, Any]) -> Cotangents:
     """x (..., d), gamma (d,), optional beta (d,); xhat = (x - mean) / sqrt(var + eps)."""
-    x, gamma = ins[0], ins[1]
+    x = ins[0]
     d = x.shape[-1]
     xc = x - np.mean(x, axis=-1, keepdims=True)                               # (..., d)
     rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + attrs["eps"])
     xhat = xc * rstd
-    gx = g * gamma                                                            # (..., d)
+    gx = g * ins[1] if len(ins) > 1 else g                                    # (..., d)
     dx = rstd * (gx - np.mean(gx, axis=-1, keepdims=True)
                  - xhat * np.mean(gx * xhat, axis=-1, keepdims=True))
+    if len(ins) == 1:                                                         # affine=false
+        return (dx,)
     g2 = g.reshape(-1, d)
     dgamma = np.sum(g2 * xhat.reshape(-1, d), axis=0)
     if len(ins) == 3:
@@ -338,12 +406,14 @@ def _layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
 def _rms_norm(g: Array, out: Array, ins: tuple[Array, ...],
               attrs: dict[str, Any]) -> Cotangents:
     """y = gamma * x * r with r = 1 / sqrt(mean(x^2) + eps) over the last axis."""
-    x, gamma = ins
+    x, gamma = ins[:2]
     d = x.shape[-1]
     r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + attrs["eps"])   # (..., 1)
     gx = g * gamma                                                             # (..., d)
     dx = r * (gx - x * (r * r) * np.mean(gx * x, axis=-1, keepdims=True))
     dgamma = np.sum((g * x * r).reshape(-1, d), axis=0)
+    if len(ins) == 3:                                                          # with a bias
+        return dx, dgamma, np.sum(g.reshape(-1, d), axis=0)
     return dx, dgamma
 
 

@@ -16,7 +16,11 @@ _MASKS: dict = {}
 
 
 def op_constant(*, value, dtype):
-    return np.asarray(value, dtype=DTYPE if dtype == "float" else bool)
+    return np.asarray(value, dtype={"float": DTYPE, "int": np.int64, "bool": bool}[dtype])
+
+
+def op_size(*, value):
+    return np.asarray(value, dtype=np.int64)
 
 
 def op_arange(*, n, offset):
@@ -46,6 +50,18 @@ def op_mul(a, b):
 
 def op_div(a, b):
     return np.true_divide(a, b)
+
+
+def op_logical_and(a, b):
+    return np.logical_and(a, b)
+
+
+def op_logical_or(a, b):
+    return np.logical_or(a, b)
+
+
+def op_logical_not(x):
+    return np.logical_not(x)
 
 
 def op_pow(a, b):
@@ -94,6 +110,28 @@ def op_tanh(x):
 
 def op_abs(x):
     return np.abs(x)
+
+
+def op_sin(x):
+    return np.sin(x)
+
+
+def op_cos(x):
+    return np.cos(x)
+
+
+def op_sign(x):
+    return np.sign(x)
+
+
+def op_softplus(x):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|) without overflow; x itself past 20 (torch)
+    y = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return np.where(x > 20, x, y).astype(x.dtype)
+
+
+def op_clip(x, *, lo, hi):
+    return np.clip(x, lo, hi)
 
 
 def op_sigmoid(x):
@@ -200,6 +238,33 @@ def op_max(x, *, axes, keepdims):
     return np.max(x, axis=axes, keepdims=keepdims)
 
 
+def op_min(x, *, axes, keepdims):
+    return np.min(x, axis=axes, keepdims=keepdims)
+
+
+def op_cumsum(x, *, axis):
+    return np.cumsum(x, axis=axis, dtype=x.dtype if x.dtype.kind != "b" else DTYPE)
+
+
+def op_one_hot(ids, *, n):
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise IndexError(f"one_hot ids must be in [0, {n}), got [{int(ids.min())}, "
+                         f"{int(ids.max())}]")
+    return (ids[..., None] == np.arange(n)).astype(DTYPE)
+
+
+def op_top_k_indices(x, *, k, axis):
+    order = np.argsort(-x, axis=axis, kind="stable")     # largest first, ties by index
+    return np.take(order, np.arange(k), axis=axis)
+
+
+def op_gather(x, index, *, axis):
+    n = x.shape[axis]
+    if index.size and (int(index.min()) < -n or int(index.max()) >= n):
+        raise IndexError(f"gather index out of range [0, {n}) along axis {axis}")
+    return np.take_along_axis(x, index % n, axis=axis)
+
+
 def op_concat(*xs, axis):
     return np.concatenate(xs, axis=axis)
 
@@ -219,21 +284,24 @@ def op_softmax(x, *, axis):
     return e
 
 
-def op_layer_norm(x, g, b=None, *, eps, has_bias):
+def op_layer_norm(x, g=None, b=None, *, eps, has_bias):
     mu = np.mean(x, axis=-1, keepdims=True)
     xc = x - mu                                        # (..., d)
     var = np.mean(np.square(xc), axis=-1, keepdims=True)
     xc *= 1.0 / np.sqrt(var + eps)
-    xc *= g
+    if g is not None:                                  # affine=false: no gamma, no beta
+        xc *= g
     if b is not None:
         xc += b
     return xc
 
 
-def op_rms_norm(x, g, *, eps):
+def op_rms_norm(x, g, b=None, *, eps):
     ms = np.mean(np.square(x), axis=-1, keepdims=True)
     y = x * (1.0 / np.sqrt(ms + eps))
     y *= g
+    if b is not None:
+        y += b
     return y
 
 

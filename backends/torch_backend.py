@@ -14,7 +14,7 @@ from attndsl.backends.numpy_backend import kernel_sources
 from attndsl.ir.graph import Graph
 
 TRAINING_OPS = frozenset({"dropout", "attention", "attention_weights", "layer_drop"})
-CONTEXT_OPS = frozenset({"constant", "arange", "sinusoidal", "cast"})
+CONTEXT_OPS = frozenset({"constant", "size", "arange", "sinusoidal", "cast", "one_hot"})
 
 MODULE_TEMPLATE = '''
 

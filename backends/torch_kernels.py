@@ -24,6 +24,10 @@ def op_arange(*, n, offset, device, fdtype):
     return torch.arange(offset, offset + n, device=device)
 
 
+def op_size(*, value, device, fdtype):
+    return value
+
+
 def op_sinusoidal(*, n, dim, offset, device, fdtype):
     pos = torch.arange(offset, offset + n, dtype=torch.float64, device=device)[:, None]
     inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=device)
@@ -47,7 +51,19 @@ def op_mul(a, b):
 
 
 def op_div(a, b):
-    return torch.div(a, b)
+    return torch.true_divide(torch.as_tensor(a), b)
+
+
+def op_logical_and(a, b):
+    return torch.logical_and(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def op_logical_or(a, b):
+    return torch.logical_or(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def op_logical_not(x):
+    return torch.logical_not(torch.as_tensor(x))
 
 
 def op_pow(a, b):
@@ -98,6 +114,26 @@ def op_abs(x):
     return torch.abs(x)
 
 
+def op_sin(x):
+    return torch.sin(x)
+
+
+def op_cos(x):
+    return torch.cos(x)
+
+
+def op_sign(x):
+    return torch.sign(x)
+
+
+def op_softplus(x):
+    return F.softplus(x)
+
+
+def op_clip(x, *, lo, hi):
+    return torch.clamp(x, lo, hi)
+
+
 def op_sigmoid(x):
     return torch.sigmoid(x)
 
@@ -115,7 +151,8 @@ def op_gelu(x, *, approximate):
 
 
 def op_cast(x, *, dtype, device, fdtype):
-    return x.to({"float": fdtype, "int": torch.int64, "bool": torch.bool}[dtype])
+    return torch.as_tensor(x, device=device).to(
+        {"float": fdtype, "int": torch.int64, "bool": torch.bool}[dtype])
 
 
 def op_dropout(x, *, p, training):
@@ -161,6 +198,26 @@ def op_max(x, *, axes, keepdims):
     return torch.amax(x, dim=axes, keepdim=keepdims)
 
 
+def op_min(x, *, axes, keepdims):
+    return torch.amin(x, dim=axes, keepdim=keepdims)
+
+
+def op_cumsum(x, *, axis):
+    return torch.cumsum(x, dim=axis)
+
+
+def op_one_hot(ids, *, n, device, fdtype):
+    return F.one_hot(ids, n).to(fdtype)
+
+
+def op_top_k_indices(x, *, k, axis):
+    return torch.sort(x, dim=axis, descending=True, stable=True).indices.narrow(axis, 0, k)
+
+
+def op_gather(x, index, *, axis):
+    return torch.gather(x, axis, index % x.shape[axis])
+
+
 def op_concat(*xs, axis):
     return torch.cat(xs, dim=axis)
 
@@ -177,12 +234,13 @@ def op_softmax(x, *, axis):
     return torch.softmax(x, dim=axis)
 
 
-def op_layer_norm(x, g, b=None, *, eps, has_bias):
+def op_layer_norm(x, g=None, b=None, *, eps, has_bias):
     return F.layer_norm(x, (x.shape[-1],), g, b, eps)
 
 
-def op_rms_norm(x, g, *, eps):
-    return F.rms_norm(x, (x.shape[-1],), g, eps)
+def op_rms_norm(x, g, b=None, *, eps):
+    y = F.rms_norm(x, (x.shape[-1],), g, eps)
+    return y if b is None else y + b
 
 
 def op_embedding(table, ids):

@@ -50,7 +50,7 @@ model ops {
     output sm0 = softmax(x, axis=1)
     output ln = layer_norm(x, eps=1e-5)
     output rn = rms_norm(x, eps=1e-6)
-    output gt = gelu(x)
+    output gt = gelu(x, approximate="tanh")
     output ge = gelu(x, approximate="none")
     output si = silu(x)
     output lin = linear(x, 5)
@@ -110,7 +110,34 @@ model variants {
 }
 """
 
-OP_SPECS = {"ops": OPS_SPEC, "attn": ATTN_SPEC, "variants": VARIANTS_SPEC}
+# The smaller language features (issue 7): ellipsis/negative/size slicing, sizes as numbers,
+# int arithmetic, bool logic, top_k, one_hot, two-tensor max/min, model sizes in blocks.
+GAPS_SPEC = """
+block by_length(x) {
+    return x / T
+}
+
+model gaps {
+    input x: float[B, T, 8]
+    input ids: int[B, T]
+    output ellipsis = x[..., :4] + x[..., -4:]
+    output last = x[:, -1]
+    output tail = x[:, T - 2:]
+    output positions = arange(T) / T
+    output next_ids = ids + 1
+    output mask = ~greater(x[..., 0], 0) & greater(x[..., 1], 0) | equal(ids, 3)
+    output top = top_k(x, 3)[0]
+    output top_idx = top_k(x, 3)[1]
+    output hot = one_hot(ids, 5)
+    output elementwise = max(x, x[..., :1]) + min(x, 0.5)
+    output in_block = by_length(x)
+    output math = sin(x) * cos(x) + softplus(x) + sign(x) + clip(x, min=-0.5, max=0.5)
+    output scans = cumsum(x, axis=1) + gather(x, top_k(x, 8)[1], 2)
+    output norms = layer_norm(x, affine=false) + rms_norm(x, bias=true)
+}
+"""
+
+OP_SPECS = {"ops": OPS_SPEC, "attn": ATTN_SPEC, "variants": VARIANTS_SPEC, "gaps": GAPS_SPEC}
 
 
 def spec_paths() -> list[Path]:

@@ -51,6 +51,22 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
     *[(op, op, (randn(3, 5),), {})
       for op in ("neg", "exp", "tanh", "abs", "sigmoid", "relu", "silu")],
     ("log", "log", (positive(3, 5),), {}),
+    *[(op, op, (randn(3, 5),), {}) for op in ("sin", "cos", "sign", "logical_not")],
+    ("softplus", "softplus", (np.concatenate([randn(3, 5), 25 + randn(1, 5)]),), {}),
+    ("clip", "clip", (randn(3, 5),), {"lo": -0.5, "hi": 0.7}),
+    ("clip-lo", "clip", (randn(3, 5),), {"lo": -0.5, "hi": None}),
+    ("logical_and", "logical_and", (randn(3, 4) > 0, randn(4) > 0), {}),
+    ("logical_or", "logical_or", (randn(3, 4) > 0, randn(3, 4) > 0), {}),
+    ("cumsum", "cumsum", (randn(2, 5, 3),), {"axis": 1}),
+    ("cumsum-last", "cumsum", (randn(2, 5, 3),), {"axis": -1}),
+    ("one_hot", "one_hot", (R.integers(0, 6, (3, 4)),), {"n": 6}),
+    ("top_k_indices", "top_k_indices", (randn(3, 6),), {"k": 3, "axis": -1}),
+    ("gather", "gather", (randn(3, 6, 2), R.integers(0, 6, (3, 8, 2))), {"axis": 1}),
+    ("gather-negative", "gather", (randn(4, 5), R.integers(-5, 5, (4, 3))), {"axis": -1}),
+    *[(f"min-{axes}", "min", (randn(2, 3, 4),), {"axes": axes, "keepdims": False})
+      for axes in ((1,), (0, 2))],
+    ("layer_norm-plain", "layer_norm", (randn(2, 3, 6),), {"eps": 1e-5, "has_bias": False}),
+    ("rms_norm-bias", "rms_norm", (randn(2, 3, 6), randn(6), randn(6)), {"eps": 1e-6}),
     ("sqrt", "sqrt", (positive(3, 5),), {}),
     ("gelu-tanh", "gelu", (2 * randn(4, 5),), {"approximate": "tanh"}),
     ("gelu-none", "gelu", (2 * randn(4, 5),), {"approximate": "none"}),
@@ -239,6 +255,10 @@ NON_SMOOTH = [
     ("max", (TIES,), {"axes": (1,), "keepdims": False}, lambda x: torch.amax(x, dim=1)),
     ("max", (TIES,), {"axes": (0, 1), "keepdims": True},
      lambda x: torch.amax(x, dim=(0, 1), keepdim=True)),
+    ("min", (TIES,), {"axes": (1,), "keepdims": False}, lambda x: torch.amin(x, dim=1)),
+    ("clip", (TIES,), {"lo": 0.0, "hi": 1.0}, lambda x: torch.clamp(x, 0.0, 1.0)),
+    ("sign", (TIES,), {}, torch.sign),
+    ("softplus", (np.array([[19.5, 20.0, 20.5, -3.0]]),), {}, F.softplus),
 ]
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 from attndsl.backends import numpy_kernels as K
-from helpers import ATTN_SPEC, OPS_SPEC
+from helpers import ATTN_SPEC, GAPS_SPEC, OPS_SPEC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import TOLERANCES
@@ -146,6 +146,10 @@ UNARY = {
     "sigmoid": sigmoid_ref,
     "relu": lambda x: np.vectorize(lambda v: max(v, 0.0))(x),
     "silu": silu_ref,
+    "sin": lambda x: np.vectorize(math.sin)(x),
+    "cos": lambda x: np.vectorize(math.cos)(x),
+    "sign": lambda x: np.vectorize(lambda v: 1.0 if v > 0 else -1.0 if v < 0 else 0.0)(x),
+    "softplus": lambda x: np.vectorize(lambda v: v if v > 20 else math.log(1 + math.exp(v)))(x),
 }
 POSITIVE_ONLY = {"log", "sqrt"}
 BINARY = {
@@ -162,7 +166,9 @@ COMPARE = {"less": lambda a, b: a < b, "greater": lambda a, b: a > b,
 TESTED_ELSEWHERE = {
     "constant", "arange", "sinusoidal", "gelu", "cast", "dropout", "layer_drop", "where", "matmul", "linear",
     "transpose", "reshape", "sum", "mean", "max", "concat", "expand", "index", "softmax",
-    "layer_norm", "rms_norm", "embedding", "attention", "attention_weights",
+    "layer_norm", "rms_norm", "embedding", "attention", "attention_weights", "size", "clip",
+    "logical_and", "logical_or", "logical_not", "min", "cumsum", "one_hot", "top_k_indices",
+    "gather",
 }
 GRAPH_SOURCES = {"input", "param"}   # read by generated code, no kernel
 
@@ -601,3 +607,57 @@ def test_attention_through_a_spec() -> None:
     # the hand-written form is fused into the attention op
     attn_nodes = [n for n in model.graph.nodes.values() if n.op == "attention"]
     assert len(attn_nodes) == 9
+
+
+# -- new elementwise, scans, gathers -------------------------------------------------------------
+
+def test_clip_logical_cumsum_one_hot_formulas() -> None:
+    x = rng().standard_normal((3, 7))
+    close(K.op_clip(x, lo=-0.5, hi=None), np.array([[max(v, -0.5) for v in row] for row in x]))
+    a, b = x > 0, x < 0.5
+    np.testing.assert_array_equal(K.op_logical_and(a, b), [[p and q for p, q in zip(r, s)]
+                                                         for r, s in zip(a, b)])
+    np.testing.assert_array_equal(K.op_logical_not(a), ~a)
+    close(K.op_cumsum(x, axis=1), np.array([[sum(row[:j + 1]) for j in range(7)] for row in x]))
+    ids = np.array([[0, 3], [2, 2]])
+    hot = K.op_one_hot(ids, n=4)
+    assert hot.dtype == K.DTYPE and hot.shape == (2, 2, 4)
+    np.testing.assert_array_equal(hot.argmax(-1), ids)
+    assert hot.sum() == 4
+    with pytest.raises(IndexError, match=r"one_hot ids must be in \[0, 4\)"):
+        K.op_one_hot(np.array([4]), n=4)
+
+
+def test_top_k_and_gather_formulas() -> None:
+    x = np.array([[3.0, 1.0, 3.0, 2.0, 5.0]])
+    idx = K.op_top_k_indices(x, k=3, axis=-1)
+    np.testing.assert_array_equal(idx, [[4, 0, 2]])          # ties: the lower index first
+    np.testing.assert_array_equal(K.op_gather(x, idx, axis=-1), [[5.0, 3.0, 3.0]])
+    m = rng().standard_normal((4, 6))
+    index = np.array([[5, 0], [1, 1], [2, 3], [0, 5]])
+    np.testing.assert_array_equal(K.op_gather(m, index, axis=1),
+                                  [[m[i, j] for j in row] for i, row in enumerate(index)])
+    with pytest.raises(IndexError, match="gather index out of range"):
+        K.op_gather(m, np.array([[6, 0]] * 4), axis=1)
+
+
+def test_language_gaps_spec_values() -> None:
+    """Ellipsis and negative slicing, sizes as numbers and slice bounds, int arithmetic,
+    bool &/|/~, top_k, one_hot, two-tensor max/min, a model size inside a block."""
+    model = attndsl.compile(GAPS_SPEC, backend="numpy", dtype="float64")
+    r = rng()
+    x, ids = r.standard_normal((2, 5, 8)), r.integers(0, 5, (2, 5))
+    out = model(x=x, ids=ids)
+    close(out["ellipsis"], x[..., :4] + x[..., -4:])
+    close(out["last"], x[:, -1])
+    close(out["tail"], x[:, 3:])
+    close(out["positions"], np.arange(5) / 5)
+    assert out["next_ids"].dtype == np.int64
+    np.testing.assert_array_equal(out["next_ids"], ids + 1)
+    np.testing.assert_array_equal(out["mask"], ~(x[..., 0] > 0) & (x[..., 1] > 0) | (ids == 3))
+    order = np.argsort(-x, axis=-1, kind="stable")[..., :3]
+    close(out["top"], np.take_along_axis(x, order, -1))
+    np.testing.assert_array_equal(out["top_idx"], order)
+    np.testing.assert_array_equal(out["hot"], np.eye(5)[ids])
+    close(out["elementwise"], np.maximum(x, x[..., :1]) + np.minimum(x, 0.5))
+    close(out["in_block"], x / 5)

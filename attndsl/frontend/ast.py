@@ -48,6 +48,13 @@ class Neg(Node):
 
 
 @dataclass(frozen=True)
+class Invert(Node):
+    """`~x`: logical not of a bool tensor."""
+
+    value: Expr
+
+
+@dataclass(frozen=True)
 class Keyword(Node):
     name: str
     value: Expr
@@ -67,9 +74,14 @@ class Slice(Node):
 
 
 @dataclass(frozen=True)
+class Ellipsis_(Node):
+    """`...` in a subscript: as many full slices as the remaining axes need."""
+
+
+@dataclass(frozen=True)
 class Subscript(Node):
     value: Expr
-    items: tuple[Expr | Slice, ...]
+    items: tuple[Expr | Slice | Ellipsis_, ...]
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,8 @@ class ListExpr(Node):
     items: tuple[Expr, ...]
 
 
-Expr = Number | String | Name | Attr | BinOp | Neg | Call | Subscript | TupleExpr | ListExpr
+Expr = (Number | String | Name | Attr | BinOp | Neg | Invert | Call | Subscript | TupleExpr
+        | ListExpr)
 
 
 # -- statements ----------------------------------------------------------------------------

@@ -164,24 +164,30 @@ def _norm_features(x: Tensor, span: Span) -> Dim:
 
 
 @builtin("layer_norm", layer=True)
-def layer_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-5, bias: bool = True) -> Tensor:
-    """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis."""
+def layer_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-5, bias: bool = True,
+               affine: bool = True) -> Tensor:
+    """gamma * (x - mean) / sqrt(var + eps) + beta over the last axis; affine=false has no
+    gamma or beta."""
     x = tensor(b, x, span, "layer_norm input")
+    d = _norm_features(x, span)
+    inputs = [x]
+    if affine:
+        inputs.append(b.param("weight", (d,), "ones", span))
+        if bias:
+            inputs.append(b.param("bias", (d,), "zeros", span))
+    return b.add("layer_norm", inputs, {"eps": number(eps, span, "eps"),
+                                        "has_bias": bool(bias and affine)}, span)
+
+
+@builtin("rms_norm", layer=True)
+def rms_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-6, bias: bool = False) -> Tensor:
+    """gamma * x / sqrt(mean(x^2) + eps) (+ beta with bias=true) over the last axis."""
+    x = tensor(b, x, span, "rms_norm input")
     d = _norm_features(x, span)
     inputs = [x, b.param("weight", (d,), "ones", span)]
     if bias:
         inputs.append(b.param("bias", (d,), "zeros", span))
-    return b.add("layer_norm", inputs, {"eps": number(eps, span, "eps"), "has_bias": bool(bias)},
-                 span)
-
-
-@builtin("rms_norm", layer=True)
-def rms_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-6) -> Tensor:
-    """gamma * x / sqrt(mean(x^2) + eps) over the last axis."""
-    x = tensor(b, x, span, "rms_norm input")
-    d = _norm_features(x, span)
-    return b.add("rms_norm", [x, b.param("weight", (d,), "ones", span)],
-                 {"eps": number(eps, span, "eps")}, span)
+    return b.add("rms_norm", inputs, {"eps": number(eps, span, "eps")}, span)
 
 
 @builtin("parameter", layer=True)
@@ -257,17 +263,65 @@ def _unary(op: str, doc: str, float_fn: Callable[[float], float] | None = None) 
 
 _unary("relu", "max(x, 0)")
 _unary("silu", "x * sigmoid(x)")
-_unary("sigmoid", "1 / (1 + exp(-x))")
+_unary("sigmoid", "1 / (1 + exp(-x))", lambda v: 1.0 / (1.0 + math.exp(-v)))
 _unary("tanh", "tanh(x)", math.tanh)
 _unary("exp", "e^x", math.exp)
 _unary("log", "natural log", math.log)
 _unary("sqrt", "square root", math.sqrt)
 _unary("abs", "|x|", abs)
+_unary("sin", "sin(x) (radians)", math.sin)
+_unary("cos", "cos(x) (radians)", math.cos)
+_unary("sign", "-1, 0 or 1", lambda v: float((v > 0) - (v < 0)))
+_unary("softplus", "log(1 + e^x) (x itself past 20, as torch)",
+       lambda v: v if v > 20 else math.log1p(math.exp(v)))
+
+
+@builtin("clip")
+def clip(b: Any, span: Span, x: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+    """Clamp to [min, max]; either bound may be none."""
+    lo = None if min is None else number(min, span, "min")
+    hi = None if max is None else number(max, span, "max")
+    if lo is not None and hi is not None and lo > hi:
+        raise ArgumentError(f"clip: min {lo} exceeds max {hi}", span)
+    return b.add("clip", [tensor(b, x, span, "clip input")], {"lo": lo, "hi": hi}, span)
+
+
+@builtin("cumsum")
+def cumsum(b: Any, span: Span, x: Tensor, axis: int = -1) -> Tensor:
+    """Running (inclusive) sum along `axis`."""
+    return b.add("cumsum", [tensor(b, x, span, "cumsum input")], {"axis": axis_arg(axis, span)},
+                 span)
+
+
+@builtin("one_hot")
+def one_hot(b: Any, span: Span, ids: Tensor, n: int) -> Tensor:
+    """int ids [...] -> float [..., n] with a 1 at each id (ids in [0, n))."""
+    return b.add("one_hot", [tensor(b, ids, span, "one_hot ids", dtype="int")],
+                 {"n": integer(n, span, "n")}, span)
+
+
+@builtin("top_k")
+def top_k(b: Any, span: Span, x: Tensor, k: int, axis: int = -1) -> tuple:
+    """(values, indices) of the k largest entries along `axis`, largest first; ties go to
+    the lower index."""
+    x = tensor(b, x, span, "top_k input")
+    idx = b.add("top_k_indices", [x], {"k": integer(k, span, "k"), "axis": axis_arg(axis, span)},
+                span)
+    return b.add("gather", [x, idx], {"axis": axis_arg(axis, span)}, span), idx
+
+
+@builtin("gather")
+def gather(b: Any, span: Span, x: Tensor, index: Tensor, axis: int) -> Tensor:
+    """out[..., i, ...] = x[..., index[..., i, ...], ...] along `axis` (torch.gather)."""
+    return b.add("gather", [tensor(b, x, span, "gather input"),
+                            tensor(b, index, span, "gather index", dtype="int")],
+                 {"axis": axis_arg(axis, span)}, span)
 
 
 @builtin("gelu")
-def gelu(b: Any, span: Span, x: Tensor, approximate: str = "tanh") -> Tensor:
-    """GELU; approximate='tanh' (GPT-2, BERT) or 'none' (exact erf form)."""
+def gelu(b: Any, span: Span, x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU: exact x * Phi(x) (torch's and Hugging Face's "gelu"); approximate='tanh' is the
+    tanh form (GPT-2's "gelu_new")."""
     return b.add("gelu", [tensor(b, x, span, "gelu input")],
                  {"approximate": choice(approximate, ("tanh", "none"), span, "approximate")}, span)
 
@@ -288,19 +342,24 @@ def dropout(b: Any, span: Span, x: Tensor, p: float = 0.1) -> Tensor:
     return b.add("dropout", [tensor(b, x, span, "dropout input")], {"p": p}, span)
 
 
-def _reduction(op: str) -> None:
-    def fn(b: Any, span: Span, x: Tensor, axis: Any = -1, keepdims: bool = False) -> Tensor:
+def _reduction(op: str, elementwise: str | None = None) -> None:
+    def fn(b: Any, span: Span, x: Any, axis: Any = -1, keepdims: bool = False) -> Tensor:
+        if elementwise and (isinstance(axis, (Tensor, float)) or not isinstance(x, Tensor)):
+            return b.add(elementwise, [b.to_tensor(x, span), b.to_tensor(axis, span)], {}, span)
         axes = axis if isinstance(axis, tuple) else (axis,)
         return b.add(op, [tensor(b, x, span, f"{op} input")],
                      {"axes": tuple(axis_arg(a, span) for a in axes), "keepdims": bool(keepdims)},
                      span)
 
-    fn.__doc__ = f"{op} over `axis` (an int or a list of ints)."
+    fn.__doc__ = f"{op} over `axis` (an int or a list of ints)." + (
+        f" With a tensor or float second argument, the elementwise {elementwise} of the two "
+        f"(as torch.{op}(a, b))." if elementwise else "")
     builtin(op)(fn)
 
 
-for _op in ("sum", "mean", "max"):
-    _reduction(_op)
+for _op, _elementwise in (("sum", None), ("mean", None), ("max", "maximum"),
+                          ("min", "minimum")):
+    _reduction(_op, _elementwise)
 
 
 def _binary_fn(op: str) -> None:

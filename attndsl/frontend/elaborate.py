@@ -88,6 +88,7 @@ class Builder:
         self.loading: list[str] = []
         self.loaded: dict[str, Namespace] = {}
         self.dim_bounds: dict[str, Any] = {}
+        self.model_dims: dict[str, Dim] = {}    # size names declared by inputs (B, T, ...)
         from attndsl.frontend.builtins import BUILTINS  # late: builtins import this module
         self.builtins = BUILTINS
 
@@ -269,7 +270,7 @@ class Builder:
     def eval_dim(self, expr: ast.Expr, frame: Frame) -> Dim:
         """A dim in an input type: names not yet bound become new symbols (B, T, ...)."""
         if isinstance(expr, ast.Name) and self.lookup_optional(expr.id, frame) is None:
-            frame.vars[expr.id] = Dim.symbol(expr.id)
+            frame.vars[expr.id] = self.model_dims[expr.id] = Dim.symbol(expr.id)
         value = self.eval(expr, frame)
         if isinstance(value, bool) or not isinstance(value, (int, Dim)):
             raise TypeError_(f"a dimension must be an integer or a size name, got "
@@ -415,26 +416,33 @@ class Builder:
         nid = self.graph.add(op, tuple(t.node for t in inputs), attrs, ttype, span)
         return Tensor(nid, ttype)
 
-    def to_tensor(self, value: Any, span: Span) -> Tensor:
+    def to_tensor(self, value: Any, span: Span, like: Tensor | None = None) -> Tensor:
+        """A tensor for `value`; an int next to an int tensor `like` stays an int constant,
+        and a symbolic size (T) becomes a `size` node computed from the bound dims."""
         if isinstance(value, Tensor):
             return value
         if isinstance(value, bool):
             return self.add("constant", [], {"value": value, "dtype": "bool"}, span)
+        if isinstance(value, Dim) and value.as_int() is not None:
+            value = value.as_int()
+        if isinstance(value, int) and like is not None and like.type.dtype == "int":
+            if value.bit_length() > 63:
+                raise TypeError_("integer too large for an int tensor", span)
+            return self.add("constant", [], {"value": value, "dtype": "int"}, span)
         if isinstance(value, (int, float)):
             try:
                 scalar = float(value)
             except OverflowError:
                 raise TypeError_("number too large", span) from None
             return self.add("constant", [], {"value": scalar, "dtype": "float"}, span)
-        if isinstance(value, Dim) and value.as_int() is not None:
-            return self.add("constant", [], {"value": float(value.as_int()), "dtype": "float"},
-                            span)
+        if isinstance(value, Dim):
+            return self.add("size", [], {"value": value}, span)
         raise TypeError_(f"expected a tensor or a number, got {describe(value)}", span)
 
     # -- expressions ----------------------------------------------------------------------------
     def lookup_optional(self, name: str, frame: Frame) -> Any:
         for table in (frame.vars, frame.ns.consts, frame.ns.blocks, frame.ns.modules,
-                      self.builtins):
+                      self.model_dims, self.builtins):
             if name in table:
                 return table[name]
         return None
@@ -463,6 +471,13 @@ class Builder:
             if isinstance(value, (int, float, Dim)) and not isinstance(value, bool):
                 return -value
             raise TypeError_(f"cannot negate {describe(value)}", expr.span)
+        if isinstance(expr, ast.Invert):
+            value = self.eval(expr.value, frame)
+            if isinstance(value, Tensor):
+                return self.add("logical_not", [value], {}, expr.span)
+            if isinstance(value, bool):
+                return not value
+            raise TypeError_(f"~ needs a bool tensor, got {describe(value)}", expr.span)
         if isinstance(expr, ast.TupleExpr | ast.ListExpr):
             return tuple(self.eval(e, frame) for e in expr.items)
         if isinstance(expr, ast.Attr):
@@ -502,15 +517,24 @@ class Builder:
             return value[i]
         if not isinstance(value, Tensor):
             raise TypeError_(f"cannot index {describe(value)}", expr.span)
+        items = list(expr.items)
+        dots = [i for i, item in enumerate(items) if isinstance(item, ast.Ellipsis_)]
+        if len(dots) > 1:
+            raise TypeError_("an index has at most one '...'", items[dots[1]].span)
+        if dots:
+            fill = value.type.rank - (len(items) - 1)
+            if fill < 0:
+                raise ShapeError(f"too many indices ({len(items) - 1}) for {value.type}",
+                                 expr.span)
+            items[dots[0]:dots[0] + 1] = [ast.Slice(items[dots[0]].span, None, None)] * fill
         index: list[Any] = []
-        for item in expr.items:
+        for axis, item in enumerate(items):
+            dim = value.type.shape[axis] if axis < value.type.rank else Dim.of(1)
             if isinstance(item, ast.Slice):
-                start = self.eval(item.start, frame) if item.start is not None else None
-                stop = self.eval(item.stop, frame) if item.stop is not None else None
-                for b in (start, stop):
-                    if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 0):
-                        raise TypeError_("slice bounds must be non-negative integers", item.span)
-                index.append((start, stop))
+                bounds = [None if e is None else self._slice_bound(self.eval(e, frame), dim,
+                                                                     item.span)
+                          for e in (item.start, item.stop)]
+                index.append(tuple(bounds))
             else:
                 i = self.eval(item, frame)
                 if not isinstance(i, int) or isinstance(i, bool):
@@ -518,6 +542,20 @@ class Builder:
                                      item.span)
                 index.append(i)
         return self.add("index", [value], {"index": tuple(index)}, expr.span)
+
+    @staticmethod
+    def _slice_bound(value: Any, dim: Dim, span: Span) -> int | Dim:
+        """A slice bound: an int, a size (T, T - 1) or a negative int counted from the end."""
+        if isinstance(value, bool) or not isinstance(value, (int, Dim)):
+            raise TypeError_(f"slice bounds must be integers or sizes, got {describe(value)}",
+                             span)
+        if isinstance(value, int) and value < 0:
+            bound = _simplify(dim + Dim.of(value))
+            if isinstance(bound, int) and bound < 0:
+                raise ShapeError(f"slice bound {value} is out of range for dimension {dim}",
+                                 span)
+            return bound
+        return _simplify(Dim.of(value))
 
     def binop(self, op: str, a: Any, b: Any, span: Span) -> Any:
         if isinstance(a, Pattern) and isinstance(b, Pattern) and op in "&|":
@@ -527,10 +565,12 @@ class Builder:
             return add_biases(a, b, span)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             name = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul",
-                    "**": "pow"}.get(op)
+                    "**": "pow", "&": "logical_and", "|": "logical_or"}.get(op)
             if name is None:
                 raise TypeError_(f"operator '{op}' is not defined for tensors", span)
-            return self.add(name, [self.to_tensor(a, span), self.to_tensor(b, span)], {}, span)
+            tensor = a if isinstance(a, Tensor) else b
+            return self.add(name, [self.to_tensor(a, span, tensor),
+                                   self.to_tensor(b, span, tensor)], {}, span)
         return scalar_binop(op, a, b, span)
 
     def eval_call(self, call: ast.Call, frame: Frame, name_hint: str | None) -> Any:

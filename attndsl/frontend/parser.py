@@ -153,6 +153,14 @@ class ToAst(Transformer):
         return ast.Neg(self.sp(meta), c[0])
 
     @v_args(meta=True)
+    def invert(self, meta, c):
+        return ast.Invert(self.sp(meta), c[0])
+
+    @v_args(meta=True)
+    def ellipsis(self, meta, c):
+        return ast.Ellipsis_(self.sp(meta))
+
+    @v_args(meta=True)
     def number(self, meta, c):
         text = str(c[0])
         value = float(text) if any(ch in text for ch in ".eE") else int(text)

@@ -47,7 +47,8 @@ OPS: dict[str, OpDef] = {}
 # conditions). Every other int/bool operand of a float-valued op is cast to float by the
 # frontend, so kernels only ever combine floats with floats.
 NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention": (3,),
-                                                  "attention_weights": (3,), "where": (0,)}
+                                                  "attention_weights": (3,), "where": (0,),
+                                                  "gather": (1,), "one_hot": (0,)}
 
 
 def numel(shape: tuple[Dim, ...]) -> Dim:
@@ -115,6 +116,8 @@ register("constant", "leaf", lambda ins, a: TensorType((), a["dtype"]),
          attrs=("value", "dtype"), doc="A scalar literal.")
 register("arange", "leaf", lambda ins, a: TensorType((a["n"],), "int"), attrs=("n", "offset"),
          doc="Positions offset, offset+1, ..., offset+n-1.")
+register("size", "leaf", lambda ins, a: TensorType((), "int"), attrs=("value",),
+         doc="A (possibly symbolic) size as an int scalar, e.g. T bound from an input.")
 register("sinusoidal", "leaf", lambda ins, a: TensorType((a["n"], a["dim"]), "float"),
          attrs=("n", "dim", "offset"),
          doc="PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same).")
@@ -128,12 +131,29 @@ def _binary(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(broadcast_shapes(a.shape, b.shape), dtype)
 
 
+def _true_divide(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType(broadcast_shapes(ins[0].shape, ins[1].shape), "float")
+
+
+def _logical(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    for t in ins:
+        if t.dtype != "bool":
+            raise TypeError_(f"&, | and ~ combine bool tensors, got {t}")
+    shape = ins[0].shape if len(ins) == 1 else broadcast_shapes(ins[0].shape, ins[1].shape)
+    return TensorType(shape, "bool")
+
+
 def _compare(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(broadcast_shapes(ins[0].shape, ins[1].shape), "bool")
 
 
-for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum"):
+for _name in ("add", "sub", "mul", "pow", "maximum", "minimum"):
     register(_name, "primitive", _binary, _per_output(1), doc=f"Elementwise {_name}, broadcasting.")
+register("div", "primitive", _true_divide, _per_output(1),
+         doc="Elementwise true division, broadcasting (always float).")
+for _name in ("logical_and", "logical_or"):
+    register(_name, "primitive", _logical, _per_output(1), doc=f"Elementwise {_name} of bools.")
+register("logical_not", "primitive", _logical, _per_output(1), doc="Elementwise not of bools.")
 for _name in ("less", "greater", "equal"):
     register(_name, "primitive", _compare, _per_output(1), doc=f"Elementwise {_name} -> bool.")
 
@@ -148,8 +168,12 @@ def _same(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
 
 register("neg", "primitive", _same, _per_output(1), doc="-x")
 for _name, _cost in (("exp", 1), ("log", 1), ("sqrt", 1), ("tanh", 1), ("sigmoid", 4),
-                     ("relu", 1), ("abs", 1)):
+                     ("relu", 1), ("abs", 1), ("sin", 1), ("cos", 1), ("sign", 1)):
     register(_name, "primitive", _unary_float, _per_output(_cost), doc=f"Elementwise {_name}.")
+register("softplus", "composite", _unary_float, _per_output(4),
+         doc="log(1 + exp(x)), and x itself where x > 20 (torch's threshold).")
+register("clip", "primitive", _unary_float, _per_output(2), attrs=("lo", "hi"),
+         doc="min(max(x, lo), hi); a bound of None is no bound.")
 register("gelu", "composite", _unary_float, _per_output(8), attrs=("approximate",),
          doc="x * Phi(x); approximate='tanh': 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).")
 register("silu", "composite", _unary_float, _per_output(5), doc="x * sigmoid(x).")
@@ -249,9 +273,59 @@ def _reduce(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(shape, "float" if x.dtype == "bool" else x.dtype)
 
 
-for _name in ("sum", "mean", "max"):
+for _name in ("sum", "mean", "max", "min"):
     register(_name, "primitive", _reduce, lambda ins, out, a: numel(ins[0].shape),
              attrs=("axes", "keepdims"), doc=f"Reduce with {_name} over `axes`.")
+
+
+def _cumsum(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    _norm_axis(attrs["axis"], ins[0].rank)
+    return TensorType(ins[0].shape, "float" if ins[0].dtype == "bool" else ins[0].dtype)
+
+
+register("cumsum", "primitive", _cumsum, _per_output(1), attrs=("axis",),
+         doc="Running sum along `axis` (inclusive).")
+
+
+def _one_hot(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if ins[0].dtype != "int":
+        raise TypeError_(f"one_hot needs int ids, got {ins[0]}")
+    return TensorType(ins[0].shape + (Dim.of(attrs["n"]),), "float")
+
+
+register("one_hot", "primitive", _one_hot, _per_output(1), attrs=("n",),
+         doc="ids [...] -> [..., n] with 1.0 at each id (ids must be in [0, n)).")
+
+
+def _top_k_indices(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x = ins[0]
+    axis = _norm_axis(attrs["axis"], x.rank)
+    n = x.shape[axis].as_int()
+    if n is not None and attrs["k"] > n:
+        raise ShapeError(f"top_k: k={attrs['k']} exceeds the {n} entries along axis {axis}")
+    return TensorType(x.shape[:axis] + (Dim.of(attrs["k"]),) + x.shape[axis + 1:], "int")
+
+
+register("top_k_indices", "primitive", _top_k_indices,
+         lambda ins, out, a: numel(ins[0].shape) * 2, attrs=("k", "axis"),
+         doc="Indices of the k largest entries along `axis`, largest first (ties: lower "
+             "index first).")
+
+
+def _gather(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, index = ins
+    axis = _norm_axis(attrs["axis"], x.rank)
+    if index.dtype != "int" or index.rank != x.rank:
+        raise TypeError_(f"gather needs an int index of the input's rank {x.rank}, got {index}")
+    for i, (a, b) in enumerate(zip(x.shape, index.shape)):
+        if i != axis and a != b:
+            raise ShapeError(f"gather: index {shape_str(index.shape)} and input "
+                             f"{shape_str(x.shape)} differ on axis {i}")
+    return TensorType(index.shape, x.dtype)
+
+
+register("gather", "primitive", _gather, attrs=("axis",),
+         doc="out[..., i, ...] = x[..., index[..., i, ...], ...] along `axis` (torch.gather).")
 
 
 def _concat(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -295,9 +369,10 @@ def _index(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
                 raise ShapeError(f"index {ix} is out of range for dimension {d}")
             continue
         start, stop = ix
-        length = (d if stop is None else Dim.of(stop)) - Dim.of(start or 0)
+        length = (d if stop is None else Dim.of(stop)) - Dim.of(0 if start is None else start)
         n, m = d.as_int(), length.as_int()
-        if (m is not None and m < 0) or (n is not None and stop is not None and stop > n):
+        end = Dim.of(stop).as_int() if stop is not None else None
+        if (m is not None and m < 0) or (n is not None and end is not None and end > n):
             raise ShapeError(f"slice {start or ''}:{'' if stop is None else stop} is out of range "
                              f"for dimension {d}")
         shape.append(length)
@@ -319,17 +394,20 @@ register("softmax", "composite", _softmax, _per_output(5), attrs=("axis",),
 
 
 def _norm(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
-    x, g = ins[0], ins[1]
+    x = ins[0]
     _require_float(x, "normalization")
-    if x.rank < 1 or x.shape[-1] != g.shape[0]:
-        raise ShapeError(f"normalization over {g.shape[0]} features got input {shape_str(x.shape)}")
+    for g in ins[1:]:
+        if x.rank < 1 or x.shape[-1] != g.shape[0]:
+            raise ShapeError(f"normalization over {g.shape[0]} features got input "
+                             f"{shape_str(x.shape)}")
     return x
 
 
 register("layer_norm", "composite", _norm, _per_output(8), attrs=("eps", "has_bias"),
-         doc="gamma * (x - mean) / sqrt(var + eps) + beta over the last axis.")
+         doc="gamma * (x - mean) / sqrt(var + eps) + beta over the last axis (inputs x, then "
+             "gamma and beta unless affine=false).")
 register("rms_norm", "composite", _norm, _per_output(4), attrs=("eps",),
-         doc="gamma * x / sqrt(mean(x^2) + eps) over the last axis.")
+         doc="gamma * x / sqrt(mean(x^2) + eps) (+ beta if given) over the last axis.")
 
 
 def _embedding(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
