@@ -93,10 +93,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"activation memory: {stats.activation_bytes} bytes")
         print(f"(give sizes for {', '.join(missing)} to get numbers)")
         return 0
+    from attndsl.passes import optimize
+    from attndsl.passes.liveness import peak_memory
     ev = stats.evaluate(env)
+    mem = peak_memory(optimize(graph), env, args.backend)
     print(f"forward FLOPs ({shown}): {ev['flops']:,} ({human(ev['flops'])}FLOP)")
-    print(f"activation memory ({shown}): {ev['activation_bytes']:,} bytes "
-          f"({human_bytes(ev['activation_bytes'])})")
+    print(f"activation memory ({shown}, {args.backend}, float32): peak {human_bytes(mem.peak)} "
+          f"(liveness over the emitted program, attention score buffers included; largest "
+          f"op workspace {human_bytes(mem.workspace)}); {human_bytes(mem.naive)} if every "
+          f"intermediate were kept")
     return 0
 
 
@@ -247,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", help="parameters, FLOPs and activation memory")
     p.add_argument("spec")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
+    p.add_argument("--batch", type=positive_int)
+    p.add_argument("--seq", type=positive_int)
+    p.add_argument("--backend", default="numpy", choices=("numpy", "torch", "cupy"),
+                   help="whose kernels the memory estimate follows")
     add_set(p)
     p.set_defaults(fn=cmd_stats)
 

@@ -29,6 +29,7 @@ from attndsl.ir.graph import Graph
 from attndsl.ir.ops import IMPLS
 from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
 from attndsl.passes import optimize
+from attndsl.passes.liveness import peak_memory
 from attndsl.passes.select_attention import select_attention
 from attndsl.training.losses import loss_spec
 
@@ -200,7 +201,10 @@ class Model:
             ev = s.evaluate(self.last_dims)
             dims = ", ".join(f"{k}={v}" for k, v in self.last_dims.items())
             lines.append(f"forward FLOPs ({dims}): {human(ev['flops'])}")
-            lines.append(f"activation memory ({dims}): {human_bytes(ev['activation_bytes'])}")
+            mem = peak_memory(self.graph, self.last_dims, self.backend.name,
+                              8 if self.dtype == "float64" else 4)
+            lines.append(f"activation memory ({dims}): peak {human_bytes(mem.peak)} (liveness, "
+                         f"score buffers included); {human_bytes(mem.naive)} if all were kept")
         else:
             lines.append(f"forward FLOPs: {s.flops}")
         return "\n".join(lines)

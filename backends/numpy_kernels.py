@@ -135,10 +135,14 @@ def op_clip(x, *, lo, hi):
 
 
 def op_sigmoid(x):
-    # 1 / (1 + exp(-x)) without overflow: exp(-|x|) is always <= 1
-    e = np.exp(-np.abs(x))
-    out_dtype = x.dtype if x.dtype.kind == "f" else DTYPE   # int input: float result
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(out_dtype)
+    # 1 / (1 + exp(-x)) without overflow: exp(-|x|) is always <= 1; two buffers at most
+    e = np.abs(x).astype(x.dtype if x.dtype.kind == "f" else DTYPE)  # int input: float
+    np.negative(e, out=e)
+    np.exp(e, out=e)                                                  # e = exp(-|x|)
+    out = np.where(x >= 0, np.ones((), dtype=e.dtype), e)             # numerators
+    e += 1.0
+    out /= e
+    return out
 
 
 def op_relu(x):
@@ -146,7 +150,9 @@ def op_relu(x):
 
 
 def op_silu(x):
-    return x * op_sigmoid(x)
+    y = op_sigmoid(x)
+    y *= x
+    return y
 
 
 def _erf(x):
@@ -679,7 +685,7 @@ def attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported
         for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
             per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
             chunk = min(per_tile, len(tiles))
-            gathered = b * hk * chunk * keys.shape[1] * (d + dv) if gather else 0
+            gathered = b * hk * chunk * keys.shape[1] * (d + dv)    # the step's K and V
             scores += b * h * len(tiles) * rows * keys.shape[1]
             peak = max(peak, 2 * b * h * chunk * rows * keys.shape[1] + gathered)
             steps += -(-len(tiles) // per_tile)

@@ -100,7 +100,7 @@ def test_stats_with_batch_and_seq(capsys, gpt_spec, tiny_args) -> None:
     model = attndsl.compile(gpt_spec, config=GPT_TINY)
     expected = model.stats.evaluate({"B": 2, "T": 16})["flops"]
     assert int(flops.group(1).replace(",", "")) == expected
-    assert "activation memory (B=2, T=16)" in out
+    assert "activation memory (B=2, T=16, numpy, float32): peak" in out
 
 
 # -- run / init ------------------------------------------------------------------------------------
