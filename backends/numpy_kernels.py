@@ -602,20 +602,36 @@ def blocked_plan(layout, tq, tk, block, gather):
     return steps
 
 
-def blocked_probs(q, k, ex, pattern, scale, bias, tiles, keys, rows, block):
+def blocked_bias_values(bias, ex, heads, tq, tk, dtype):
+    """The ALiBi/T5 terms' summed (H, tq + tk - 1) values per relative position, once per
+    call (the blocked kernels read them per tile)."""
+    if not bias:
+        return None
+    return sum(_relative_values(t, ex.get(f"bias{i}"), heads, tq, tk)
+               for i, t in enumerate(bias)).astype(dtype)
+
+
+def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block):
     """Probabilities for query tiles `tiles` (nt,) over their keys `keys` (nt, K):
-    (B, H, nt, rows, K); q, k already rotated (and q multiplied by W for bilinear)."""
+    (B, H, nt, rows, K); q, k already rotated (and q multiplied by W for bilinear);
+    `values` from `blocked_bias_values` (or None)."""
     b, h, tq, d = q.shape
     hk, tk = k.shape[1], k.shape[2]
     qpos = (tiles[:, None] * block + np.arange(rows)[None, :])       # (nt, rows) local
+    contiguous = len(tiles) == 1 and keys[0, -1] - keys[0, 0] + 1 == keys.shape[1]
     qt = q[:, :, qpos]                                               # (B, H, nt, rows, D)
-    kt = k[:, :, keys]                                               # (B, Hk, nt, K, D)
+    kt = k[:, :, keys[0, 0]:keys[0, -1] + 1][:, :, None] if contiguous else k[:, :, keys]
     g = h // hk
     s = np.matmul(qt.reshape(b, hk, g, *qt.shape[2:]), np.swapaxes(kt, -1, -2)[:, :, None])
     s = s.reshape(s.shape[0], h, *s.shape[3:])                       # (B, H, nt, rows, K)
     s *= scale
-    for i, term in enumerate(bias):                                  # ALiBi / T5 only
-        values = _relative_values(term, ex.get(f"bias{i}"), h, tq, tk).astype(s.dtype)
+    if values is not None and contiguous:     # one tile over a key span: Toeplitz views
+        start = keys[0, 0] - qpos[0, 0] + tq - 1 - (rows - 1)
+        for head in range(h):
+            view = _toeplitz(values[head, start:], rows, keys.shape[1])
+            for bi in range(s.shape[0]):
+                s[bi, head, 0] += view
+    elif values is not None:
         s += values[:, keys[:, None, :] - qpos[:, :, None] + tq - 1]  # (H, nt, rows, K)
     allowed = None
     if pattern is not None:
@@ -645,12 +661,16 @@ def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
     b, h, tq, _ = q.shape
     hk, dv = v.shape[1], v.shape[3]
     out = np.zeros((max(b, v.shape[0]), h, tq, dv), dtype=q.dtype)
+    values = blocked_bias_values(bias, ex, h, tq, k.shape[2], q.dtype)
     for tiles, keys, rows in blocked_plan(layout, tq, k.shape[2], BLOCK, gather):
         per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
         for c in range(0, len(tiles), per_tile):
             t, kk = tiles[c:c + per_tile], keys[c:c + per_tile]
-            p = blocked_probs(q, k, ex, pattern, scale, bias, t, kk, rows, BLOCK)
-            vt = v[:, :, kk]                                         # (B, Hk, nt, K, Dv)
+            p = blocked_probs(q, k, ex, pattern, scale, values, t, kk, rows, BLOCK)
+            if len(t) == 1 and kk[0, -1] - kk[0, 0] + 1 == kk.shape[1]:
+                vt = v[:, :, kk[0, 0]:kk[0, -1] + 1][:, :, None]     # a span: a view
+            else:
+                vt = v[:, :, kk]                                     # (B, Hk, nt, K, Dv)
             o = np.matmul(p.reshape(p.shape[0], hk, h // hk, *p.shape[2:]), vt[:, :, None])
             qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]
             out[:, :, qpos] = o.reshape(o.shape[0], h, *o.shape[3:])

@@ -382,26 +382,60 @@ def _grouped_pv(p, v):
     return out.reshape(b, h, tq, v.shape[-1])
 
 
-def _sdpa_rows(q, k, v, ex, pattern, scale, bias, p, gqa):
-    """SDPA with a float mask built per block of query rows (bias + pattern + padding), so
-    no [H, Tq, Tk] tensor is ever materialized; fully masked rows give zeros."""
+def _sdpa_rows(q, k, v, ex, pattern, layout, scale, bias, p, gqa):
+    """SDPA per tile of query rows over the span of its live key blocks (the pattern's
+    layout), with a float mask built for that tile only: the ALiBi/T5 values of each
+    relative position computed once, gathered per tile, plus any tensor bias, pattern and
+    padding. No [H, Tq, Tk] tensor is materialized; rows without a key give zeros."""
     b, h, tq, _ = q.shape
     tk = k.shape[2]
-    rows = max(1, min(tq, (1 << 21) // max(1, b * h * tk)))
-    outs = []
-    for r0 in range(0, tq, rows):
-        r1 = min(tq, r0 + rows)
-        mask = _full_mask(ex, pattern, tq, tk, q.device)
-        block = _bias_block(q, ex, bias, scale, h, r0, r1, tq, tk).to(q.dtype)
+    rel = [t for t in bias if t[0] in ("alibi", "t5")]
+    values = sum(_relative_values(t, ex.get(f"bias{i}"), h, tq, tk, q.device, q.dtype)
+                 for i, t in enumerate(bias) if t in rel) if rel else None
+    tensors = [ex[f"bias{i}"] for i, t in enumerate(bias) if t[0] == "tensor"]
+    pad = ex.get("key_padding")
+    outs, positions = [], []
+    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, False):
+        r0, k0, k1 = int(tiles[0]) * BLOCK, int(keys[0, 0]), int(keys[0, -1]) + 1
+        qpos = torch.arange(r0, r0 + rows, device=q.device)
+        kpos = torch.arange(k0, k1, device=q.device)
+        block = torch.zeros((), dtype=q.dtype, device=q.device)
+        if values is not None:
+            block = values[:, kpos[None, :] - qpos[:, None] + tq - 1]   # (H, rows, K)
+        for t in tensors:
+            t = t if t.dim() < 2 or t.shape[-2] == 1 else t[..., r0:r0 + rows, :]
+            block = block + (t if t.shape[-1] == 1 else t[..., k0:k1])
+        allowed = None
+        if pattern is not None:
+            allowed = eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
+                "q": (tk - tq + qpos)[:, None], "k": kpos[None, :], "n": tk})
+        if pad is not None:
+            allowed = pad[:, None, None, k0:k1] if allowed is None else (
+                allowed & pad[:, None, None, k0:k1])
         live = None
-        if mask is not None:
-            mask = mask[..., r0:r1, :] if mask.shape[-2] != 1 else mask
-            live = mask.any(dim=-1, keepdim=True)                         # rows with some key
-            block = torch.where(mask | ~live, block, float("-inf"))
-        out = F.scaled_dot_product_attention(q[:, :, r0:r1], k, v, attn_mask=block,
-                                             dropout_p=p, scale=scale, enable_gqa=gqa)
+        if allowed is not None:
+            live = allowed.any(dim=-1, keepdim=True)                        # rows with a key
+            block = torch.where(allowed | ~live, block, float("-inf"))
+        out = F.scaled_dot_product_attention(q[:, :, r0:r0 + rows], k[:, :, k0:k1],
+                                             v[:, :, k0:k1], attn_mask=block, dropout_p=p,
+                                             scale=scale, enable_gqa=gqa)
         outs.append(out if live is None else out.masked_fill(~live, 0.0))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        positions.append(qpos)
+    return _assemble(outs, positions, q, v, tq)
+
+
+def _assemble(outs, positions, q, v, tq):
+    """Concatenate per-tile outputs (B, H, rows, Dv) back into query order; rows no tile
+    covered (no live key) are zeros."""
+    covered = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+    missing = np.setdiff1d(np.arange(tq), covered.cpu().numpy())
+    if missing.size:
+        outs.append(q.new_zeros(max(q.shape[0], v.shape[0]), q.shape[1], missing.size,
+                                v.shape[3]))
+        covered = torch.cat([covered, torch.as_tensor(missing, device=covered.device)])
+    out = torch.cat(outs, dim=2)
+    return out if not missing.size and positions and bool(
+        (covered[1:] > covered[:-1]).all()) else out[:, :, torch.argsort(covered)]
 
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scaled", bias=(),
@@ -439,7 +473,7 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~live, dropout_p=p,
                                              scale=scale, enable_gqa=gqa)
         return out.masked_fill(~live, 0.0)
-    return _sdpa_rows(q, k, v, ex, pattern, scale, bias, p, gqa)
+    return _sdpa_rows(q, k, v, ex, pattern, pattern_blocks, scale, bias, p, gqa)
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",
@@ -528,10 +562,4 @@ def _blocked_attention(q, k, v, ex, pattern, layout, scale, bias, p, gather):
                              v[:, :, kk][:, :, None])
             outs.append(o.reshape(o.shape[0], h, -1, dv))
             positions.append(qpos.reshape(-1))
-    covered = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
-    missing = np.setdiff1d(np.arange(tq), covered.cpu().numpy())
-    if missing.size:                                                # rows that see no key
-        outs.append(q.new_zeros(max(b, v.shape[0]), h, missing.size, dv))
-        covered = torch.cat([covered, torch.as_tensor(missing, device=covered.device)])
-    out = torch.cat(outs, dim=2)
-    return out[:, :, torch.argsort(covered)]
+    return _assemble(outs, positions, q, v, tq)
