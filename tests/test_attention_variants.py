@@ -233,6 +233,7 @@ def test_tensor_bias_and_weights_output(backend):
     ("bias=true", "proj_bias", None),
     ("kv_heads=5", "not a multiple of kv_heads=5", None),
     ("rope=rope(dims=3)", "rope dims must be even", None),
+    ("rope=rope(dims=2, scaling=ntk(2))", "ntk scaling needs rope dims > 2", None),
     ("rope=rope(dims=64)", "at most the head size 8", None),
     ("score=cosine", "unknown name 'cosine'", None),
     ("rope=rope(layout=\"spiral\")", "layout must be one of", None),

@@ -135,3 +135,29 @@ def test_grouped_query_cache_holds_kv_heads(backend):
     assert dec.cached
     (k, v), = dec.cache.values()
     assert k.shape[1] == v.shape[1] == 2 and k.shape[2] == 8        # kv_heads, positions
+
+
+VARIANT_LM = """model m {{
+    input tokens: int[B, T]
+    x = embedding(tokens, 50, 16)
+    x = x + attention(layer_norm(x), 4, pattern=causal, {kwargs})
+    x = x + attention(layer_norm(x), 4, pattern=causal & window(3), {kwargs})
+    output logits = linear(x, 50)
+}}"""
+
+
+@pytest.mark.parametrize("kwargs", [
+    "bias=alibi()", "bias=t5_bias(buckets=8, max_distance=16, bidirectional=false)",
+    "bias=relative(max_distance=2)", "rope=rope(theta=100)",
+    'rope=rope(layout="interleaved", dims=4, scaling=ntk(2))',
+    "rope=rope(scaling=llama3(factor=4, original_max_position=4))", "kv_heads=2",
+    "kv_heads=1, rope=rope()", "score=bilinear, bias=alibi()", "score=additive", "score=dot",
+])
+def test_every_variant_decodes_like_the_full_forward(kwargs, backend):
+    """Biases and rotations at offset positions under the cache (ALiBi, T5, Shaw, RoPE with
+    every layout/scaling, grouped heads, other scores): cached logits = full forward."""
+    dec = check_decoding(VARIANT_LM.format(kwargs=kwargs), None, backend)
+    assert dec.cached
+    if "kv_heads" in kwargs:
+        heads = int(kwargs.split("kv_heads=")[1][0])
+        assert all(k.shape[1] == heads for k, _ in dec.cache.values())

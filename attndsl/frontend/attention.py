@@ -96,9 +96,12 @@ def _rope(value: Any, head_dim: int, span: Span) -> Rope | None:
     if not isinstance(value, Rope):
         raise TypeError_(f"rope must be rope(...), got {describe(value)}", span)
     dims = head_dim if value.dims is None else value.dims
-    if dims % 2 or dims > head_dim:
-        raise ShapeError(f"rope dims must be even and at most the head size {head_dim}, got "
-                         f"{dims}", span)
+    if dims % 2 or dims > head_dim or dims <= 0:
+        raise ShapeError(f"rope dims must be even, positive and at most the head size "
+                         f"{head_dim}, got {dims}", span)
+    if value.scaling is not None and value.scaling.kind == "ntk" and dims <= 2:
+        raise ShapeError(f"ntk scaling needs rope dims > 2 (theta * f^(dims / (dims - 2))), "
+                         f"got {dims}", span)
     return replace(value, dims=dims)
 
 
