@@ -3,9 +3,10 @@ NumPy (`attndsl compile SPEC --emit numpy` prints it), and that module is what r
 
 from __future__ import annotations
 
-import inspect
+import ast
+import functools
 import re
-from types import ModuleType
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,27 +20,40 @@ NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_\w+|blocked_\w+|[A-Z][A-Z0-9_]+)\b")
 
 
-def kernel_sources(module: ModuleType, names: list[str],
-                   shared: ModuleType | None = None) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def kernel_definitions(path: str) -> dict[str, str]:
+    """Top-level functions and UPPER_CASE numeric constants of a kernel file, name -> source,
+    read with `ast` (no import: emitting torch source must not import torch)."""
+    text = Path(path).read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef):
+            out[node.name] = ast.get_source_segment(text, node) or ""
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1
+              and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
+              and isinstance(node.value, (ast.Constant, ast.BinOp))):
+            out[node.targets[0].id] = ast.get_source_segment(text, node) or ""
+    return out
+
+
+def kernel_sources(path: str, names: list[str], shared: str | None = None) -> list[str]:
     """Source of the named kernels and every helper they use (functions `op_*`, `_*`,
-    `attention_*`, `blocked_*`, and UPPER_CASE numeric constants), in dependency order;
-    names `module` lacks are taken from `shared` (the torch kernels reuse the NumPy block
-    planning and cost model)."""
+    `attention_*`, `blocked_*`, and UPPER_CASE constants), in dependency order, from the
+    kernel file `path`; names it lacks come from the file `shared` (the torch kernels reuse
+    the NumPy block planning and cost model)."""
+    own = kernel_definitions(path)
+    other = kernel_definitions(shared) if shared else {}
     needed: dict[str, str] = {}
 
     def visit(name: str) -> None:
-        value = getattr(module, name, getattr(shared, name, None))
-        if name in needed:
+        src = own.get(name, other.get(name))
+        if name in needed or src is None:
             return
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and name.isupper():
-            needed[name] = f"{name} = {value!r}"
-            return
-        if not inspect.isfunction(value):
-            return
-        src = inspect.getsource(value)
+        needed[name] = ""                       # mark before recursing (mutual references)
         for dep in _NAME.findall(src):
             if dep != name:
                 visit(dep)
+        del needed[name]
         needed[name] = src
 
     for n in names:
@@ -54,7 +68,7 @@ def emit_module(graph: Graph, dtype: str = "float32", cached: bool = False) -> s
               f'NumPy.\n\nforward(p, inputs) -> dict of outputs; p maps parameter names to '
               f'arrays.\n"""\n\nimport math\n\nimport numpy as np\n\n'
               f"DTYPE = np.{dtype}\n_MASKS: dict = {{}}\n")
-    body = "\n\n".join(kernel_sources(kernels, names))
+    body = "\n\n".join(kernel_sources(kernels.__file__, names))
     return f"{header}\n\n{body}\n\n" + emit_forward(graph, EmitOptions(cached=cached))
 
 

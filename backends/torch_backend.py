@@ -4,6 +4,7 @@ names (`layers.0.attn.q.weight`), usable with optimizers, `torch.compile` and DD
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,7 @@ class {cls}(nn.Module):
 def emit_module(graph: Graph, checkpointing: bool = False) -> str:
     """Module source; with `checkpointing`, each repeat iteration runs under
     `torch.utils.checkpoint` while training (activations recomputed in backward)."""
-    from attndsl.backends import numpy_kernels, torch_kernels
+    here = Path(__file__).parent
     names = kernel_names(graph) + ["op_attention_cached"]
     extra = ("training", "device", "fdtype")
     segments = tuple(graph.meta.get("layers", ())) if checkpointing else ()
@@ -84,7 +85,8 @@ def emit_module(graph: Graph, checkpointing: bool = False) -> str:
               "from torch import nn\n"
               "from torch.utils.checkpoint import checkpoint"
               "\n\nCAUSAL = \"(k <= q)\"\n_MASKS: dict = {}\n")
-    body = "\n\n".join(kernel_sources(torch_kernels, names, numpy_kernels))
+    body = "\n\n".join(kernel_sources(str(here / "torch_kernels.py"), names,
+                                       str(here / "numpy_kernels.py")))
     return (f"{header}\n\n{body}\n\n{emit_forward(graph, plain)}\n\n"
             f"{emit_forward(graph, cached, name='forward_cached')}"
             + MODULE_TEMPLATE.format(params=params, cls="GeneratedModel", spec=spec))

@@ -325,3 +325,14 @@ def test_run_outputs_selects_attention_weights(capsys, tmp_path) -> None:
     assert code == 0 and "layers.1.map: float32[1, 4, 6, 6]" in out
     code, _, err = run_cli(capsys, "run", str(spec), "--outputs", "nope")
     assert code == 2 and "no output 'nope'" in err and "layers.0.map" in err
+
+
+def test_emit_torch_does_not_import_torch(repo_root: Path) -> None:
+    """Printing the torch module's source needs no torch (it used to take ~2 s to import)."""
+    code = ("import sys; from attndsl.cli import main; "
+            "rc = main(['compile', 'specs/gpt.attn', '--emit', 'torch', '--set', 'layers=1']); "
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "class GeneratedModel(nn.Module)" in result.stdout
