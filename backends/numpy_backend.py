@@ -20,7 +20,7 @@ NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_\w+|blocked_\w+|[A-Z][A-Z0-9_]+)\b")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_definitions(path: str) -> dict[str, str]:
     """Top-level functions and UPPER_CASE numeric constants of a kernel file, name -> source,
     read with `ast` (no import: emitting torch source must not import torch)."""
