@@ -5,8 +5,10 @@ Initializations (the standard ones for each layer kind, as in GPT-2/BERT/ViT cod
 - `xavier`: U(-a, a), a = sqrt(6 / (fan_in + fan_out)) — on request (`init="xavier"`);
 - `zeros`: biases, layer-norm shifts; `ones`: norm scales.
 
-Parameters are drawn in the order the spec creates them, from one `numpy.random.Generator`
-seeded with `seed`, so a spec and a seed give the same weights on every backend.
+Each parameter draws from its own generator, seeded with (seed, its index in the spec's
+parameter order), so a spec and a seed give the same weights on every backend, and any
+subset (the parameters a checkpoint does not provide) can be initialized alone with the
+values a full initialization would give.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import numpy as np
 from attndsl.ir.graph import Graph
 
 
-def init_params(graph: Graph, seed: int = 0, dtype: np.dtype | type = np.float32
-                ) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
+def init_params(graph: Graph, seed: int = 0, dtype: np.dtype | type = np.float32,
+                names: set[str] | None = None) -> dict[str, np.ndarray]:
+    """Initial values of every parameter, or of `names` only (the same values)."""
     out: dict[str, np.ndarray] = {}
-    for name, nid in graph.params.items():
+    for index, (name, nid) in enumerate(graph.params.items()):
+        if names is not None and name not in names:
+            continue
+        rng = np.random.default_rng([seed, index])
         node = graph.nodes[nid]
         shape = tuple(int(d.as_int()) for d in node.type.shape)
         kind = node.attr("init")

@@ -40,19 +40,34 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 class Model:
     """A compiled spec bound to weights on one backend."""
 
-    def __init__(self, graph: Graph, backend: Backend, params: dict[str, np.ndarray],
-                 dtype: str = "float32", options: dict[str, Any] | None = None):
+    def __init__(self, graph: Graph, backend: Backend, params: dict[str, np.ndarray] | None,
+                 dtype: str = "float32", options: dict[str, Any] | None = None,
+                 seed: int = 0):
+        """`params=None` initializes lazily from `seed`: only what is not loaded first, at
+        the first call, `state_dict()` or `module` (compiling to load a checkpoint never
+        draws random weights)."""
         self.graph = graph
         self.backend = backend
         self.dtype = dtype
-        self.program: Program = backend.compile(graph, params, dtype, dict(options or {}))
+        self.program: Program = backend.compile(graph, params or {}, dtype, dict(options or {}))
+        self._pending_seed: int | None = seed if params is None else None
         self.stats: Stats = compute_stats(graph)
         self.last_dims: dict[str, int] = {}
         self.id_limits = embedding_limits(graph)
 
+    def _materialize(self, provided: set[str] = frozenset()) -> None:
+        """Run the pending lazy initialization for every parameter not in `provided`."""
+        if self._pending_seed is None:
+            return
+        missing = set(self.graph.params) - set(provided)
+        if missing:
+            self.program.set_params(init_params(self.graph, self._pending_seed, names=missing))
+        self._pending_seed = None
+
     @property
     def module(self) -> Any:
         """The backend's `torch.nn.Module` (torch backend only)."""
+        self._materialize()
         module = getattr(self.program, "module", None)
         if module is None:
             raise AttributeError(f"the {self.backend.name} backend has no nn.Module; "
@@ -67,6 +82,7 @@ class Model:
 
     def validate_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Check names, dtypes, ranks and dims against the declared inputs; binds dims."""
+        self._materialize()
         graph = self.graph
         missing = [n for n in graph.inputs if n not in inputs]
         if missing:
@@ -142,6 +158,7 @@ class Model:
     # -- weights --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameter name -> NumPy array (a copy), the same names on every backend."""
+        self._materialize()
         return self.program.get_params()
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
@@ -160,7 +177,7 @@ class Model:
             hint = did_you_mean(extra[0], missing) if missing and extra else None
             raise WeightsError("weights do not match the model (" + "; ".join(parts) + ")",
                                None, hint)
-        current = self.state_dict()
+        update: dict[str, np.ndarray] = {}
         for name, value in state.items():
             if name not in expected:
                 continue
@@ -168,8 +185,9 @@ class Model:
             if tuple(arr.shape) != expected[name]:
                 raise WeightsError(f"parameter '{name}' has shape {tuple(arr.shape)}, the model "
                                    f"needs {expected[name]}", None)
-            current[name] = arr
-        self.program.set_params(current)
+            update[name] = arr
+        self._materialize(provided=set(update))      # initializes only what is not loaded
+        self.program.set_params(update)
 
     def save(self, path: str | Path) -> None:
         """Write the weights to a safetensors file atomically (a failed save keeps the old file)."""
@@ -262,7 +280,7 @@ def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | N
         graph.outputs = {k: v for k, v in graph.outputs.items() if k not in optional}
     graph = select_attention(optimize(graph), attention).graph
     be = get_backend(backend)
-    model = Model(graph, be, init_params(graph, seed), dtype, options)
+    model = Model(graph, be, None, dtype, options, seed=seed)
     if weights is not None:
         model.load(weights)
     return model

@@ -31,7 +31,8 @@ class Program(ABC):
 
     @abstractmethod
     def set_params(self, params: dict[str, np.ndarray]) -> None:
-        """Replace the weights (shapes already checked by the caller)."""
+        """Replace the named weights (shapes already checked by the caller); others keep
+        their values."""
 
     @abstractmethod
     def to_numpy(self, value: Any) -> np.ndarray:

@@ -96,6 +96,7 @@ class NumpyProgram(Program):
         self.namespaces: dict[bool, dict[str, Any]] = {}
         self.float_inputs = {name for name, nid in graph.inputs.items()
                              if graph.nodes[nid].type.dtype == "float"}
+        self.params: dict[str, Any] = {}
         self.set_params(params)
 
     def namespace(self, cached: bool) -> dict[str, Any]:
@@ -135,8 +136,8 @@ class NumpyProgram(Program):
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
-        self.params = {k: self.xp.asarray(np.asarray(v, dtype=self.dtype))
-                       for k, v in params.items()}
+        self.params.update({k: self.xp.asarray(np.asarray(v, dtype=self.dtype))
+                            for k, v in params.items()})
 
     def to_numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value)

@@ -341,3 +341,30 @@ def test_torch_inference_records_no_autograd_graph(repo_root):
     assert not out.requires_grad and out.is_inference() and torch.is_grad_enabled()
     loss, grads = m.value_and_grad(np.roll(ids, -1, axis=1), tokens=ids)
     assert np.isfinite(loss) and any(np.abs(g).sum() > 0 for g in grads.values())
+
+
+def test_initialization_is_lazy_and_only_for_what_is_not_loaded(monkeypatch, tmp_path, repo_root):
+    """Compiling to load weights draws no random weights; a partial load initializes only
+    the missing parameters, with the values a full initialization gives them."""
+    import attndsl.model as model_module
+    spec = repo_root / "specs" / "gpt.attn"
+    config = dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64)
+    full = attndsl.compile(spec, config=config, seed=5).state_dict()
+    path = tmp_path / "w.safetensors"
+    attndsl.compile(spec, config=config, seed=5).save(path)
+    drawn: list[set[str] | None] = []
+    real = model_module.init_params
+    monkeypatch.setattr(model_module, "init_params",
+                        lambda graph, seed, names=None: drawn.append(names) or real(
+                            graph, seed, names=names))
+    for backend in ("numpy", "torch"):
+        drawn.clear()
+        m = attndsl.compile(spec, backend=backend, config=config, seed=1, weights=path)
+        m(tokens=np.zeros((1, 4), dtype=np.int64))
+        assert drawn == [], "loading a checkpoint must not initialize anything"
+        m = attndsl.compile(spec, backend=backend, config=config, seed=5)
+        partial = {k: v for k, v in full.items() if not k.startswith("layers.1.")}
+        m.load_state_dict(partial, strict=False)
+        assert drawn[-1] == {k for k in full if k.startswith("layers.1.")}
+        for name, value in m.state_dict().items():
+            np.testing.assert_array_equal(value, full[name], err_msg=name)
