@@ -87,7 +87,8 @@ cfg = json.loads(sys.argv[1])
 if cfg["backend"] == "torch":
     import torch
     torch.set_num_threads(2)
-model = attndsl.compile(cfg["spec"], backend=cfg["backend"], seed=0)
+model = attndsl.compile(cfg["spec"], backend=cfg["backend"], seed=0,
+                        attention=cfg.get("attention", "auto"))
 rng = np.random.default_rng(0)
 T = cfg["seq"]
 inputs = {"x": rng.standard_normal((1, T, 768)).astype(np.float32)}
@@ -117,8 +118,11 @@ print(json.dumps({"seconds": statistics.median(times), "peak": peak}))
 """
 
 
-def measure(backend: str, seq: int, text: str, repeats: int) -> dict[str, float]:
-    cfg = json.dumps({"backend": backend, "seq": seq, "spec": text, "repeats": repeats})
+def measure(backend: str, seq: int, text: str, repeats: int, attention: str = "auto"
+            ) -> dict[str, float]:
+    """Median seconds and peak added bytes of one forward, in a fresh subprocess."""
+    cfg = json.dumps({"backend": backend, "seq": seq, "spec": text, "repeats": repeats,
+                      "attention": attention})
     out = subprocess.run([sys.executable, "-c", CHILD, cfg], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -343,3 +343,38 @@ def test_e401_unknown_training_setting_with_hint() -> None:
 def test_e401_setting_of_the_wrong_kind() -> None:
     err = build_error(TRAIN_MODEL + "train {\n    schedule = adam()\n}\n")
     check(err, TrainingError, 6, 5, "'schedule' must be a schedule")
+
+
+# -- resource limits and accepted nonsense (issue 9, front end) ----------------------------------
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("model m { input x: float[B, -3]\n output y = x }", 1, "input dimensions must be positive"),
+    ("model m { input x: float[B, T <= -4]\n output y = x }", 1, "bound of T must be positive"),
+    ("model m { input x: float[B, 6]\n output y = reshape(x, [B, -2, -3]) }", 2,
+     "size must be positive"),
+    ("const a = 1" + "0" * 5000 + "\nmodel m { input x: float[B, 6]\n output y = x }", 1,
+     "integer literal of 5001 digits"),
+    ("const a = 3\nconst b = " + " * ".join(["a"] * 60) + "\n" + "".join(
+        f"const {c} = {p} * {p}\n" for p, c in zip("bcdefgh", "cdefghi"))
+     + "model m { input x: float[B, 6]\n output y = x }", 8, "larger than 4096 bits"),
+    ("model m { input x: float[B, 6]\n output y = linear(x, 1e400) }", 2,
+     "must be a positive integer"),
+])
+def test_nonsense_and_bombs_are_located_errors(text, line, fragment):
+    err = build_error(text)
+    assert fragment in str(err) and err.span is not None and err.span.line == line, str(err)
+
+
+def test_sinusoidal_width_is_a_feature_size():
+    """`layer_norm(sinusoidal(T, 8))` used to raise AttributeError ('int' has no as_int)."""
+    g = attndsl.build("model m { input x: float[B, T, 8]\n output y = layer_norm(sinusoidal(T, 8)) }")
+    assert str(g.nodes[g.outputs["y"]].type) == "float[T, 8]"
+
+
+def test_graph_node_limit(monkeypatch):
+    import attndsl.frontend.elaborate as elaborate
+    monkeypatch.setattr(elaborate, "MAX_NODES", 500)
+    err = build_error("model m { input x: float[B, 6]\n"
+                      "repeat 100 as a { repeat 100 as b { x = relu(x) } }\n output y = x }")
+    assert "more than 500 graph nodes" in str(err) and err.span.line == 2
+    assert "MAX_NODES" in (err.hint or "")

@@ -96,6 +96,9 @@ def size(value: Any, span: Span, what: str) -> Dim:
     if isinstance(value, bool) or not isinstance(value, (int, Dim)):
         raise TypeError_(f"{what} must be a size (integer or dimension), got {describe(value)}",
                          span)
+    n = Dim.of(value).as_int()
+    if n is not None and n <= 0:
+        raise ShapeError(f"{what} must be positive, got {n}", span)
     return Dim.of(value)
 
 

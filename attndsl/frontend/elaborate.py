@@ -52,6 +52,7 @@ TRAIN_SETTINGS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedul
 MAX_CALL_DEPTH = 64
 MAX_REPEAT = 4096
 MAX_INT_BITS = 4096
+MAX_NODES = 250_000
 
 
 @dataclass
@@ -254,12 +255,18 @@ class Builder:
         shape: list[Dim] = []
         for d in stmt.type.dims:
             dim = self.eval_dim(d.size, frame)
+            if dim.as_int() is not None and dim.as_int() <= 0:
+                raise ShapeError(f"input dimensions must be positive, got {dim.as_int()}",
+                                 d.size.span)
             if d.max is not None:
                 bound = self.eval(d.max, frame)
                 if not isinstance(bound, int) or len(dim.symbols()) != 1 or not isinstance(
                         d.size, ast.Name):
                     raise TypeError_("a bound `T <= n` needs a dimension name and an integer",
                                      d.span)
+                if bound <= 0:
+                    raise ShapeError(f"the bound of {d.size.id} must be positive, got {bound}",
+                                     d.max.span)
                 self.dim_bounds[d.size.id] = bound
             shape.append(dim)
         ttype = TensorType(tuple(shape), stmt.type.dtype)
@@ -413,6 +420,10 @@ class Builder:
             keep = ops.NON_FLOAT_OPERANDS.get(op, ())
             inputs = [t if t.type.dtype == "float" or i in keep else self.add(
                 "cast", [t], {"dtype": "float"}, span) for i, t in enumerate(inputs)]
+        if self.graph.next_id >= MAX_NODES:
+            raise DefinitionError(f"the model has more than {MAX_NODES:,} graph nodes", span,
+                                  "nested repeats or blocks multiply; reduce them (the limit "
+                                  "is attndsl.frontend.elaborate.MAX_NODES)")
         nid = self.graph.add(op, tuple(t.node for t in inputs), attrs, ttype, span)
         return Tensor(nid, ttype)
 
@@ -664,6 +675,10 @@ def scalar_binop(op: str, a: Any, b: Any, span: Span) -> Any:
                 raise ShapeError(f"cannot divide size {a_d} by {b_d}", span)
             return _simplify(q)
         raise TypeError_(f"operator '{op}' is not defined for sizes", span)
+    if isinstance(a, int) and isinstance(b, int) and (
+            a.bit_length() + b.bit_length() > MAX_INT_BITS):
+        raise TypeError_(f"integer result larger than {MAX_INT_BITS} bits", span,
+                         "constants this large cannot describe a model")
     try:
         if op == "+":
             return a + b

@@ -15,6 +15,7 @@ from attndsl.frontend import ast
 
 MAX_SOURCE_BYTES = 8 * 1024 * 1024
 MAX_NESTING = 200
+MAX_INT_DIGITS = 1000
 
 # Human names for the grammar's terminals, used in "expected ..." hints.
 TOKEN_NAMES = {
@@ -163,6 +164,10 @@ class ToAst(Transformer):
     @v_args(meta=True)
     def number(self, meta, c):
         text = str(c[0])
+        if not any(ch in text for ch in ".eE") and len(text.lstrip("0")) > MAX_INT_DIGITS:
+            raise SyntaxError_(f"integer literal of {len(text)} digits (the limit is "
+                               f"{MAX_INT_DIGITS})", self.sp(meta),
+                               "sizes and constants this large cannot be computed with")
         value = float(text) if any(ch in text for ch in ".eE") else int(text)
         return ast.Number(self.sp(meta), value)
 
@@ -302,6 +307,10 @@ def parse_text(text: str, file: str = "<string>") -> ast.Module:
     sys.setrecursionlimit(max(limit, 10_000))
     try:
         return ToAst(file, text).transform(tree)
+    except lark.exceptions.VisitError as e:   # a located error raised while building the AST
+        if isinstance(e.orig_exc, SyntaxError_):
+            raise e.orig_exc from None
+        raise
     finally:
         sys.setrecursionlimit(limit)
 

@@ -118,7 +118,7 @@ register("arange", "leaf", lambda ins, a: TensorType((a["n"],), "int"), attrs=("
          doc="Positions offset, offset+1, ..., offset+n-1.")
 register("size", "leaf", lambda ins, a: TensorType((), "int"), attrs=("value",),
          doc="A (possibly symbolic) size as an int scalar, e.g. T bound from an input.")
-register("sinusoidal", "leaf", lambda ins, a: TensorType((a["n"], a["dim"]), "float"),
+register("sinusoidal", "leaf", lambda ins, a: TensorType((a["n"], Dim.of(a["dim"])), "float"),
          attrs=("n", "dim", "offset"),
          doc="PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same).")
 
