@@ -457,7 +457,7 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         return _grouped_pv(F.dropout(probs, p, training) if p > 0 else probs, v)
     if score == "bilinear":
         q = torch.matmul(q, ex["score_w"])
-    if _use_blocked(impl, q, k, v, pattern, pattern_blocks):
+    if _use_blocked(impl, q, k, v, pattern, pattern_blocks, bias):
         return _blocked_attention(q, k, v, ex, pattern, pattern_blocks, scale, bias, p,
                                   impl != "tiled")
     if not bias and "key_padding" not in ex:
@@ -501,9 +501,11 @@ def op_attention_cached(cache, key, q, k, v, *extra, **attrs):
     return op_attention(q, k, v, *extra, rope_keys=False, **attrs)
 
 
-def _use_blocked(impl, q, k, v, pattern, layout):
+def _use_blocked(impl, q, k, v, pattern, layout, bias):
     """Forced 'tiled'/'sparse', or 'auto' for a pattern SDPA has no fast path for (not full or
     causal) when the NumPy cost model prices the blocked kernel below dense."""
+    if any(t[0] not in ("alibi", "t5") for t in bias):
+        return False                      # the blocked kernel adds only ALiBi/T5 biases
     if impl in ("tiled", "sparse"):
         return True
     if impl == "dense" or pattern is None or pattern == CAUSAL:

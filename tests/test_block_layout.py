@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import attndsl
 from attndsl.ir import patterns as pat
 
 PRIMITIVES = st.one_of(
@@ -185,3 +186,29 @@ def test_blocked_backward_matches_dense_backward(p, tk, past, heads, impl, score
             assert a is None
         else:
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"input {i}")
+
+
+def test_torch_tensor_bias_never_takes_the_blocked_path():
+    """The blocked kernels add only ALiBi/T5 biases: a tensor bias on a sparse pattern runs
+    SDPA (the torch cost model would otherwise pick the blocked kernel at this length)."""
+    torch = pytest.importorskip("torch")
+    from attndsl.backends import torch_kernels as TK
+    window = pat.Window(20)
+    q = torch.zeros(1, 2, 900, 8)
+    assert TK._use_blocked("auto", q, q, q, window.source(), block_sources(window), ())
+    assert not TK._use_blocked("auto", q, q, q, window.source(), block_sources(window),
+                               (("tensor",),))
+    spec = """model m {
+        input q: float[B, 2, T, 8]
+        input k: float[B, 2, T, 8]
+        input v: float[B, 2, T, 8]
+        input b: float[B, 1, T, T]
+        output y = sdpa(q, k, v, pattern=window(20), bias=b + alibi())
+    }"""
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.standard_normal((1, 2, 300, 8)) for n in "qkv"}
+    inputs["b"] = rng.standard_normal((1, 1, 300, 300))
+    want = attndsl.compile(spec, dtype="float64", attention="dense")(**inputs)["y"]
+    for backend in ("numpy", "torch"):
+        m = attndsl.compile(spec, backend=backend, dtype="float64")
+        np.testing.assert_allclose(m.to_numpy(m(**inputs))["y"], want, rtol=1e-10, atol=1e-12)

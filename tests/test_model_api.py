@@ -368,3 +368,28 @@ def test_initialization_is_lazy_and_only_for_what_is_not_loaded(monkeypatch, tmp
         assert drawn[-1] == {k for k in full if k.startswith("layers.1.")}
         for name, value in m.state_dict().items():
             np.testing.assert_array_equal(value, full[name], err_msg=name)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_mask_caches_stay_bounded_over_many_lengths(backend):
+    """A server seeing 100 distinct lengths: the per-(pattern, Tq, Tk) mask caches keep at
+    most 16 entries (each [T, T] bool is ~4 MB here), so once they are full RSS stops
+    growing: the last 50 lengths add less than two masks' worth."""
+    spec = """model m {
+        input x: float[B, T, 8]
+        output y = attention(x, 1, pattern=causal & window(64))
+    }"""
+    model = attndsl.compile(spec, backend=backend, attention="dense")
+    for t in range(1900, 1950):
+        model(x=np.zeros((1, t, 8), np.float32))
+    half = _rss_bytes()
+    for t in range(1950, 2000):
+        model(x=np.zeros((1, t, 8), np.float32))
+    grown = _rss_bytes() - half
+    assert grown < 2 * 4_000_000 + 4 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB"
+    if backend == "numpy":
+        assert len(model.program.namespace(False)["_MASKS"]) == 16
