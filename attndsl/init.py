@@ -14,6 +14,7 @@ values a full initialization would give.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -23,7 +24,13 @@ from attndsl.ir.graph import Graph
 def init_params(graph: Graph, seed: int = 0, dtype: np.dtype | type = np.float32,
                 names: set[str] | None = None) -> dict[str, np.ndarray]:
     """Initial values of every parameter, or of `names` only (the same values)."""
-    out: dict[str, np.ndarray] = {}
+    return dict(iter_init_params(graph, seed, dtype, names))
+
+
+def iter_init_params(graph: Graph, seed: int = 0, dtype: np.dtype | type = np.float32,
+                     names: set[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, initial value) one parameter at a time, so a backend that copies each value
+    into its own storage never holds a second full copy of the weights."""
     for index, (name, nid) in enumerate(graph.params.items()):
         if names is not None and name not in names:
             continue
@@ -41,5 +48,4 @@ def init_params(graph: Graph, seed: int = 0, dtype: np.dtype | type = np.float32
             value = rng.uniform(-a, a, size=shape)
         else:
             value = rng.standard_normal(shape) * node.attr("std")
-        out[name] = np.ascontiguousarray(value, dtype=dtype)
-    return out
+        yield name, np.ascontiguousarray(value, dtype=dtype)

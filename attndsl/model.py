@@ -23,7 +23,7 @@ from attndsl.errors import (
     did_you_mean,
 )
 from attndsl.frontend import build
-from attndsl.init import init_params
+from attndsl.init import iter_init_params
 from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph
 from attndsl.ir.ops import IMPLS
@@ -60,8 +60,9 @@ class Model:
         if self._pending_seed is None:
             return
         missing = set(self.graph.params) - set(provided)
-        if missing:
-            self.program.set_params(init_params(self.graph, self._pending_seed, names=missing))
+        if missing:                               # one parameter at a time: no second copy
+            for name, value in iter_init_params(self.graph, self._pending_seed, names=missing):
+                self.program.set_params({name: value})
         self._pending_seed = None
 
     @property

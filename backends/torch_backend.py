@@ -144,11 +144,11 @@ class TorchProgram(Program):
         import torch
         grads = {name: p.grad if p.grad is not None else torch.zeros_like(p)
                  for name, p in self.module.named_parameters()}
-        return float(value.detach()), {k: self.to_numpy(g) for k, g in grads.items()}
+        return float(value.detach()), {k: self.to_numpy(g).copy() for k, g in grads.items()}
 
     def get_params(self) -> dict[str, np.ndarray]:
         """In the spec's parameter order (as every backend), not the module tree's."""
-        return {k: self.to_numpy(v) for k, v in self.module._params().items()}
+        return {k: self.to_numpy(v) for k, v in self.module._params().items()}   # copies
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         import torch
@@ -158,11 +158,15 @@ class TorchProgram(Program):
                     p.copy_(torch.as_tensor(np.asarray(params[name])).to(p.dtype))
 
     def to_numpy(self, value: Any) -> np.ndarray:
+        """Shares memory with a fresh CPU result (a GPT-2 logits tensor is 200 MB); copies
+        anything that is or views a parameter, so writing into the array never edits weights."""
         import torch
+        shared = value.requires_grad or value._is_view()
         t = value.detach()
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()
-        return t.cpu().numpy().copy()
+        a = t.cpu().numpy()
+        return a.copy() if shared and t.device.type == "cpu" else a
 
 
 class TorchBackend(Backend):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from helpers import TINY_CONFIGS, random_inputs
@@ -353,8 +356,8 @@ def test_initialization_is_lazy_and_only_for_what_is_not_loaded(monkeypatch, tmp
     path = tmp_path / "w.safetensors"
     attndsl.compile(spec, config=config, seed=5).save(path)
     drawn: list[set[str] | None] = []
-    real = model_module.init_params
-    monkeypatch.setattr(model_module, "init_params",
+    real = model_module.iter_init_params
+    monkeypatch.setattr(model_module, "iter_init_params",
                         lambda graph, seed, names=None: drawn.append(names) or real(
                             graph, seed, names=names))
     for backend in ("numpy", "torch"):
@@ -370,26 +373,59 @@ def test_initialization_is_lazy_and_only_for_what_is_not_loaded(monkeypatch, tmp
             np.testing.assert_array_equal(value, full[name], err_msg=name)
 
 
-def _rss_bytes() -> int:
+MASK_SERVER = '''
+import sys
+import numpy as np
+import attndsl
+
+def rss():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+spec = """model m {
+    input x: float[B, T, 8]
+    output y = attention(x, 1, pattern=causal & window(64))
+}"""
+model = attndsl.compile(spec, backend=sys.argv[1], attention="dense")
+for t in range(1900, 1950):
+    model(x=np.zeros((1, t, 8), np.float32))
+half = rss()
+for t in range(1950, 2000):
+    model(x=np.zeros((1, t, 8), np.float32))
+program = model.program
+ns = (type(program.module).forward.__globals__ if sys.argv[1] == "torch"
+      else program.namespace(False))
+print(len(ns["_MASKS"]), rss() - half)
+'''
 
 
 def test_mask_caches_stay_bounded_over_many_lengths(backend):
     """A server seeing 100 distinct lengths: the per-(pattern, Tq, Tk) mask caches keep at
-    most 16 entries (each [T, T] bool is ~4 MB here), so once they are full RSS stops
-    growing: the last 50 lengths add less than two masks' worth."""
+    most 16 entries (each [T, T] bool is ~3.7 MB here), so once full RSS stops growing: the
+    last 50 lengths add well under the 185 MB an unbounded cache would. In a fresh process,
+    so that earlier tests' heap does not blur the measurement."""
+    out = subprocess.run([sys.executable, "-c", MASK_SERVER, backend], capture_output=True,
+                         text=True, check=True, timeout=240)
+    entries, grown = map(int, out.stdout.split())
+    assert entries == 16
+    assert grown < 64 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB over the last 50 lengths"
+
+
+def test_torch_outputs_never_alias_weights():
+    """Outputs come back without a copy, except where they are (views of) parameters:
+    writing into a returned array must not change the model."""
+    pytest.importorskip("torch")
     spec = """model m {
-        input x: float[B, T, 8]
-        output y = attention(x, 1, pattern=causal & window(64))
+        input x: float[B, 4]
+        p = parameter([2, 4], init="ones")
+        output w = reshape(p, [8])
+        output y = x * 2.0
     }"""
-    model = attndsl.compile(spec, backend=backend, attention="dense")
-    for t in range(1900, 1950):
-        model(x=np.zeros((1, t, 8), np.float32))
-    half = _rss_bytes()
-    for t in range(1950, 2000):
-        model(x=np.zeros((1, t, 8), np.float32))
-    grown = _rss_bytes() - half
-    assert grown < 2 * 4_000_000 + 4 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB"
-    if backend == "numpy":
-        assert len(model.program.namespace(False)["_MASKS"]) == 16
+    m = attndsl.compile(spec, backend="torch")
+    out = m.to_numpy(m(x=np.ones((1, 4), np.float32)))
+    out["w"][:] = 7.0
+    out["y"][:] = 7.0
+    again = m.to_numpy(m(x=np.ones((1, 4), np.float32)))
+    np.testing.assert_array_equal(again["w"], np.ones(8))
+    (weights,) = m.state_dict().values()
+    np.testing.assert_array_equal(weights, np.ones((2, 4)))
