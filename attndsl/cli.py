@@ -155,20 +155,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = random_inputs(model.graph, env, args.seed)
     outputs = model.to_numpy(model(**inputs))
     for name, value in outputs.items():
-        finite = np.isfinite(value).all() if value.dtype.kind == "f" else True
-        summary = (f"mean {value.mean():+.4f} std {value.std():.4f} min {value.min():+.4f} "
-                   f"max {value.max():+.4f}" if value.dtype.kind == "f" and value.size else "")
-        print(f"{name}: {value.dtype}{list(value.shape)} {summary}"
-              f"{'' if finite else '  (non-finite values!)'}")
+        print(f"{name}: {value.dtype}{list(value.shape)} {summarize(value)}")
     if args.output:
-        import io
-
-        from attndsl.training.checkpoint import atomic_write_bytes
-        buf = io.BytesIO()
-        np.savez(buf, **outputs)
-        atomic_write_bytes(args.output, buf.getvalue())
+        from attndsl.training.checkpoint import atomic_write
+        atomic_write(args.output, lambda f: np.savez(f, **outputs))
         print(f"wrote {args.output}")
     return 0
+
+
+def summarize(value: np.ndarray, chunk: int = 1 << 20) -> str:
+    """mean/std/min/max of a float array, in chunks (no temporaries the size of a
+    [B, T, vocab] logits tensor); flags non-finite values."""
+    if value.dtype.kind != "f" or not value.size:
+        return ""
+    flat = value.reshape(-1)
+    total = squares = 0.0
+    low, high, finite = np.inf, -np.inf, True
+    for i in range(0, flat.size, chunk):
+        part = flat[i:i + chunk].astype(np.float64)
+        total += part.sum()
+        squares += np.square(part).sum()
+        low, high = min(low, part.min()), max(high, part.max())
+        finite = finite and bool(np.isfinite(part).all())
+    mean = total / flat.size
+    std = np.sqrt(max(squares / flat.size - mean * mean, 0.0))
+    return (f"mean {mean:+.4f} std {std:.4f} min {low:+.4f} max {high:+.4f}"
+            + ("" if finite else "  (non-finite values!)"))
 
 
 def load_inputs(items: list[str]) -> dict[str, np.ndarray]:

@@ -31,10 +31,12 @@ from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
 from attndsl.passes import optimize
 from attndsl.passes.liveness import peak_memory
 from attndsl.passes.select_attention import select_attention
+from attndsl.safetensors_io import SafetensorsFormatError, read_header, read_tensor
 from attndsl.training.losses import loss_spec
 
 INPUT_KINDS = {"int": "iu", "float": "fiu", "bool": "b"}
 DTYPES = ("float32", "float64", "bfloat16", "float16")
+FLOAT_DTYPES = {*DTYPES, "F32", "F64", "BF16", "F16"}     # NumPy and safetensors names
 
 
 class Model:
@@ -164,11 +166,21 @@ class Model:
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Load weights; with strict=True missing or unexpected names are an error. Shapes must
-        always match."""
+        always match, and values must be floating point. Everything is checked before any
+        weight changes."""
+        arrays = {name: np.asarray(value) for name, value in state.items()}
+        names = self._check_weights({n: (a.shape, a.dtype.name) for n, a in arrays.items()},
+                                    strict, "weights")
+        self._materialize(provided=set(names))       # initializes only what is not loaded
+        self.program.set_params({n: arrays[n] for n in names})
+
+    def _check_weights(self, found: dict[str, tuple[tuple[int, ...], str]], strict: bool,
+                       where: str) -> list[str]:
+        """Validate (shape, dtype name) per name against the model; the names to load."""
         expected = {name: tuple(int(d.as_int()) for d in t.shape)
                     for name, t in self.graph.param_types().items()}
-        missing = [n for n in expected if n not in state]
-        extra = [n for n in state if n not in expected]
+        missing = [n for n in expected if n not in found]
+        extra = [n for n in found if n not in expected]
         if strict and (missing or extra):
             parts = []
             if missing:
@@ -176,19 +188,19 @@ class Model:
             if extra:
                 parts.append(f"unexpected {len(extra)}: {', '.join(extra[:5])}")
             hint = did_you_mean(extra[0], missing) if missing and extra else None
-            raise WeightsError("weights do not match the model (" + "; ".join(parts) + ")",
+            raise WeightsError(f"{where} do not match the model (" + "; ".join(parts) + ")",
                                None, hint)
-        update: dict[str, np.ndarray] = {}
-        for name, value in state.items():
-            if name not in expected:
-                continue
-            arr = np.asarray(value)
-            if tuple(arr.shape) != expected[name]:
-                raise WeightsError(f"parameter '{name}' has shape {tuple(arr.shape)}, the model "
-                                   f"needs {expected[name]}", None)
-            update[name] = arr
-        self._materialize(provided=set(update))      # initializes only what is not loaded
-        self.program.set_params(update)
+        names = [n for n in found if n in expected]
+        for name in names:
+            shape, dtype = found[name]
+            if tuple(shape) != expected[name]:
+                raise WeightsError(f"parameter '{name}' in {where} has shape {tuple(shape)}, "
+                                   f"the model needs {expected[name]}", None)
+            if dtype not in FLOAT_DTYPES:
+                raise WeightsError(f"parameter '{name}' in {where} is {dtype}, not floating "
+                                   "point", None,
+                                   "weights must be float16/bfloat16/float32/float64")
+        return names
 
     def save(self, path: str | Path) -> None:
         """Write the weights to a safetensors file atomically (a failed save keeps the old file)."""
@@ -198,16 +210,25 @@ class Model:
                                 {"attndsl_spec": str(self.graph.meta.get("name", ""))})
 
     def load(self, path: str | Path, strict: bool = True) -> None:
-        """Read weights from a safetensors file."""
-        from safetensors.numpy import load_file
+        """Read weights from a safetensors file: names, shapes and dtypes are checked from its
+        header first, then tensors are read and copied in one at a time (peak memory: the
+        model plus one tensor, not two copies of the weights)."""
         p = Path(path)
         if not p.is_file():
             raise WeightsError(f"no weights file at {p}")
         try:
-            state = load_file(str(p))
-        except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file
+            entries, _ = read_header(p)
+        except (OSError, SafetensorsFormatError) as e:
             raise WeightsError(f"{p} is not a readable safetensors file: {e}") from None
-        self.load_state_dict(state, strict=strict)
+        names = self._check_weights({n: (e.shape, e.dtype) for n, e in entries.items()},
+                                    strict, str(p))
+        self._materialize(provided=set(names))
+        try:
+            with open(p, "rb") as f:
+                for name in names:
+                    self.program.set_params({name: read_tensor(f, entries[name])})
+        except OSError as e:
+            raise WeightsError(f"reading {p} failed: {e}") from None
 
     # -- reporting --------------------------------------------------------------------------
     def report(self) -> str:

@@ -28,6 +28,19 @@ m = attndsl.compile(sys.argv[1], backend=sys.argv[2], weights=sys.argv[3])
 print(time.perf_counter() - t0)
 """
 
+HAND_WRITTEN = """
+import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from baselines import GPTConfig, TorchGPT
+torch.manual_seed(0)
+model = TorchGPT(GPTConfig(vocab=50257, ctx=1024, d_model=768, heads=12, layers=12,
+                           d_ff=3072)).eval()
+ids = torch.as_tensor(np.random.default_rng(0).integers(0, 50257, (1, int(sys.argv[1]))))
+with torch.inference_mode():
+    logits = model(ids)[0].numpy()
+np.savez(sys.argv[3], logits=logits)
+"""
+
 
 def peak_of(argv: list[str], repo: Path) -> tuple[float, float, str]:
     """(seconds, the child's own peak RSS in MiB, stdout), measured by a tiny wrapper."""
@@ -78,6 +91,12 @@ def main() -> None:
             rss = statistics.median(r[1] for r in runs)
             print(f"| attndsl run --seq {args.seq} (whole command) | {backend} | {secs:.2f} "
                   f"| {rss:.0f} |")
+        runs = [peak_of([sys.executable, "-c", HAND_WRITTEN, str(args.seq),
+                         str(ROOT / "benchmarks"), str(Path(tmp) / "out.npz")], repo)
+                for _ in range(args.repeats)]
+        print(f"| hand-written PyTorch GPT-2 (build, forward, save logits) | torch "
+              f"| {statistics.median(r[0] for r in runs):.2f} "
+              f"| {statistics.median(r[1] for r in runs):.0f} |")
 
 
 if __name__ == "__main__":

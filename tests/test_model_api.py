@@ -429,3 +429,44 @@ def test_torch_outputs_never_alias_weights():
     np.testing.assert_array_equal(again["w"], np.ones(8))
     (weights,) = m.state_dict().values()
     np.testing.assert_array_equal(weights, np.ones((2, 4)))
+
+
+def test_weights_of_a_non_float_dtype_are_refused(tmp_path, gpt_spec):
+    """int64/bool weights used to load silently (cast to float); now refused, in memory and
+    from a file, before any weight changes."""
+    from safetensors.numpy import save_file
+    m = attndsl.compile(gpt_spec, config=GPT_TINY)
+    sd = m.state_dict()
+    name = next(iter(sd))
+    bad = dict(sd, **{name: sd[name].astype(np.int64)})
+    with pytest.raises(WeightsError, match=f"'{name}' in weights is int64"):
+        m.load_state_dict(bad)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsError, match="is I64, not floating point"):
+        m.load(tmp_path / "bad.safetensors")
+    np.testing.assert_array_equal(m.state_dict()[name], sd[name])
+
+
+def test_loading_a_file_streams_tensors(tmp_path, gpt_spec):
+    """Model.load reads one tensor at a time and gives the same weights as load_state_dict."""
+    a = attndsl.compile(gpt_spec, config=GPT_TINY, seed=3)
+    a.save(tmp_path / "w.safetensors")
+    for backend in ("numpy", "torch"):
+        b = attndsl.compile(gpt_spec, backend=backend, config=GPT_TINY, seed=4,
+                            weights=tmp_path / "w.safetensors")
+        for name, value in a.state_dict().items():
+            np.testing.assert_array_equal(b.state_dict()[name], value, err_msg=name)
+
+
+def test_a_truncated_weights_file_is_refused_before_loading(tmp_path, gpt_spec):
+    m = attndsl.compile(gpt_spec, config=GPT_TINY, seed=1)
+    m.save(tmp_path / "w.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:len(data) // 2])
+    fresh = attndsl.compile(gpt_spec, config=GPT_TINY, seed=2)
+    before = fresh.state_dict()
+    with pytest.raises(WeightsError, match="cut.safetensors is not a readable safetensors "
+                       "file: tensor '.*' lies outside the file"):
+        fresh.load(tmp_path / "cut.safetensors")
+    for name, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
