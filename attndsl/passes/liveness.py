@@ -34,6 +34,7 @@ class MemoryReport:
     naive: int          # bytes: every tensor kept
     peak: int           # bytes: most alive at once, workspaces included
     workspace: int      # bytes: the largest single op workspace
+    resident: int = 0   # bytes: most alive at once between ops (tensors only, no workspace)
 
 
 def _bytes(node: Node, env: dict[str, int], itemsize: int) -> int:
@@ -92,7 +93,7 @@ def peak_memory(graph: Graph, env: dict[str, int], backend: str = "numpy",
     owner: dict[int, int] = {}            # node -> the node whose buffer it uses
     alive: dict[int, int] = {}            # buffer owner -> bytes
     holders: dict[int, set[int]] = {}     # buffer owner -> nodes still using it
-    naive = peak = largest = 0
+    naive = peak = largest = resident = 0
     for pos, nid in enumerate(order):
         node = graph.nodes[nid]
         if node.op in ("input", "param"):
@@ -111,11 +112,12 @@ def peak_memory(graph: Graph, env: dict[str, int], backend: str = "numpy",
             alive[nid] = size
             holders[nid] = {nid}
             naive += size
-        peak = max(peak, sum(alive.values()) + work)
+        held = sum(alive.values())
+        peak, resident = max(peak, held + work), max(resident, held)
         for src in {*node.inputs, nid}:
             if src in owner and last_use.get(src, -1) <= pos and src not in outputs:
                 buf = owner[src]
                 holders[buf].discard(src)
                 if not holders[buf]:
                     alive.pop(buf, None)
-    return MemoryReport(naive, peak, largest)
+    return MemoryReport(naive, peak, largest, resident)
