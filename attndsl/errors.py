@@ -29,6 +29,10 @@ class Span:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+# Shown as one space in a quoted source line, so the caret stays under its column.
+INVISIBLE = {ord(c): " " for c in "\t\v\f\r\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class AttnError(Exception):
     """Base of every error that a spec (not a bug in attndsl) can cause."""
 
@@ -49,9 +53,9 @@ class AttnError(Exception):
         lines = [str(self)]
         span = self.span
         if span is not None and span.source:
-            src_lines = span.source.splitlines()
+            src_lines = span.source.split("\n")               # the grammar's line breaks
             if 1 <= span.line <= len(src_lines):
-                text = src_lines[span.line - 1].replace("\t", " ")
+                text = src_lines[span.line - 1].translate(INVISIBLE)
                 width = len(str(span.line))
                 end = span.end_col if span.end_line == span.line else len(text) + 1
                 carets = max(1, end - span.col)

@@ -378,3 +378,75 @@ def test_graph_node_limit(monkeypatch):
                       "repeat 100 as a { repeat 100 as b { x = relu(x) } }\n output y = x }")
     assert "more than 500 graph nodes" in str(err) and err.span.line == 2
     assert "MAX_NODES" in (err.hint or "")
+
+
+# -- newline conventions, odd files (issue 9) ----------------------------------------------------
+
+BROKEN = ["model m {", "  input x: float[B, 4]", "  output y = foo(x)", "}", ""]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_every_newline_convention_locates_the_same_line(newline: str) -> None:
+    """CRLF and lone-CR files report the line an editor shows (a CR-only file used to be one
+    line, and a `#` comment swallowed the rest of it)."""
+    err = build_error(newline.join(["# a comment", *BROKEN]))
+    assert (err.span.line, err.span.col) == (4, 14), err.format()
+    assert " 4 |   output y = foo(x)" in err.format()
+
+
+@pytest.mark.parametrize("char", ["\f", "\v", "\u2028", "\u2029", "\x85", "\x1c"])
+def test_characters_python_splits_lines_on_are_not_line_breaks(char: str) -> None:
+    """Python's splitlines() breaks at form feeds, U+2028 and friends; the grammar does not.
+    The quoted line and caret must follow the grammar's lines."""
+    lines = ["model m {", f"  input x: float[B, 4]{char}", "  output y = foo(x)", "}"]
+    err = build_error("\n".join(lines))
+    text = err.format()
+    if char == "\f":                             # whitespace to the grammar: the name error
+        assert (err.span.line, err.span.col) == (3, 14), text
+        assert " 3 |   output y = foo(x)" in text
+    else:                                        # not whitespace: located where it stands
+        assert (err.span.line, err.span.col) == (2, 23), text
+        assert " 2 |   input x: float[B, 4] " in text
+    caret = text.splitlines()[2]
+    assert caret.index("^") == caret.index("|") + 1 + err.span.col, text
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "bom.attn"
+    path.write_bytes(b"\xef\xbb\xbfmodel m {\n  input x: float[B, 4]\n  output y = x\n}\n")
+    assert attndsl.build(path).outputs
+
+
+def test_only_regular_attn_files_are_specs(tmp_path: Path) -> None:
+    (tmp_path / "hostname").write_text("myhost\n")
+    with pytest.raises(InputError, match="not an .attn file"):
+        attndsl.build(tmp_path / "hostname")
+    (tmp_path / "dir.attn").mkdir()
+    with pytest.raises(InputError, match="not a regular file"):
+        attndsl.build(tmp_path / "dir.attn")
+    (tmp_path / "a.attn").symlink_to(tmp_path / "b.attn")
+    (tmp_path / "b.attn").symlink_to(tmp_path / "a.attn")
+    with pytest.raises(InputError, match="cannot read"):
+        attndsl.build(tmp_path / "a.attn")
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "loop.attn", "sub", "data.txt"])
+def test_imports_of_devices_loops_directories_and_non_specs_fail_fast(
+        tmp_path: Path, target: str) -> None:
+    (tmp_path / "loop.attn").symlink_to(tmp_path / "loop.attn")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "data.txt").write_text("model m { }\n")
+    main = tmp_path / "main.attn"
+    main.write_text(f'import "{target}"\nmodel m {{\n  input x: float[B, 4]\n  output y = x\n}}\n')
+    with pytest.raises(ImportError_, match=f"cannot import '{target}'") as info:
+        attndsl.build(main)
+    assert (info.value.span.line, info.value.span.col) == (1, 1)
+
+
+def test_an_oversized_spec_is_refused_before_reading(tmp_path: Path) -> None:
+    from attndsl.frontend.parser import MAX_SOURCE_BYTES
+    path = tmp_path / "big.attn"
+    with open(path, "wb") as f:
+        f.truncate(MAX_SOURCE_BYTES + 1)              # sparse: no data is written or read
+    with pytest.raises(InputError, match="specs are limited to"):
+        attndsl.build(path)

@@ -143,7 +143,7 @@ class Builder:
         base = Path(ns.path).parent if not ns.path.startswith("<") else Path.cwd()
         try:
             target = (base / item.path).resolve()
-        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        except (OSError, ValueError, RuntimeError) as e:  # NUL byte in the path; symlink loop
             raise ImportError_(f"cannot import '{item.path}': {e}", item.span) from None
         key = str(target)
         if key in self.loading:

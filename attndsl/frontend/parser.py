@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import stat
 import sys
 from importlib import resources
 from pathlib import Path
@@ -226,19 +227,37 @@ def _unquote(token: Token) -> str:
 
 
 def read_source(path: str | Path) -> str:
-    """Read a spec file as UTF-8 text; unreadable, binary or huge files are InputErrors."""
+    """Read a spec file as UTF-8 text. Only regular `.attn` files (not a directory, device,
+    FIFO or `/etc/hostname`), at most MAX_SOURCE_BYTES, checked before reading."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        info = p.stat()                                   # follows symlinks
     except FileNotFoundError:
         raise InputError(f"no such spec file: {p}") from None
+    except RuntimeError:                                  # a symlink loop
+        raise InputError(f"cannot read {p}: symbolic link loop") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         raise InputError(f"cannot read {p}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{p} is not a regular file (a directory, device or pipe); "
+                         "specs are .attn files")
+    if p.suffix != ".attn":
+        raise InputError(f"{p} is not an .attn file", None,
+                         "spec files end in .attn; rename it if it really is a spec")
+    if info.st_size > MAX_SOURCE_BYTES:
+        raise InputError(f"{p} is {info.st_size} bytes; specs are limited to "
+                         f"{MAX_SOURCE_BYTES}")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)           # bounded even if the file grows
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
     return decode_source(data, str(p))
 
 
 def decode_source(data: bytes, file: str) -> str:
-    """Bytes -> text; errors point at the file (and, for bad bytes, at their line and column)."""
+    """Bytes -> text; errors point at the file (and, for bad bytes, at their line and column).
+    A UTF-8 byte-order mark is dropped."""
     whole = Span(file, 1, 1, 1, 1)
     if len(data) > MAX_SOURCE_BYTES:
         raise InputError(f"the file is {len(data)} bytes; specs are limited to "
@@ -247,15 +266,22 @@ def decode_source(data: bytes, file: str) -> str:
         raise InputError("this looks like a binary file, not an .attn spec",
                          _byte_span(data, data.index(b"\x00"), file))
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text (bad byte 0x{data[e.start]:02x})",
                          _byte_span(data, e.start, file)) from None
 
 
+def normalize_newlines(text: str) -> str:
+    """CRLF and lone CR become LF, the only line break the grammar (and every line and column
+    the compiler reports) counts; form feeds, U+2028 and the like are not line breaks."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _byte_span(data: bytes, offset: int, file: str) -> Span:
-    line = data.count(b"\n", 0, offset) + 1
-    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    before = data[:offset].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    line = before.count(b"\n") + 1
+    col = len(before) - (before.rfind(b"\n") + 1) + 1
     return Span(file, line, col, line, col + 1)
 
 
@@ -288,6 +314,7 @@ def _too_deep(tree: lark.Tree) -> lark.Tree | None:
 
 def parse_text(text: str, file: str = "<string>") -> ast.Module:
     """Parse spec text into an `ast.Module`; raises `SyntaxError_` with a located hint."""
+    text = normalize_newlines(text)
     deep = _first_too_deep(text)
     if deep is not None:
         line, col = deep
@@ -320,7 +347,7 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, parser: lark.Lark, text: s
     line = getattr(e, "line", 1) or 1
     col = getattr(e, "column", 1) or 1
     if line < 1:  # unexpected end of input: point just past the last character
-        lines = text.splitlines() or [""]
+        lines = text.split("\n")
         line, col = len(lines), len(lines[-1]) + 1
     width = 1
     token = getattr(e, "token", None)
