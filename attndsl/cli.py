@@ -7,6 +7,7 @@ caret, and a hint, and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -217,14 +218,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def number(kind: type, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: an int or finite float within [low, high] (open where asked)."""
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+    hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+    want = {int: "an integer", float: "a number"}[kind] + (f" in {lo}, {hi}" if lo and hi else
+                                                           f" > {low}" if lo and low_open else
+                                                           f" >= {low}" if lo else "")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if (kind is float and not math.isfinite(value)) or (
+                low is not None and (value < low or (low_open and value == low))) or (
+                high is not None and (value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
+        return value
+    return parse
+
+
+positive_int = number(int, 0, low_open=True)
+count = number(int, 0)                               # 0 allowed: "none" / "never"
+probability = number(float, 0.0, 1.0, high_open=True)
+
+
+def device_name(text: str) -> str:
+    """'cpu', 'cuda', 'cuda:N', 'mps': checked by name here, for availability by the trainer."""
+    head, _, index = text.partition(":")
+    if head not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
 
 
 def add_attention(p: argparse.ArgumentParser) -> None:
@@ -276,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch", "cupy"))
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
     p.add_argument("--random", action="store_true", help="random inputs (the default)")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=positive_int)
+    p.add_argument("--seq", type=positive_int)
+    p.add_argument("--seed", type=count, default=0)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--weights", help="a safetensors file to load")
     p.add_argument("-o", "--output", help="write outputs to this .npz")
@@ -291,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write initialized weights")
     p.add_argument("spec")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count, default=0)
     add_set(p)
     p.set_defaults(fn=cmd_init)
 
@@ -299,26 +325,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--data", help="a UTF-8 text file (default: the bundled Shakespeare sample)")
     p.add_argument("--backend", default="torch", choices=("torch",))
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=12)
-    p.add_argument("--seq", type=int, default=64)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the spec's)")
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--batch", type=positive_int,
+                   help="default: the resumed run's, else the spec's, else 12")
+    p.add_argument("--seq", type=positive_int,
+                   help="default: the resumed run's, else the spec's, else 64")
+    p.add_argument("--lr", type=number(float, 0.0, low_open=True),
+                   help="peak learning rate (default: the spec's)")
     p.add_argument("--tokenizer", default="char", choices=("char", "byte", "bpe"))
-    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-iters", type=int, default=20)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--clip", type=float, help="gradient clipping norm (default: the spec's)")
-    p.add_argument("--dropout", type=float, help="override every dropout probability")
-    p.add_argument("--layerdrop", type=float, default=None, help="LayerDrop probability")
+    p.add_argument("--vocab-size", type=positive_int, default=512,
+                   help="BPE vocabulary size")
+    p.add_argument("--eval-every", type=count, default=100, help="0: never")
+    p.add_argument("--eval-iters", type=positive_int, default=20)
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--clip", type=number(float, 0.0, low_open=True),
+                   help="gradient clipping norm (default: the spec's)")
+    p.add_argument("--dropout", type=probability, help="override every dropout probability")
+    p.add_argument("--layerdrop", type=probability, default=None, help="LayerDrop probability")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", type=device_name, default="cpu")
+    p.add_argument("--seed", type=count, default=1337)
     p.add_argument("--out", default="runs/latest", help="checkpoint directory")
     p.add_argument("--resume", help="continue from this checkpoint directory")
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--sample", type=int, default=200,
+    p.add_argument("--save-every", type=count, default=0, help="also checkpoint every N steps")
+    p.add_argument("--sample", type=count, default=200,
                    help="characters of sample text to print at the end (0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_set(p)
@@ -328,17 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a checkpoint directory written by `attndsl train`, or a "
                    "spec (byte tokenizer; with --weights, else seeded random weights)")
     p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new", type=count, default=200)
+    p.add_argument("--temperature", type=number(float, 0.0), default=1.0, help="0: greedy")
+    p.add_argument("--top-k", type=positive_int)
+    p.add_argument("--top-p", type=number(float, 0.0, 1.0, low_open=True))
+    p.add_argument("--seed", type=count, default=0)
     p.add_argument("--backend", default="torch", choices=("torch", "numpy"))
     p.add_argument("--weights", help="with a spec: a safetensors file to load")
-    p.add_argument("--beam", type=int, default=1,
+    p.add_argument("--beam", type=positive_int, default=1,
                    help="encoder-decoder specs: beam width (1 = greedy)")
-    p.add_argument("--bos", type=int, default=1, help="encoder-decoder: start token id")
-    p.add_argument("--eos", type=int, default=2, help="encoder-decoder: end token id")
+    p.add_argument("--bos", type=count, default=1, help="encoder-decoder: start token id")
+    p.add_argument("--eos", type=count, default=2, help="encoder-decoder: end token id")
     add_set(p)
     p.set_defaults(fn=cmd_generate)
     return parser
@@ -356,9 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except OSError as e:                          # disk full, read-only, permissions
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}",
+              file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory (try a smaller --batch/--seq or fewer layers)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)          # 130 for Ctrl-C, 143 for SIGTERM
     except BrokenPipeError:
         return 0
 

@@ -336,3 +336,71 @@ def test_emit_torch_does_not_import_torch(repo_root: Path) -> None:
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "class GeneratedModel(nn.Module)" in result.stdout
+
+
+# -- argument validation (issue 9): refused before any work, exit 2, no traceback -------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "SPEC", "--seq", "0"], "expected an integer > 0, got 0"),
+    (["run", "SPEC", "--batch", "-1"], "expected an integer > 0"),
+    (["train", "SPEC", "--grad-accum", "0"], "--grad-accum"),
+    (["train", "SPEC", "--layerdrop", "1.5"], "expected a number in [0.0, 1.0)"),
+    (["train", "SPEC", "--dropout", "nan"], "--dropout"),
+    (["train", "SPEC", "--eval-iters", "0"], "--eval-iters"),
+    (["train", "SPEC", "--lr", "-1"], "--lr"),
+    (["train", "SPEC", "--device", "nonsense"], "expected cpu, cuda, cuda:N or mps"),
+    (["generate", "SPEC", "--max-new", "-1"], "--max-new"),
+    (["generate", "SPEC", "--top-p", "0"], "expected a number in (0.0, 1.0]"),
+    (["generate", "SPEC", "--top-p", "1.5"], "--top-p"),
+    (["generate", "SPEC", "--top-k", "0"], "--top-k"),
+    (["generate", "SPEC", "--temperature", "-0.5"], "--temperature"),
+    (["generate", "SPEC", "--beam", "0"], "--beam"),
+])
+def test_bad_flags_are_refused_by_the_parser(capsys, gpt_spec, argv, message) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([gpt_spec if a == "SPEC" else a for a in argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_semantic_flag_errors_are_clear(capsys, gpt_spec, tiny_args, tmp_path) -> None:
+    code, _, err = run_cli(capsys, "generate", gpt_spec, "--beam", "3", "--max-new", "2",
+                           *tiny_args)
+    assert code == 2 and "--beam is for encoder-decoder specs" in err
+    code, _, err = run_cli(capsys, "generate", gpt_spec, "--prompt", "", *tiny_args)
+    assert code == 2 and "the prompt is empty" in err
+    code, _, err = run_cli(capsys, "train", gpt_spec, "--device", "cuda:0", "--steps", "1",
+                           "--out", str(tmp_path / "o"), *tiny_args)
+    if not __import__("torch").cuda.is_available():
+        assert code == 2 and "device 'cuda:0' is not available" in err
+
+
+def test_out_holding_other_files_is_refused_before_training(capsys, gpt_spec, tiny_args,
+                                                           tmp_path, monkeypatch) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    import attndsl.training.trainer as trainer_module
+    monkeypatch.setattr(trainer_module.Trainer, "run", lambda *a, **k: pytest.fail("trained"))
+    code, _, err = run_cli(capsys, "train", gpt_spec, "--steps", "2", "--out", str(tmp_path),
+                           *tiny_args)
+    assert code == 2 and "holds files that are not a checkpoint" in err
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, "train", gpt_spec, "--steps", "2", "--out",
+                           str(tmp_path / "file"), *tiny_args)
+    assert code == 2 and "is a file, not a checkpoint directory" in err
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(capsys, gpt_spec, tiny_args,
+                                                             tmp_path, monkeypatch) -> None:
+    import errno
+
+    from attndsl.training import checkpoint
+    out = tmp_path / "o.npz"
+    out.write_bytes(b"previous")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    code, _, err = run_cli(capsys, "run", gpt_spec, "-o", str(out), *tiny_args)
+    assert code == 1 and "No space left on device" in err
+    assert out.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.npz"]     # no temp file left behind

@@ -183,7 +183,9 @@ def generate_from_cli(args: argparse.Namespace) -> int:
         weights, _, state = load_checkpoint(source)
         if "spec_text" not in state:
             raise ValueError(f"{source} was not written by `attndsl train` (no spec inside)")
-        model = attndsl.compile(state["spec_text"], backend=args.backend,
+        spec_text = state["spec_text"]            # always text, never a path to read
+        model = attndsl.compile(spec_text if "\n" in spec_text else spec_text + "\n",
+                                backend=args.backend,
                                 config={**state.get("spec_config", {}), **parse_sets(args.set)})
         model.load_state_dict(weights)
         tokenizer: Any = tokenizer_from_json(state["tokenizer"])
@@ -198,6 +200,13 @@ def generate_from_cli(args: argparse.Namespace) -> int:
                             f"encoder-decoder spec (source and target tokens); this one takes "
                             f"{', '.join(inputs)}")
     prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise TrainingError("the prompt is empty (or has no character the tokenizer knows)",
+                            None, "give at least one token, e.g. --prompt 'The '")
+    if len(inputs) == 1 and args.beam > 1:
+        raise TrainingError("--beam is for encoder-decoder specs; this spec is decoder-only",
+                            None, "sample with --temperature/--top-k/--top-p, or greedy with "
+                            "--temperature 0")
     if len(inputs) == 2:
         src = np.array([prompt])
         if args.beam > 1:
