@@ -4,6 +4,10 @@ decoding and beam search, and the `train`/`generate` CLI."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +20,7 @@ from attndsl.training.data import TextDataset
 from attndsl.training.generate import Decoder, beam_search, filter_logits, greedy_decode
 from attndsl.training.losses import cross_entropy_numpy, cross_entropy_torch, loss_spec
 from attndsl.training.tokenizers import make_tokenizer
-from attndsl.training.trainer import TrainConfig, Trainer
+from attndsl.training.trainer import TrainConfig, Trainer, TrainingInterrupted
 
 GPT = dict(vocab=40, ctx=16, d_model=16, heads=2, layers=2, d_ff=32)
 TEXT = "to be or not to be, that is the question. " * 40
@@ -260,18 +264,81 @@ def test_import_does_not_load_torch_or_cupy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
-def test_interrupt_saves_the_last_completed_step(tmp_path, monkeypatch):
-    trainer = make_trainer(steps=10)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, monkeypatch, signum):
+    """Ctrl-C / SIGTERM in the middle of step 5 lets that step finish, saves step 5 and
+    raises TrainingInterrupted; resuming reproduces the uninterrupted loss curve (the data
+    RNG in the checkpoint has drawn exactly 5 steps' batches)."""
+    full = [row["loss"] for row in make_trainer(steps=8).run(progress=False).history]
+    trainer = make_trainer(steps=8)
     real_step = trainer.train_step
 
-    def step_then_interrupt():
+    def step_with_signal():
         if trainer.step == 4:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)          # arrives while this step runs
         return real_step()
 
-    monkeypatch.setattr(trainer, "train_step", step_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(trainer, "train_step", step_with_signal)
+    with pytest.raises(TrainingInterrupted) as info:
         trainer.run(progress=False, checkpoint_dir=tmp_path / "ck")
-    resumed = make_trainer(steps=10)
+    assert info.value.signum == signum
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    resumed = make_trainer(steps=8)
     resumed.restore(tmp_path / "ck")
-    assert resumed.step == 4 and len(resumed.history) == 4
+    assert resumed.step == 5 and len(resumed.history) == 5
+    rest = [row["loss"] for row in resumed.run(progress=False).history]
+    np.testing.assert_allclose(rest, full, rtol=1e-6)
+
+
+def test_a_second_signal_aborts_without_saving(tmp_path, monkeypatch):
+    trainer = make_trainer(steps=8)
+    trainer.run(progress=False, checkpoint_dir=tmp_path / "ck")      # a finished run: step 8
+    again = make_trainer(steps=12)
+    again.restore(tmp_path / "ck")
+    real_step = again.train_step
+
+    def step_with_two_signals():
+        if again.step == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step()
+
+    monkeypatch.setattr(again, "train_step", step_with_two_signals)
+    with pytest.raises(KeyboardInterrupt):
+        again.run(progress=False, checkpoint_dir=tmp_path / "ck")
+    check = make_trainer(steps=12)
+    check.restore(tmp_path / "ck")
+    assert check.step == 8                         # the previous checkpoint, untouched
+
+
+def test_a_non_finite_loss_stops_training_before_the_update():
+    trainer = make_trainer(steps=30, lr=1e30, clip=0.0)
+    with pytest.raises(TrainingError, match="the loss is (nan|inf)") as info:
+        trainer.run(progress=False)
+    assert "lower the learning rate" in info.value.hint
+    params = [p for p in trainer.module.parameters()]
+    assert all(bool(p.isfinite().all()) for p in params)
+
+
+def test_generate_from_a_damaged_checkpoint_names_the_file(tmp_path, capsys):
+    """A truncated model.safetensors, a null tokenizer, or a spec_text that looks like a path:
+    clear errors (the last used to make generate read that file and print its first line)."""
+    ck = tmp_path / "ck"
+    trainer = make_trainer(steps=1)
+    trainer.run(progress=False, checkpoint_dir=ck,
+                extra_state={"spec_text": (REPO_ROOT / "specs" / "gpt.attn").read_text(),
+                             "spec_config": GPT})
+    good = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(good[:len(good) // 2])
+    assert main(["generate", str(ck), "--max-new", "2"]) == 2
+    assert "model.safetensors' is not a readable safetensors file" in capsys.readouterr().err
+    (ck / "model.safetensors").write_bytes(good)
+    state = json.loads((ck / "state.json").read_text())
+    secret = tmp_path / "secret.attn"
+    secret.write_text("TOP SECRET first line\n")
+    (ck / "state.json").write_text(json.dumps(dict(state, spec_text=str(secret))))
+    assert main(["generate", str(ck), "--max-new", "2"]) == 2
+    assert "TOP SECRET" not in capsys.readouterr().err
+    (ck / "state.json").write_text(json.dumps(dict(state, tokenizer=None)))
+    assert main(["generate", str(ck), "--max-new", "2"]) == 2
+    assert "'tokenizer' should be dict" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -469,3 +470,79 @@ def test_torch_rng_state_round_trip():
     a = torch.rand(8)
     set_torch_rng_state(state)
     assert torch.equal(torch.rand(8), a)
+
+
+def _ckpt(directory, step):
+    save_checkpoint(directory, {"w": np.full(3, step, np.float32)}, {}, {"step": step})
+
+
+def test_recovery_after_double_crash_takes_the_newest_step(tmp_path):
+    """Two crashes between renames leave two moved-aside copies with random names: recovery
+    must take the highest step (it used to take the last uuid in sort order), and also a
+    complete copy that was about to replace the directory."""
+    d = tmp_path / "ck"
+    for step, name in ((12, ".ck.old-0000"), (5, ".ck.old-ffff"), (3, ".ck.new-zzzz")):
+        _ckpt(tmp_path / "tmp", step)
+        os.replace(tmp_path / "tmp", tmp_path / name)
+    (tmp_path / ".ck.new-half").mkdir()                    # a crash mid-write: incomplete
+    (tmp_path / ".ck.new-half" / "state.json").write_text('{"step": 99}')
+    assert load_checkpoint(d)[2]["step"] == 12
+    _ckpt(d, 13)                                         # the next save cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_saves_leave_no_copies_behind(tmp_path):
+    d = tmp_path / "ck"
+    for step in range(4):
+        _ckpt(d, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tokenizer", None, "'tokenizer' should be dict"),
+    ("step", "7", "'step' should be int"),
+    ("step", True, "'step' should be int"),
+    ("step", -1, "'step' is negative"),
+    ("history", {}, "'history' should be list"),
+    ("spec_text", 3, "'spec_text' should be str"),
+    ("data", 1, "'data' should be str or null"),
+    ("tokenizer", {"chars": "ab"}, "'tokenizer' has no 'kind'"),
+    ("optimizer_names", [1, 2], "list of strings"),
+])
+def test_a_state_json_with_wrong_types_is_refused_naming_the_field(tmp_path, field, value,
+                                                                    message):
+    d = tmp_path / "ck"
+    _ckpt(d, 7)
+    state = json.loads((d / "state.json").read_text())
+    state[field] = value
+    (d / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_checkpoint(d)
+
+
+def test_a_state_json_that_is_not_json_is_refused(tmp_path):
+    d = tmp_path / "ck"
+    _ckpt(d, 7)
+    (d / "state.json").write_bytes(b"\xff{")
+    with pytest.raises(ValueError, match="is not JSON"):
+        load_checkpoint(d)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros(2, np.float32), "has shape (2,), its parameter has (4, 3)"),
+    (np.zeros((4, 3), np.int64), "not floating point"),
+    (np.full((4, 3), np.nan, np.float32), "NaN or infinite"),
+])
+def test_optimizer_state_is_checked_against_the_parameters(bad, message):
+    """A wrong-shaped exp_avg used to be accepted and the fused AdamW step then read and
+    wrote out of bounds."""
+    model = torch.nn.Linear(3, 4)
+    opt = make_optimizer("adamw", dict(model.named_parameters()), lr=1e-3)
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    names = optimizer_param_names(opt, dict(model.named_parameters()))
+    tensors, meta = optimizer_state_tensors(opt, names)
+    tensors = {k: v.numpy() for k, v in tensors.items()}
+    tensors["state.weight.exp_avg"] = bad
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_optimizer_state(opt, names, tensors, meta)

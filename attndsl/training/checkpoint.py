@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save as _safetensors_bytes
+
+from attndsl.safetensors_io import SafetensorsFormatError, read_header, read_tensor
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -76,8 +77,12 @@ def atomic_save_safetensors(
 def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"incomplete checkpoint: {str(path)!r} is missing")
-    with safe_open(path, framework="numpy") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    try:
+        entries, meta = read_header(path)
+        with open(path, "rb") as f:
+            return {k: read_tensor(f, e) for k, e in entries.items()}, meta
+    except SafetensorsFormatError as e:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
 
 
 def save_checkpoint(
@@ -104,11 +109,7 @@ def save_checkpoint(
         MODEL_FILE: _safetensors_bytes(weights, metadata=meta),
         OPTIMIZER_FILE: _safetensors_bytes(optimizer_tensors, metadata=meta),
     }
-    if directory.exists():
-        foreign = sorted(set(os.listdir(directory)) - set(files))
-        if foreign:
-            raise ValueError(f"{str(directory)!r} holds files that are not a checkpoint "
-                             f"({', '.join(foreign[:3])}); choose an empty or new directory")
+    check_checkpoint_dir(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
     try:
@@ -118,13 +119,49 @@ def save_checkpoint(
             old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex}")
             os.replace(directory, old)
             os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)
         _fsync_dir(directory.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for stale in _leftovers(directory):     # this save's old copy and any earlier crash's
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    """Copies a save leaves beside `directory` while it runs (or after a crash)."""
+    return sorted([*directory.parent.glob(f".{directory.name}.old-*"),
+                   *directory.parent.glob(f".{directory.name}.new-*")])
+
+
+def _recover(directory: Path) -> Path:
+    """A save crashed between its renames (or twice): the complete copy with the highest
+    step among the leftovers (uuid names say nothing about order)."""
+    best: tuple[int, Path] | None = None
+    for candidate in _leftovers(directory):
+        try:
+            _, _, state = load_checkpoint(candidate)
+        except (OSError, ValueError):
+            continue                                   # incomplete: a crash mid-write
+        if best is None or state["step"] > best[0]:
+            best = (state["step"], candidate)
+    if best is None:
+        raise FileNotFoundError(f"checkpoint directory not found: {str(directory)!r}")
+    return best[1]
+
+
+def check_checkpoint_dir(directory: str | Path) -> None:
+    """Refuse an output path that is a file, or a directory holding anything but a
+    checkpoint (called before training starts, and again by every save)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{str(directory)!r} is a file, not a checkpoint directory")
+    if directory.is_dir():
+        foreign = sorted(set(os.listdir(directory)) - {STATE_FILE, MODEL_FILE, OPTIMIZER_FILE})
+        if foreign:
+            raise ValueError(f"{str(directory)!r} holds files that are not a checkpoint "
+                             f"({', '.join(foreign[:3])}); choose an empty or new directory")
 
 
 def load_checkpoint(
@@ -133,18 +170,19 @@ def load_checkpoint(
     """Load ``(weights, optimizer_tensors, state)`` written by :func:`save_checkpoint`."""
     directory = Path(directory)
     if not directory.is_dir():
-        moved = sorted(directory.parent.glob(f".{directory.name}.old-*"))
-        if not moved:
-            raise FileNotFoundError(f"checkpoint directory not found: {str(directory)!r}")
-        directory = moved[-1]  # a save crashed between its two renames
+        directory = _recover(directory)
     state_path = directory / STATE_FILE
     if not state_path.is_file():
         raise FileNotFoundError(
             f"incomplete checkpoint: {str(state_path)!r} is missing (interrupted save?)"
         )
-    state = json.loads(state_path.read_text(encoding="utf-8"))
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(state_path)!r} is not JSON ({e})") from None
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError(f"{str(state_path)!r} does not name a 'step'")
+    check_state(state, state_path)
     weights, wmeta = _load_safetensors(directory / MODEL_FILE)
     optimizer_tensors, ometa = _load_safetensors(directory / OPTIMIZER_FILE)
     step = str(state["step"])
@@ -155,6 +193,31 @@ def load_checkpoint(
                 f"{meta.get('step')!r} but {STATE_FILE} names step {step!r}"
             )
     return weights, optimizer_tensors, state
+
+
+# What each field of a training checkpoint's state.json must be (absent fields are fine:
+# `save_checkpoint` is also used for plain weight + optimizer snapshots).
+STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (int,), "optimizer": (dict,), "optimizer_names": (list,), "rng": (dict,),
+    "torch_rng": (list,), "config": (dict,), "history": (list,), "tokenizer": (dict,),
+    "spec_path": (str,), "spec_text": (str,), "spec_config": (dict,), "data": (str, type(None)),
+}
+
+
+def check_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse a state.json whose known fields have the wrong JSON types, naming the field."""
+    for key, types in STATE_FIELDS.items():
+        if key in state and (not isinstance(state[key], types) or isinstance(state[key], bool)):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"{str(path)!r}: field {key!r} should be {want}, "
+                             f"got {type(state[key]).__name__}")
+    if state["step"] < 0:
+        raise ValueError(f"{str(path)!r}: field 'step' is negative")
+    names = state.get("optimizer_names", [])
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{str(path)!r}: 'optimizer_names' should be a list of strings")
+    if "tokenizer" in state and not isinstance(state["tokenizer"].get("kind"), str):
+        raise ValueError(f"{str(path)!r}: 'tokenizer' has no 'kind'")
 
 
 def _jsonable(value: Any) -> Any:

@@ -124,6 +124,20 @@ def _owned_tensor(value: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(value, copy=True))
 
 
+def _check_state_tensor(key: str, value: torch.Tensor, param: torch.Tensor) -> None:
+    """Per-parameter optimizer state (exp_avg, momentum_buffer, ...) must have the
+    parameter's shape, a floating dtype and finite values: the fused optimizers index it
+    with the parameter's sizes, so a wrong shape reads and writes out of bounds."""
+    import torch
+    if tuple(value.shape) != tuple(param.shape):
+        raise ValueError(f"optimizer state tensor {key!r} has shape {tuple(value.shape)}, "
+                         f"its parameter has {tuple(param.shape)}")
+    if not value.is_floating_point():
+        raise ValueError(f"optimizer state tensor {key!r} is {value.dtype}, not floating point")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"optimizer state tensor {key!r} holds NaN or infinite values")
+
+
 def _check_names(opt: torch.optim.Optimizer, names: list[str]) -> None:
     n = sum(len(g["params"]) for g in opt.param_groups)
     if len(names) != n:
@@ -206,7 +220,12 @@ def load_optimizer_state(
         groups.append(group)
         start += len(current)
     state: dict[int, dict[str, Any]] = {}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if not isinstance(meta.get("state"), dict):
+        raise ValueError("optimizer state has no 'state' table")
     for name, entries in meta["state"].items():
+        if name not in index:
+            raise ValueError(f"optimizer state names an unknown parameter {name!r}")
         restored: dict[str, Any] = {}
         for key, value in entries.items():
             if isinstance(value, dict) and "__tensor__" in value:
@@ -214,6 +233,7 @@ def load_optimizer_state(
                 if tkey not in tensors:
                     raise ValueError(f"optimizer state tensor {tkey!r} is missing")
                 restored[key] = _owned_tensor(tensors[tkey])
+                _check_state_tensor(tkey, restored[key], params[index[name]])
             else:
                 restored[key] = _decode(value)
         state[index[name]] = restored

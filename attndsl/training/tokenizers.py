@@ -151,13 +151,18 @@ class BPETokenizer:
 
 def tokenizer_from_json(d: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer from its ``to_json()`` dict."""
-    kind = d.get("kind")
+    kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "char":
+        if not isinstance(d.get("chars"), str) or not d["chars"]:
+            raise ValueError("char tokenizer: 'chars' should be a non-empty string")
         return CharTokenizer(list(d["chars"]))
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
-        return BPETokenizer.from_str(d["tokenizer"])
+        try:
+            return BPETokenizer.from_str(d["tokenizer"])
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception
+            raise ValueError(f"bpe tokenizer: cannot rebuild it ({e})") from None
     raise ValueError(
         f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}"
     )

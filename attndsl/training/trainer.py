@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,36 @@ from attndsl.training.losses import loss_spec
 from attndsl.training.tokenizers import make_tokenizer, tokenizer_from_json
 
 BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data" / "tiny_shakespeare.txt"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving; `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM only append their number to the yielded list (the
+    loop checks it between steps); a second one raises KeyboardInterrupt at once. Outside the
+    main thread signals cannot be caught, and this does nothing."""
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum: int, frame: Any) -> None:
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -197,6 +230,12 @@ class Trainer:
                 loss = self.model.loss(y, **inputs) / self.cfg.grad_accum
             loss.backward()
             total += float(loss.detach())
+        if not np.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"the loss is {total} at step {self.step + 1}; stopped before the update "
+                "(the last checkpoint, if any, holds finite weights)", None,
+                f"lower the learning rate (now {lr:.3g}) or clip gradients (--clip)")
         if self.cfg.clip and self.cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip)
         self.optimizer.step()
@@ -206,6 +245,10 @@ class Trainer:
 
     def run(self, progress: bool = True, checkpoint_dir: str | Path | None = None,
             save_every: int = 0, extra_state: dict[str, Any] | None = None) -> TrainResult:
+        """Train to `cfg.steps`. Ctrl-C or SIGTERM stops at the next step boundary (a step
+        is never split, so the saved data-RNG and weights agree and `--resume` continues
+        exactly) and saves; a second signal aborts at once, keeping the previous checkpoint.
+        A non-finite loss stops training with a TrainingError before the weights take it."""
         from tqdm import tqdm
         cfg = self.cfg
         tokens_per_step = cfg.batch * cfg.seq * cfg.grad_accum
@@ -215,8 +258,8 @@ class Trainer:
         val: float | None = None
         spent = 0.0
         start_step = self.step
-        try:
-            while self.step < cfg.steps:
+        with _deferred_signals() as stop:
+            while self.step < cfg.steps and not stop:
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 spent += time.perf_counter() - t0
@@ -233,16 +276,14 @@ class Trainer:
                                 **({"val": f"{val:.4f}"} if val is not None else {}))
                 if checkpoint_dir and save_every and self.step % save_every == 0:
                     self.save(checkpoint_dir, extra_state or {})
-        except KeyboardInterrupt:
-            bar.close()
-            if checkpoint_dir:  # keep the last completed step; --resume continues from it
-                self.save(checkpoint_dir, extra_state or {})
-                print(f"interrupted: checkpoint of step {self.step} saved to {checkpoint_dir}",
-                      file=sys.stderr)
-            raise
         bar.close()
         if checkpoint_dir:
             self.save(checkpoint_dir, extra_state or {})
+        if stop:
+            if checkpoint_dir:
+                print(f"interrupted: checkpoint of step {self.step} saved to {checkpoint_dir}",
+                      file=sys.stderr)
+            raise TrainingInterrupted(stop[0])
         steps_run = max(1, self.step - start_step)
         return TrainResult(self.step, loss, val, self.history, spent / steps_run,
                            tokens_per_step * steps_run / max(spent, 1e-9))
@@ -292,24 +333,60 @@ def train(model: Model, data: TextDataset | str, steps: int | None = None,
     return Trainer(model, dataset, cfg).run(progress=progress, checkpoint_dir=checkpoint_dir)
 
 
+def check_device(device: str) -> None:
+    """A device torch has here, before anything is built on it."""
+    import torch
+    kind = device.partition(":")[0]
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}.get(kind, False)
+    if not available:
+        raise TrainingError(f"device {device!r} is not available on this machine", None,
+                            "use --device cpu" + (" (torch sees no CUDA GPU)"
+                                                  if kind == "cuda" else ""))
+    if kind == "cuda" and ":" in device and int(device.partition(":")[2]) >= (
+            torch.cuda.device_count()):
+        raise TrainingError(f"device {device!r}: torch sees {torch.cuda.device_count()} GPUs")
+
+
 # -- CLI -----------------------------------------------------------------------------------------
 
 def train_from_cli(args: argparse.Namespace) -> int:
     import attndsl
     from attndsl.cli import parse_sets
     from attndsl.frontend.parser import read_source
+    from attndsl.training.checkpoint import check_checkpoint_dir
+    check_checkpoint_dir(args.out)                  # before any work, not after all steps
+    check_device(args.device)
     config: dict[str, Any] = dict(parse_sets(args.set))
     resume_state: dict[str, Any] | None = None
+    saved: dict[str, Any] = {}
     if args.resume:
         from attndsl.training.checkpoint import load_checkpoint
         _, _, resume_state = load_checkpoint(args.resume)
-        config = {**resume_state["spec_config"], **config}
-        tokenizer = tokenizer_from_json(resume_state["tokenizer"])
-        text = load_text(resume_state.get("data") or BUNDLED_TEXT)
+        config = {**resume_state.get("spec_config", {}), **config}
+        try:
+            tokenizer = tokenizer_from_json(resume_state["tokenizer"])
+        except (KeyError, ValueError) as e:
+            raise TrainingError(f"{args.resume}/state.json: no usable tokenizer ({e})") from None
+        saved_data = resume_state.get("data")
+        if args.data and (saved_data is None or Path(args.data).resolve() != Path(saved_data)):
+            raise TrainingError(f"--data {args.data} is not the data {args.resume} was trained "
+                                f"on ({saved_data or 'the bundled sample'})", None,
+                                "resume without --data, or start a new run")
+        text = load_text(saved_data or BUNDLED_TEXT)
+        saved = resume_state.get("config", {})
     else:
         text = load_text(args.data or BUNDLED_TEXT)
         tokenizer = make_tokenizer(args.tokenizer, text,
                                    args.vocab_size if args.tokenizer == "bpe" else None)
+    # batch and seq: the flag, else what the resumed run used, else the defaults
+    batch = args.batch or saved.get("batch")
+    seq = args.seq or saved.get("seq")
+    for flag, given, before in (("--batch", args.batch, saved.get("batch")),
+                                ("--seq", args.seq, saved.get("seq"))):
+        if given and before and given != before:
+            print(f"note: {flag} {given} differs from the resumed run's {before}; the data "
+                  "order will not match an uninterrupted run", file=sys.stderr)
     spec_text = read_source(args.spec)
     graph = attndsl.build(args.spec, config)
     graph_consts = graph.meta["consts"]
@@ -327,12 +404,15 @@ def train_from_cli(args: argparse.Namespace) -> int:
                             layerdrop=args.layerdrop, device=args.device,
                             checkpointing=args.checkpointing)
     cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=args.steps,
-                                batch=args.batch, seq=args.seq, lr=args.lr, clip=args.clip,
+                                batch=batch, seq=seq, lr=args.lr, clip=args.clip,
                                 grad_accum=args.grad_accum, eval_every=args.eval_every,
                                 eval_iters=args.eval_iters, amp=args.amp or None, seed=args.seed)
     trainer = Trainer(model, TextDataset(text, tokenizer), cfg, mask_token)
     if args.resume:
-        trainer.restore(args.resume)
+        try:
+            trainer.restore(args.resume)
+        except (KeyError, ValueError, TypeError) as e:
+            raise TrainingError(f"cannot resume from {args.resume}: {e}") from None
         print(f"resumed from {args.resume} at step {trainer.step}")
     print(model.report().splitlines()[0])
     extra = {"spec_path": str(Path(args.spec).resolve()), "spec_text": spec_text,
