@@ -7,6 +7,7 @@ tensor biases and the exposed attention weights; plus the located errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -260,3 +261,26 @@ def test_sharing_one_t5_table_needs_equal_head_counts():
     with pytest.raises(AttnError, match="bias table 'rel.weight'") as e:
         attndsl.build(spec)
     assert e.value.span.line == 5
+
+
+def test_probabilities_hold_no_subnormals():
+    """ALiBi pushes far keys' exp() below float32's smallest normal; those are flushed to 0
+    (a GEMM reading subnormals runs ~10x slower on x86), leaving outputs unchanged."""
+    spec = """model m {
+        input x: float[B, T, 16]
+        output y = attention(x, 4, pattern=causal, bias=alibi(), weights="w")
+    }"""
+    x = np.random.default_rng(0).standard_normal((1, 600, 16)).astype(np.float32)
+    ref = attndsl.compile(spec, dtype="float64", seed=1)
+    want = ref(x=x.astype(np.float64))["y"]
+    tiny = np.finfo(np.float32).tiny
+    for backend in ["numpy", *(["torch"] if importlib.util.find_spec("torch") else [])]:
+        for attention in ("dense", "tiled"):
+            m = attndsl.compile(spec, backend=backend, seed=1, attention=attention,
+                                outputs=["y", "w"])
+            out = m.to_numpy(m(x=x))
+            w = out["w"]
+            assert not ((w > 0) & (w < tiny)).any(), (backend, attention)
+            assert (w == 0).sum() > w.size // 2 + 1000          # causal zeros and flushed ones
+            np.testing.assert_allclose(out["y"], want, rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{backend} {attention}")

@@ -131,7 +131,7 @@ def test_explain_reports_each_distinct_attention_once_with_its_variant():
     assert torch_text.count("(x4)") == 1 and len(torch_text.splitlines()) == 5
     assert "4 query / 2 kv heads (grouped-query)" in torch_text
     assert "bias=alibi()" in torch_text and "rope(theta=500" in torch_text
-    assert "SDPA per block of query rows, float mask" in torch_text
+    assert "explicit softmax per block of query rows" in torch_text
     assert "explicit softmax(scores)V" in torch_text           # additive scores
     assert "strided Toeplitz view" in numpy_text
 

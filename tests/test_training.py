@@ -230,6 +230,26 @@ def test_cli_train_resume_and_generate(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("to be")
 
 
+def test_resume_keeps_the_runs_batch_seq_and_data(tmp_path, capsys):
+    """--resume used to train on with the default batch size and silently ignore --data."""
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "run"
+    sets = [x for k, v in GPT.items() if k != "vocab" for x in ("--set", f"{k}={v}")]
+    common = ["--eval-every", "0", "--sample", "0", "--quiet", "--out", str(out), *sets]
+    assert main(["train", "specs/gpt.attn", "--data", str(data), "--steps", "2", "--batch",
+                 "3", "--seq", "6", *common]) == 0
+    assert main(["train", "specs/gpt.attn", "--resume", str(out), "--steps", "3", *common]) == 0
+    config = json.loads((out / "state.json").read_text())["config"]
+    assert (config["batch"], config["seq"], config["steps"]) == (3, 6, 3)
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT[::-1])
+    capsys.readouterr()
+    assert main(["train", "specs/gpt.attn", "--resume", str(out), "--data", str(other),
+                 "--steps", "4", *common]) == 2
+    assert "is not the data" in capsys.readouterr().err
+
+
 def test_cli_generate_from_a_spec(capsys):
     byte_gpt = [x for k, v in {**GPT, "vocab": 256}.items() for x in ("--set", f"{k}={v}")]
     assert main(["generate", "specs/gpt.attn", "--prompt", "ab", "--max-new", "5",

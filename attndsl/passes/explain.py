@@ -50,9 +50,9 @@ def choose(node: Node, fused: bool) -> tuple[str, str]:
                     f"{'additive scores' if score == 'additive' else 'the relative-key term'} "
                     "cannot be expressed as an SDPA mask; the [B, H, Tq, Tk] scores are built")
         if terms:
-            return ("SDPA per block of query rows, float mask",
-                    "the bias (and pattern) is evaluated per row block and passed as SDPA's "
-                    "attn_mask; no [H, Tq, Tk] bias is ever materialized")
+            return ("explicit softmax per block of query rows",
+                    "the bias (and pattern) is evaluated per 128-row block over its live keys "
+                    "and added to that block's scores; no [H, Tq, Tk] tensor is materialized")
         if padded:
             return ("SDPA with a boolean mask",
                     "key padding needs a per-batch mask; fully masked rows are zeroed")

@@ -12,7 +12,8 @@ array); a reshape of a transposed array copies, as NumPy does. Workspaces: atten
 materializes what its kernel does — on NumPy the implementation the cost model picks at
 these sizes (dense: the [B, H, Tq, Tk] scores plus a cached [Tq, Tk] mask; tiled/sparse:
 one step's scores and gathers), on torch nothing of that size for SDPA's full/causal
-paths, one row block of float mask for biased SDPA, and the scores for the explicit path;
+paths, three row blocks of scores for biased attention (scores, biased scores,
+probabilities), and the scores twice for the explicit path;
 layer_norm, rms_norm, softmax, sigmoid and silu allocate one temporary of their output's
 size, the exact gelu four, rope a rotated copy of q and k.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from attndsl.ir.graph import Graph, Node
 from attndsl.ir.ops import numel
 
+ROW_BLOCK = 128                   # query rows per tile of the torch biased path (kernels' BLOCK)
 VIEWS = frozenset({"transpose", "expand", "index"})
 TEMPORARY = frozenset({"layer_norm", "rms_norm", "softmax"})
 DTYPE_BYTES = {"int": 8, "bool": 1}
@@ -66,10 +68,10 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
     if node.op == "attention_weights":
         return scores
     if backend == "torch":
-        if explicit:
-            return 2 * scores
-        if terms:                                # biased SDPA: one row block of float mask
-            return min(scores, (1 << 21) * itemsize)
+        if attrs.get("score") == "additive" or "relative" in terms:
+            return 2 * scores                    # the explicit path: scores and probabilities
+        if terms:                                # per row block: scores, biased, probabilities
+            return min(2 * scores, 3 * b * h * min(tq, ROW_BLOCK) * tk * itemsize)
         return 0 if pattern.is_full or pattern.is_causal else tq * tk
     supported = not explicit
     layout = block_sources(pattern)
