@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,15 +147,25 @@ def random_inputs(graph: Any, env: dict[str, int], seed: int) -> dict[str, np.nd
 
 def cmd_run(args: argparse.Namespace) -> int:
     import attndsl
+    from attndsl.ir.stats import compute_stats
+    from attndsl.passes.liveness import peak_memory
+    check_output_file(args.output)
+    itemsize = 8 if args.dtype == "float64" else 4
+    graph = attndsl.build(args.spec, config_of(args))
+    check_memory(compute_stats(graph).params * itemsize, args.max_memory, "run")
     wanted = [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None
     model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args),
                             seed=args.seed, dtype=args.dtype, weights=args.weights,
                             outputs=wanted, attention=args.attention)
     if args.input:
         inputs = load_inputs(args.input)
+        env = model.validate_inputs(inputs) and model.last_dims
     else:
         env = dims_env(model.graph, args.batch, args.seq or 16)
         inputs = random_inputs(model.graph, env, args.seed)
+    check_memory(model.stats.params * itemsize
+                 + peak_memory(model.graph, env, args.backend, itemsize).peak,
+                 args.max_memory, "run")
     outputs = model.to_numpy(model(**inputs))
     for name, value in outputs.items():
         print(f"{name}: {value.dtype}{list(value.shape)} {summarize(value)}")
@@ -162,6 +174,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         atomic_write(args.output, lambda f: np.savez(f, **outputs))
         print(f"wrote {args.output}")
     return 0
+
+
+def check_output_file(path: str | None) -> None:
+    """An output file path whose directory exists and which is not itself a directory."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"-o {path}: is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise ValueError(f"-o {path}: directory {p.parent} does not exist")
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def parse_size(text: str) -> int:
+    """'512MB', '2GB', '1.5GiB', '1000000' -> bytes (an argparse type)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 512MB or 2GB, got {text!r}")
+    unit = m.group(2).rstrip("b").rstrip("i")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(unit or " "))
+
+
+def check_memory(needed: int, limit: int | None, what: str) -> None:
+    """Refuse before allocating when the estimate exceeds --max-memory (default: the memory
+    this machine has available now)."""
+    limit = limit if limit is not None else available_memory()
+    if limit is not None and needed > limit:
+        from attndsl.ir.stats import human_bytes
+        raise ValueError(f"{what} would need about {human_bytes(needed)} (weights, and the peak "
+                         f"of one forward once sizes are known: `attndsl stats`), over the {human_bytes(limit)} "
+                         "limit; nothing was allocated. Pass --max-memory SIZE to allow more")
 
 
 def summarize(value: np.ndarray, chunk: int = 1 << 20) -> str:
@@ -199,6 +252,10 @@ def load_inputs(items: list[str]) -> dict[str, np.ndarray]:
 
 def cmd_init(args: argparse.Namespace) -> int:
     import attndsl
+    from attndsl.ir.stats import compute_stats
+    check_output_file(args.output)
+    graph = attndsl.build(args.spec, config_of(args))
+    check_memory(compute_stats(graph).params * 4 * 2, args.max_memory, "init")  # + the file
     model = attndsl.compile(args.spec, config=config_of(args), seed=args.seed)
     model.save(args.output)
     print(f"wrote {model.stats.params:,} parameters ({len(model.graph.params)} tensors) to "
@@ -308,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--weights", help="a safetensors file to load")
     p.add_argument("-o", "--output", help="write outputs to this .npz")
+    p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                   help="refuse to run if weights + peak activations exceed this (e.g. 8GB; "
+                   "default: the memory available now)")
     p.add_argument("--outputs", metavar="NAME[,NAME...]",
                    help="only these outputs (attention weights= maps are returned only here)")
     add_attention(p)
@@ -318,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                   help="refuse if the weights exceed this (default: the memory available)")
     add_set(p)
     p.set_defaults(fn=cmd_init)
 

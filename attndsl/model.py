@@ -81,7 +81,13 @@ class Model:
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         """Run the model; returns output name -> backend array (NumPy for numpy)."""
         xs = self.validate_inputs(inputs)
-        return self.program.run(xs)
+        try:
+            return self.program.run(xs)
+        except IndexError as e:               # the kernels' own checks on computed ids
+            if not str(e).startswith(("embedding id", "gather index")):
+                raise
+            raise RuntimeInputError(f"{e} (an index computed inside the model)", None,
+                                    "check the ids the model computes from its inputs") from None
 
     def validate_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Check names, dtypes, ranks and dims against the declared inputs; binds dims."""
@@ -98,6 +104,7 @@ class Model:
                                         or f"the model takes: {', '.join(graph.inputs)}")
         env: dict[str, int] = {}
         out: dict[str, Any] = {}
+        derived: list[tuple[str, int, Dim, int]] = []    # axes like [2 * N]: after the rest
         for name, nid in graph.inputs.items():
             ttype = graph.nodes[nid].type
             value = inputs[name]
@@ -111,7 +118,11 @@ class Model:
                 raise RuntimeInputError(f"input '{name}' must have rank {ttype.rank} "
                                         f"{ttype}, got shape {tuple(value.shape)}", None)
             for axis, (dim, size) in enumerate(zip(ttype.shape, value.shape)):
-                self._bind_dim(name, axis, dim, int(size), env)
+                if int(size) == 0:
+                    raise RuntimeInputError(f"input '{name}' axis {axis} ({dim}) is empty", None,
+                                            "every input axis needs at least one element")
+                if not self._bind_dim(name, axis, dim, int(size), env):
+                    derived.append((name, axis, dim, int(size)))
             if name in self.id_limits and value.size:
                 lo, hi = int(value.min()), int(value.max())
                 if lo < 0 or hi >= self.id_limits[name]:
@@ -120,16 +131,19 @@ class Model:
                                             f"rows", None, f"ids must be in [0, "
                                             f"{self.id_limits[name] - 1}]")
             out[name] = value
+        _check_derived(derived, env)
         for sym, bound in graph.meta.get("dim_bounds", {}).items():
             if sym in env and env[sym] > bound:
                 raise RuntimeInputError(f"{sym} = {env[sym]} exceeds the model's maximum "
                                         f"{sym} <= {bound}", None,
                                         "shorten the input or raise the bound in the spec")
+        self._check_positions(env)
         self.last_dims = env
         return out
 
     @staticmethod
-    def _bind_dim(name: str, axis: int, dim: Dim, size: int, env: dict[str, int]) -> None:
+    def _bind_dim(name: str, axis: int, dim: Dim, size: int, env: dict[str, int]) -> bool:
+        """Bind or check a plain symbol or constant axis; False for a derived one (`2 * N`)."""
         syms = dim.symbols()
         if len(syms) == 1 and dim == Dim.symbol(next(iter(syms))):
             sym = next(iter(syms))
@@ -137,8 +151,32 @@ class Model:
                 raise RuntimeInputError(f"input '{name}' axis {axis} is {sym} = {size}, but "
                                         f"another input set {sym} = {env[sym]}", None)
             env[sym] = size
-        elif not syms and dim.as_int() != size:
-            raise RuntimeInputError(f"input '{name}' axis {axis} must be {dim}, got {size}", None)
+            return True
+        if not syms:
+            if dim.as_int() != size:
+                raise RuntimeInputError(f"input '{name}' axis {axis} must be {dim}, got {size}",
+                                        None)
+            return True
+        return False
+
+    def _check_positions(self, env: dict[str, int]) -> None:
+        """`embedding(arange(n), rows, d)`: positions up to n - 1 must fit the table (a
+        learned position table shorter than the input used to index out of range)."""
+        graph = self.graph
+        for node in graph.nodes.values():
+            if node.op != "embedding":
+                continue
+            ids = graph.nodes[node.inputs[1]]
+            if ids.op != "arange":
+                continue
+            rows = int(graph.nodes[node.inputs[0]].type.shape[0].as_int())
+            n = ids.attr("n")
+            count = int(Dim.of(n).evaluate(env)) + int(ids.attr("offset") or 0)
+            if count > rows:
+                raise RuntimeInputError(f"positions 0..{count - 1} index a table of {rows} rows "
+                                        f"({n} = {count - int(ids.attr('offset') or 0)})",
+                                        node.span, f"inputs can be at most {rows} long here; "
+                                        f"raise the table size in the spec or shorten them")
 
     def value_and_grad(self, targets: Any, **inputs: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The spec's training loss on (inputs, targets) and its gradient for every parameter,
@@ -251,6 +289,16 @@ class Model:
 
     def to_numpy(self, outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         return {k: self.program.to_numpy(v) for k, v in outputs.items()}
+
+
+def _check_derived(derived: list[tuple[str, int, Dim, int]], env: dict[str, int]) -> None:
+    """Axes declared by an expression (`[2 * N]`, `[T + 1]`) against the input, once every
+    plain axis has bound its size (the language introduces a size name only plainly)."""
+    for name, axis, dim, size in derived:
+        want = dim.evaluate(env)
+        if want != size:
+            raise RuntimeInputError(f"input '{name}' axis {axis} must be {dim} = {want}, got "
+                                    f"{size}", None)
 
 
 def embedding_limits(graph: Graph) -> dict[str, int]:

@@ -320,8 +320,9 @@ def op_rms_norm(x, g, b=None, *, eps):
 
 
 def op_embedding(table, ids):
-    if ids.size and int(ids.min()) < 0:   # np.take would wrap -1 to the last row
-        raise IndexError(f"embedding id {int(ids.min())} is out of range [0, {table.shape[0]})")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())   # np.take wraps -1
+        raise IndexError(f"embedding id {bad} is out of range [0, {table.shape[0]})")
     return np.take(table, ids, axis=0)
 
 

@@ -24,15 +24,25 @@ PARAMS = {params}
 
 def _register(root, name, param):
     """Create the submodules on the dotted path and register `param` at its end; returns
-    the (submodule, leaf name) slot that holds it."""
+    the (submodule, leaf name) slot that holds it. A part that is an nn.Module attribute
+    (`training`, `forward`, `to`, ...) gets a trailing `_` in the module tree only; the
+    spec's names stay the parameter names everywhere else (`_params()`)."""
     *path, leaf = name.split(".")
     module = root
     for part in path:
+        part = _safe(module, part, module._modules)
         if part not in module._modules:
             module.add_module(part, nn.Module())
         module = module._modules[part]
+    leaf = _safe(module, leaf, {{}})
     module.register_parameter(leaf, param)
     return module, leaf
+
+
+def _safe(module, part, existing):
+    while (part not in existing and hasattr(module, part)) or part.startswith("_"):
+        part = part + "_" if not part.startswith("_") else "p" + part
+    return part
 
 
 class {cls}(nn.Module):
@@ -143,7 +153,7 @@ class TorchProgram(Program):
         value.backward()
         import torch
         grads = {name: p.grad if p.grad is not None else torch.zeros_like(p)
-                 for name, p in self.module.named_parameters()}
+                 for name, p in self.module._params().items()}
         return float(value.detach()), {k: self.to_numpy(g).copy() for k, g in grads.items()}
 
     def get_params(self) -> dict[str, np.ndarray]:
@@ -153,7 +163,7 @@ class TorchProgram(Program):
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         import torch
         with torch.no_grad():
-            for name, p in self.module.named_parameters():
+            for name, p in self.module._params().items():
                 if name in params:
                     p.copy_(torch.as_tensor(np.asarray(params[name])).to(p.dtype))
 

@@ -215,7 +215,10 @@ def op_top_k_indices(x, *, k, axis):
 
 
 def op_gather(x, index, *, axis):
-    return torch.gather(x, axis, index % x.shape[axis])
+    n = x.shape[axis]
+    if index.numel() and (int(index.min()) < -n or int(index.max()) >= n):
+        raise IndexError(f"gather index out of range [0, {n}) along axis {axis}")
+    return torch.gather(x, axis, index % n)
 
 
 def op_concat(*xs, axis):
@@ -244,6 +247,11 @@ def op_rms_norm(x, g, b=None, *, eps):
 
 
 def op_embedding(table, ids):
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= table.shape[0]:
+            raise IndexError(f"embedding id {lo if lo < 0 else hi} is out of range "
+                             f"[0, {table.shape[0]})")
     return F.embedding(ids, table)
 
 

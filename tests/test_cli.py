@@ -404,3 +404,25 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_old_file(capsys, gpt_spec, t
     assert code == 1 and "No space left on device" in err
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["o.npz"]     # no temp file left behind
+
+
+def test_outputs_and_memory_are_checked_before_running(capsys, gpt_spec, tiny_args,
+                                                       tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(attndsl, "compile", lambda *a, **k: pytest.fail("compiled"))
+    code, _, err = run_cli(capsys, "run", gpt_spec, "-o", str(tmp_path), *tiny_args)
+    assert code == 2 and "is a directory" in err
+    code, _, err = run_cli(capsys, "run", gpt_spec, "-o", str(tmp_path / "no" / "o.npz"),
+                           *tiny_args)
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(capsys, "run", gpt_spec, "--set", "d_model=1000000", "--set",
+                           "heads=1000")
+    assert code == 2 and "TiB" in err and "nothing was allocated" in err
+    code, _, err = run_cli(capsys, "init", gpt_spec, "-o", str(tmp_path / "w.safetensors"),
+                           "--max-memory", "100KB", *tiny_args)
+    assert code == 2 and "over the 100.00 KiB limit" in err
+
+
+def test_max_memory_allows_what_fits(capsys, gpt_spec, tiny_args) -> None:
+    code, out, _ = run_cli(capsys, "run", gpt_spec, "--seq", "8", "--max-memory", "2GB",
+                           *tiny_args)
+    assert code == 0 and "logits" in out

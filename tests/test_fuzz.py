@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -148,3 +149,22 @@ def test_regressions() -> None:
             assert e.format(), name
         else:
             raise AssertionError(f"{name}: expected an AttnError")
+
+
+def test_seeded_mutation_fuzzer_finds_no_traceback_misplaced_error_or_hang():
+    """`python -m tests.fuzz` (any number of cases locally); a few hundred here, with the
+    per-case time and memory limits of the real runs."""
+    import fuzz
+    counts, bad = fuzz.run(n=300, seed=int(os.environ.get("FUZZ_SEED", "0")), timeout=20.0,
+                           memory_mb=2048)
+    assert not bad, bad[:3]
+    assert counts["accepted"] > 10 and counts["located"] > 100
+
+
+def test_fuzzer_findings_stay_fixed():
+    """Found by the fuzzer: a non-string tie= on embedding (TypeError from str.join), and a
+    200 MB spec given as text (parsed for minutes; files were already limited)."""
+    with pytest.raises(AttnError, match="tie= names the layer"):
+        attndsl.build("model m {\n input t: int[B, T]\n output y = embedding(t, 2, 8, T, 8)\n}\n")
+    with pytest.raises(AttnError, match="specs are limited to"):
+        attndsl.build("# " + "x" * 9_000_000 + "\nmodel m { }\n")

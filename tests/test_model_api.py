@@ -472,3 +472,83 @@ def test_a_truncated_weights_file_is_refused_before_loading(tmp_path, gpt_spec):
         fresh.load(tmp_path / "cut.safetensors")
     for name, value in fresh.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+DERIVED = """model m {
+    input a: float[B, N, 4]
+    input b: float[B, 2 * N, 4]
+    output y = concat([a, a], axis=1) + b
+}"""
+
+
+def test_derived_input_dims_are_checked(backend):
+    """`[2 * N]` used to go unchecked: wrong results on NumPy, a raw error on torch."""
+    m = attndsl.compile(DERIVED, backend=backend)
+    ok = m(a=np.ones((1, 3, 4), np.float32), b=np.ones((1, 6, 4), np.float32))
+    assert m.to_numpy(ok)["y"].shape == (1, 6, 4)
+    with pytest.raises(RuntimeInputError, match=r"input 'b' axis 1 must be .* = 6, got 5"):
+        m(a=np.ones((1, 3, 4), np.float32), b=np.ones((1, 5, 4), np.float32))
+    plus_one = attndsl.compile("""model m {
+        input a: float[B, N, 4]
+        input b: float[B, 2 * N + 1, 4]
+        output y = concat([a, a, a[:, :1]], axis=1) + b
+    }""", backend=backend)
+    with pytest.raises(RuntimeInputError, match="must be .* = 5, got 4"):
+        plus_one(a=np.ones((1, 2, 4), np.float32), b=np.ones((1, 4, 4), np.float32))
+    out = plus_one(a=np.ones((1, 2, 4), np.float32), b=np.ones((1, 5, 4), np.float32))
+    assert plus_one.to_numpy(out)["y"].shape == (1, 5, 4)
+
+
+def test_empty_inputs_are_refused(backend, gpt_spec):
+    m = attndsl.compile(gpt_spec, backend=backend, config=GPT_TINY)
+    with pytest.raises(RuntimeInputError, match=r"input 'tokens' axis 1 \(T\) is empty"):
+        m(tokens=np.zeros((1, 0), np.int64))
+
+
+def test_positions_beyond_a_learned_table_are_a_located_error(backend):
+    spec = """model m {
+        input tokens: int[B, T]
+        x = embedding(tokens, 10, 8) + embedding(arange(T), 16, 8)
+        output y = x
+    }"""
+    m = attndsl.compile(spec, backend=backend)
+    m(tokens=np.zeros((1, 16), np.int64))
+    with pytest.raises(RuntimeInputError, match=r"positions 0..16 index a table of 16 rows") \
+            as info:
+        m(tokens=np.zeros((1, 17), np.int64))
+    assert info.value.span is not None and info.value.span.line == 3
+
+
+def test_ids_computed_inside_the_model_are_checked(backend):
+    spec = """model m {
+        input tokens: int[B, T]
+        output y = embedding(tokens + 5, 10, 8)
+    }"""
+    m = attndsl.compile(spec, backend=backend)
+    m(tokens=np.full((1, 3), 4, np.int64))
+    with pytest.raises(RuntimeInputError, match="embedding id 10 is out of range"):
+        m(tokens=np.full((1, 3), 5, np.int64))
+    g = attndsl.compile("""model m {
+        input x: float[B, 4]
+        input i: int[B, 2]
+        output y = gather(x, i * 3, axis=1)
+    }""", backend=backend)
+    with pytest.raises(RuntimeInputError, match="gather index out of range"):
+        g(x=np.ones((1, 4), np.float32), i=np.array([[0, 2]]))
+
+
+@pytest.mark.parametrize("name", ["training", "forward", "to", "state_dict", "_hidden"])
+def test_scopes_named_like_module_attributes_work_on_torch(name):
+    pytest.importorskip("torch")
+    spec = f"""model m {{
+        input x: float[B, 4]
+        {name} = linear(x, 4)
+        output y = {name}
+    }}"""
+    ref = attndsl.compile(spec, seed=3)
+    m = attndsl.compile(spec, backend="torch", seed=3)
+    assert list(m.state_dict()) == [f"{name}.weight", f"{name}.bias"]
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(m.to_numpy(m(x=x))["y"], ref(x=x)["y"], rtol=1e-6)
+    m.module.train()
+    assert m.module.training is True               # the attribute is still nn.Module's flag

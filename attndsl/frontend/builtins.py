@@ -127,8 +127,6 @@ def linear_layer(b: Any, span: Span, x: Tensor, out: int, bias: bool = True, tie
     if d_in.as_int() is None:
         raise ShapeError(f"linear needs a fixed feature size, got {x.type}", span)
     if tie is not None:
-        if not isinstance(tie, str):
-            raise TypeError_("tie= names the layer to share with, as a string", span)
         w = b.tied_param(tie, "weight", span)
         if w.type.shape != (Dim.of(out), d_in):
             raise ShapeError(f"tie='{tie}': weight is {w.type}, but this layer needs "

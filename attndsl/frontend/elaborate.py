@@ -400,6 +400,8 @@ class Builder:
 
     def tied_param(self, scope_name: str, local: str, span: Span) -> Tensor:
         """Resolve `tie="wte"`: the parameter `wte.<local>`, looked up from the innermost scope."""
+        if not isinstance(scope_name, str):
+            raise TypeError_("tie= names the layer to share with, as a string", span)
         for depth in range(len(self.scope), -1, -1):
             name = ".".join(self.scope[:depth] + [scope_name, local])
             if name in self.graph.params:

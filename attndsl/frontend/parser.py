@@ -314,6 +314,9 @@ def _too_deep(tree: lark.Tree) -> lark.Tree | None:
 
 def parse_text(text: str, file: str = "<string>") -> ast.Module:
     """Parse spec text into an `ast.Module`; raises `SyntaxError_` with a located hint."""
+    if len(text) > MAX_SOURCE_BYTES:                  # text given directly, not read from a file
+        raise InputError(f"the spec is {len(text)} characters; specs are limited to "
+                         f"{MAX_SOURCE_BYTES}", Span(file, 1, 1, 1, 1))
     text = normalize_newlines(text)
     deep = _first_too_deep(text)
     if deep is not None:

@@ -148,7 +148,7 @@ class Trainer:
         self.loss_spec = loss_spec(model.graph)
         self.mask_token = mask_token
         self.inputs = self.stream_inputs()
-        self.named = dict(self.module.named_parameters())
+        self.named = self.module._params()              # the spec's parameter names
         self.optimizer = make_optimizer(config.optimizer, self.named, lr=config.lr,
                                         weight_decay=config.weight_decay, betas=config.betas,
                                         eps=config.eps, momentum=config.momentum)
