@@ -59,9 +59,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(dump(parse(args.spec)))
         return 0
     graph = build(args.spec, config_of(args))
-    if not args.no_opt:
-        from attndsl.passes.select_attention import select_attention
-        graph = select_attention(optimize(graph), args.attention).graph
+    level = 0 if args.no_opt else args.opt_level
+    from attndsl.passes.select_attention import select_attention
+    graph = select_attention(optimize(graph, level=level), args.attention).graph
     if args.emit == "graph":
         print(print_graph(graph, spans=args.spans), end="")
     elif args.emit == "dot":
@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wanted = [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None
     model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args),
                             seed=args.seed, dtype=args.dtype, weights=args.weights,
-                            outputs=wanted, attention=args.attention)
+                            outputs=wanted, attention=args.attention, opt_level=args.opt_level)
     if args.input:
         inputs = load_inputs(args.input)
         env = model.validate_inputs(inputs) and model.last_dims
@@ -310,6 +310,12 @@ def device_name(text: str) -> str:
     return text
 
 
+def add_opt_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2,
+                   help="0: the graph as written; 1: CSE, attention fusion, DCE; "
+                   "2 (default): also one GEMM for projections of the same input")
+
+
 def add_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="auto", choices=("auto", "dense", "tiled", "sparse"),
                    help="attention implementation (auto: the cost model picks per call)")
@@ -334,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emit", choices=("ast", "graph", "dot", "numpy", "torch", "cupy"),
                    default="graph")
     p.add_argument("--spans", action="store_true", help="with --emit graph: source locations")
-    p.add_argument("--no-opt", action="store_true", help="skip the optimization passes")
+    p.add_argument("--no-opt", action="store_true", help="the same as -O0")
+    add_opt_level(p)
     p.add_argument("--explain", action="store_true",
                    help="say which attention implementation was chosen and why (on stderr)")
     p.add_argument("--backend", choices=("numpy", "torch", "cupy"),
@@ -368,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="refuse to run if weights + peak activations exceed this (e.g. 8GB; "
                    "default: the memory available now)")
+    add_opt_level(p)
     p.add_argument("--outputs", metavar="NAME[,NAME...]",
                    help="only these outputs (attention weights= maps are returned only here)")
     add_attention(p)

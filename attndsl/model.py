@@ -28,7 +28,7 @@ from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph
 from attndsl.ir.ops import IMPLS
 from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
-from attndsl.passes import optimize
+from attndsl.passes import OPT_LEVELS, optimize
 from attndsl.passes.liveness import peak_memory
 from attndsl.passes.select_attention import select_attention
 from attndsl.safetensors_io import SafetensorsFormatError, read_header, read_tensor
@@ -325,18 +325,22 @@ def _torch_kind(value: Any) -> str:
 def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | None = None,
             seed: int = 0, dtype: str = "float32", weights: str | Path | None = None,
             layerdrop: float | None = None, outputs: list[str] | None = None,
-            attention: str = "auto", **options: Any) -> Model:
+            attention: str = "auto", opt_level: int = 2, **options: Any) -> Model:
     """Parse, check, optimize and lower a spec; initialize weights from `seed` (or load
     `weights`). `layerdrop` overrides the spec's LayerDrop probability. `outputs` keeps only
     the named outputs (the rest of the graph that feeds nothing else is removed); attention
     weights exposed with `weights="name"` are outputs only when named here. `attention`
     picks the attention implementation: "auto" (the backend's cost model, per call),
-    "dense", "tiled" or "sparse" (`attndsl.passes.select_attention`). `options`
-    go to the backend (torch: device="cuda", checkpointing=True)."""
+    "dense", "tiled" or "sparse" (`attndsl.passes.select_attention`). `opt_level` 0 runs
+    the graph as written, 1 adds clean-ups and attention fusion, 2 (default) also fuses
+    projections of one input into one GEMM. `options` go to the backend (torch:
+    device="cuda", checkpointing=True)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if attention not in IMPLS:
         raise ValueError(f"attention must be one of {', '.join(IMPLS)}, got {attention!r}")
+    if opt_level not in OPT_LEVELS:
+        raise ValueError(f"opt_level must be one of {OPT_LEVELS}, got {opt_level!r}")
     graph = build(spec, config, layerdrop)
     if outputs is not None:
         unknown = [o for o in outputs if o not in graph.outputs]
@@ -348,7 +352,7 @@ def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | N
     else:  # attention weights (`weights="name"`) are returned only when asked for
         optional = set(graph.meta.get("optional_outputs", ()))
         graph.outputs = {k: v for k, v in graph.outputs.items() if k not in optional}
-    graph = select_attention(optimize(graph), attention).graph
+    graph = select_attention(optimize(graph, level=opt_level), attention).graph
     be = get_backend(backend)
     model = Model(graph, be, None, dtype, options, seed=seed)
     if weights is not None:

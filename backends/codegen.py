@@ -20,7 +20,7 @@ tables start at `past` — incremental decoding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -38,6 +38,7 @@ class EmitOptions:
     context_ops: frozenset[str] = frozenset()   # ops that get `device=device, fdtype=fdtype`
     cached: bool = False
     segments: tuple[tuple[int, int], ...] = ()  # node-id ranges run under `checkpoint`
+    folded: frozenset[int] = frozenset()          # computed by `fold(p)`, read from p
 
 
 def dim_source(d: Dim) -> str:
@@ -150,13 +151,22 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
     if opts.cached:
         params += ["cache", "past"]
     lines = [f"def {name}({', '.join(params)}):"]
+    read = [n for n in sorted(opts.folded) if n in outputs or any(u not in opts.folded
+                                                                    for u in users[n])]
+    if read:                              # called with bare parameters: fold them here
+        lines += [f"    if {fold_key(read[0])!r} not in p:", "        p = {**p, **fold(p)}"]
     for s, (in_name, axis) in dim_bindings(graph).items():
         lines.append(f"    d_{s} = inputs[{in_name!r}].shape[{axis}]")
     sym = decode_symbol(graph) if opts.cached else None
     growing = _growing_nodes(graph, sym) if sym else set()
     position = {nid: pos for pos, nid in enumerate(order)}
     segment_of = {nid: seg for seg in opts.segments for nid in order if seg[0] <= nid < seg[1]}
+    for nid, seg in graph.meta.get("segment_extra", {}).items():   # nodes added by passes
+        if tuple(seg) in opts.segments and nid in position:
+            segment_of[nid] = tuple(seg)
     done: set[tuple[int, int]] = set()
+    skip = {n for n in opts.folded if n not in outputs   # only feed folded values: in fold(p)
+            and all(u in opts.folded for u in users[n])}
 
     def free(nids: list[int], upto: int) -> None:
         dead = [n for n in dict.fromkeys(nids) if last_use.get(n, -1) <= upto and n not in outputs]
@@ -165,13 +175,15 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
 
     for pos, nid in enumerate(order):
         node = graph.nodes[nid]
+        if nid in skip:
+            continue
         seg = segment_of.get(nid)
         if seg is None:
             lines.append(f"    t{nid} = {_call(node, nid, opts, sym, growing)}  # {node.type}")
             free([*node.inputs] + ([nid] if not users[nid] else []), pos)
         elif seg not in done:
             done.add(seg)
-            members = [n for n in order if segment_of.get(n) == seg]
+            members = [n for n in order if segment_of.get(n) == seg and n not in skip]
             lines += _segment(graph, members, users, outputs, opts, sym, growing)
             free([i for m in members for i in graph.nodes[m].inputs if segment_of.get(i) != seg],
                  position[members[-1]])
@@ -201,7 +213,43 @@ def _segment(graph: Graph, members: list[int], users: dict[int, list[int]], outp
     return lines
 
 
+def folded_nodes(graph: Graph, opts: EmitOptions) -> frozenset[int]:
+    """Computations on parameters alone (the weight concatenations of projection fusion,
+    a transposed or reshaped weight): computed once per weight version by `fold(p)`
+    instead of on every call. Never dropout or anything else that depends on the mode."""
+    out: set[int] = set()
+    for nid in graph.topological_order():
+        node = graph.nodes[nid]
+        if (node.inputs and node.op not in opts.training_ops and node.op not in opts.context_ops
+                and all(graph.nodes[i].op == "param" or i in out for i in node.inputs)
+                and all(d.as_int() is not None for d in node.type.shape)):
+            out.add(nid)
+    return frozenset(out)
+
+
+def fold_key(nid: int) -> str:
+    """Where a folded value lives in the parameter dict (no parameter name has a ':')."""
+    return f"fold:{nid}"
+
+
+def emit_fold(graph: Graph, opts: EmitOptions) -> str:
+    """`fold(p)`: the folded nodes that the forward reads, from the parameters `p`."""
+    users = graph.users()
+    lines = ["def fold(p):"]
+    needed = [n for n in graph.topological_order() if n in opts.folded or (
+        graph.nodes[n].op == "param" and any(u in opts.folded for u in users[n]))]
+    for nid in needed:
+        node = graph.nodes[nid]
+        lines.append(f"    t{nid} = {_call(node, nid, replace(opts, folded=frozenset()), None, set())}")
+    read = [n for n in sorted(opts.folded) if any(u not in opts.folded for u in users[n])
+            or n in graph.outputs.values()]
+    lines.append("    return {" + ", ".join(f"{fold_key(n)!r}: t{n}" for n in read) + "}")
+    return "\n".join(lines) + "\n"
+
+
 def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set[int]) -> str:
+    if nid in opts.folded:
+        return f"p[{fold_key(nid)!r}]"
     if node.op == "input":
         return f"inputs[{node.attr('name')!r}]"
     if node.op == "param":

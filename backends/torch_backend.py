@@ -4,12 +4,19 @@ names (`layers.0.attn.q.weight`), usable with optimizers, `torch.compile` and DD
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from attndsl.backends import Backend, Program
-from attndsl.backends.codegen import EmitOptions, emit_forward, kernel_names
+from attndsl.backends.codegen import (
+    EmitOptions,
+    emit_fold,
+    emit_forward,
+    folded_nodes,
+    kernel_names,
+)
 from attndsl.backends.numpy_backend import kernel_sources
 
 from attndsl.ir.graph import Graph
@@ -65,14 +72,28 @@ class {cls}(nn.Module):
             return torch.device("cpu"), self.fdtype
         return first.device, first.dtype
 
+    _fold_key = None
+
+    def _folded(self):
+        """Parameters plus fold(p), the values computed from them alone: recomputed on every
+        call while autograd records (gradients flow through them), else cached until a
+        parameter is replaced or changed in place (its version counter moves)."""
+        p = self._params()
+        if torch.is_grad_enabled():
+            return {{**p, **fold(p)}}
+        key = tuple((id(t), t._version) for t in p.values())
+        if key != self._fold_key:
+            self._fold_cache, self._fold_key = fold(p), key
+        return {{**p, **self._fold_cache}}
+
     def forward(self, **inputs):
         device, fdtype = self._context()
-        return forward(self._params(), inputs, self.training, device, fdtype)
+        return forward(self._folded(), inputs, self.training, device, fdtype)
 
     def forward_cached(self, cache, past, **inputs):
         """Incremental decoding: `cache` (a dict) holds keys/values of `past` positions."""
         device, fdtype = self._context()
-        return forward_cached(self._params(), inputs, self.training, device, fdtype, cache,
+        return forward_cached(self._folded(), inputs, self.training, device, fdtype, cache,
                               past)
 '''
 
@@ -85,7 +106,8 @@ def emit_module(graph: Graph, checkpointing: bool = False) -> str:
     extra = ("training", "device", "fdtype")
     segments = tuple(graph.meta.get("layers", ())) if checkpointing else ()
     plain = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, segments=segments)
-    cached = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, cached=True)
+    plain = replace(plain, folded=folded_nodes(graph, plain))
+    cached = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, cached=True, folded=plain.folded)
     params = "{\n" + "".join(
         f"    {name!r}: {tuple(int(d.as_int()) for d in t.shape)},\n"
         for name, t in graph.param_types().items()) + "}"
@@ -97,7 +119,8 @@ def emit_module(graph: Graph, checkpointing: bool = False) -> str:
               "\n\nCAUSAL = \"(k <= q)\"\n_MASKS: dict = {}\n")
     body = "\n\n".join(kernel_sources(str(here / "torch_kernels.py"), names,
                                        str(here / "numpy_kernels.py")))
-    return (f"{header}\n\n{body}\n\n{emit_forward(graph, plain)}\n\n"
+    return (f"{header}\n\n{body}\n\n{emit_fold(graph, plain)}\n\n"
+            f"{emit_forward(graph, plain)}\n\n"
             f"{emit_forward(graph, cached, name='forward_cached')}"
             + MODULE_TEMPLATE.format(params=params, cls="GeneratedModel", spec=spec))
 

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import CAUSAL_STREAMS, random_inputs, tiny_config
 
 import attndsl
 from attndsl.ir.graph import TensorType
@@ -16,6 +17,7 @@ from attndsl.passes.cse import eliminate_common_subexpressions
 from attndsl.passes.dce import eliminate_dead_code
 from attndsl.passes.explain import explain
 from attndsl.passes.fuse_attention import fuse_attention
+from attndsl.passes.fuse_projections import fuse_projections
 from attndsl.passes.manager import GraphInvariantError, PassResult
 
 
@@ -175,3 +177,104 @@ def test_attention_choices_agree(backend):
     with pytest.raises(ValueError, match="attention must be one of"):
         attndsl.compile(spec, attention="flash")
     assert not select_attention(m.graph, "auto").modified
+
+
+def test_fuse_projections_makes_one_gemm_per_input_and_bias_kind():
+    before = attndsl.build("""model m { input x: float[B, 8]
+        a = linear(x, 4)
+        b = linear(x, 2)
+        c = linear(x, 3, bias=false)
+        output y = relu(a) + b[:, :1] + c[:, :1] }""")
+    result = fuse_projections(before)
+    assert result.modified
+    assert print_graph(result.graph) == ir("""
+        %0 = input() {name='x'} : float[B, 8]
+        %1 = param() {init='normal', name='a.weight', std=0.02} : float[4, 8]
+        %2 = param() {init='zeros', name='a.bias', std=0.02} : float[4]
+        %3 = param() {init='normal', name='b.weight', std=0.02} : float[2, 8]
+        %4 = param() {init='zeros', name='b.bias', std=0.02} : float[2]
+        %5 = param() {init='normal', name='c.weight', std=0.02} : float[3, 8]
+        %6 = linear(%0, %5) {has_bias=false} : float[B, 3]
+        %7 = index(%6) {index=[[None, None], [None, 1]]} : float[B, 1]
+        %8 = concat(%1, %3) {axis=0} : float[6, 8]
+        %9 = concat(%2, %4) {axis=0} : float[6]
+        %10 = linear(%0, %8, %9) {has_bias=true} : float[B, 6]
+        %11 = index(%10) {index=[[None, None], [0, 4]]} : float[B, 4]
+        %12 = index(%10) {index=[[None, None], [4, 6]]} : float[B, 2]
+        %13 = relu(%11) : float[B, 4]
+        %14 = index(%12) {index=[[None, None], [None, 1]]} : float[B, 1]
+        %15 = add(%13, %14) : float[B, 4]
+        %16 = add(%15, %7) : float[B, 4]
+        output y = %16
+        """)
+    verify(result.graph)
+    assert result.graph.params == before.params               # names and shapes unchanged
+    assert not fuse_projections(attndsl.build(
+        "model m { input x: float[B, 8]  output y = linear(x, 4) }")).modified
+
+
+def test_fuse_projections_leaves_different_inputs_and_shared_weights_alone():
+    g = attndsl.build("""model m { input x: float[B, 8]  input z: float[B, 8]
+        output y = linear(x, 4) + linear(z, 4) }""")
+    assert not fuse_projections(g).modified
+    tied = attndsl.build("""model m { input x: float[B, 8]
+        a = linear(x, 8)
+        output y = a + linear(x, 8, tie="a") }""")
+    assert not fuse_projections(tied).modified          # one weight twice: nothing to join
+
+
+def test_every_spec_computes_the_same_at_every_opt_level(spec_path):
+    """-O0 (as written), -O1 and -O2 (projection fusion) agree in float64 on NumPy, outputs
+    and gradients; the same weights load at every level."""
+    config = tiny_config(spec_path.stem)
+    models = {level: attndsl.compile(spec_path, config=config, seed=2, dtype="float64",
+                                     opt_level=level) for level in (0, 1, 2)}
+    assert models[2].state_dict().keys() == models[0].state_dict().keys()
+    inputs = random_inputs(models[0].graph, seed=3)
+    want = models[0](**inputs)
+    for level in (1, 2):
+        got = models[level](**inputs)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"-O{level} {name}")
+    if spec_path.stem in CAUSAL_STREAMS and "train" in models[0].graph.meta:
+        stream = CAUSAL_STREAMS[spec_path.stem][0]
+        target = np.roll(inputs[stream], -1, axis=-1)
+        _, g0 = models[0].value_and_grad(target, **inputs)
+        _, g2 = models[2].value_and_grad(target, **inputs)
+        for name in g0:
+            np.testing.assert_allclose(g2[name], g0[name], rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_opt_level_is_validated_and_offered_by_the_cli(capsys, repo_root):
+    with pytest.raises(ValueError, match="opt_level must be one of"):
+        attndsl.compile(repo_root / "specs" / "gpt.attn", opt_level=3)
+    from attndsl.cli import main
+    assert main(["compile", str(repo_root / "specs" / "gpt.attn"), "--set", "layers=1",
+                 "-O0"]) == 0
+    assert "concat" not in capsys.readouterr().out
+    assert main(["compile", str(repo_root / "specs" / "gpt.attn"), "--set", "layers=1"]) == 0
+    assert "concat" in capsys.readouterr().out
+
+
+def test_folded_weights_follow_weight_changes(backend, repo_root):
+    """The fused Q/K/V weight is computed once per weight set: loading new weights (or an
+    optimizer step changing them in place) must be seen by the next call."""
+    spec, config = repo_root / "specs" / "gpt.attn", tiny_config("gpt")
+    m = attndsl.compile(spec, backend=backend, config=config, seed=1)
+    other = attndsl.compile(spec, config=config, seed=2)
+    ids = np.random.default_rng(0).integers(0, config["vocab"], (1, 6))
+    first = m.to_numpy(m(tokens=ids))["logits"]
+    m.load_state_dict(other.state_dict())
+    np.testing.assert_allclose(m.to_numpy(m(tokens=ids))["logits"], other(tokens=ids)["logits"],
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first, other(tokens=ids)["logits"])
+    if backend == "torch":
+        import torch
+        with torch.no_grad():
+            m.module._params()["layers.0.attn.k.weight"].mul_(0.5)     # in place, same tensor
+        sd = other.state_dict()
+        sd["layers.0.attn.k.weight"] = sd["layers.0.attn.k.weight"] * 0.5
+        other.load_state_dict(sd)
+        np.testing.assert_allclose(m.to_numpy(m(tokens=ids))["logits"],
+                                   other(tokens=ids)["logits"], rtol=1e-5, atol=1e-6)

@@ -11,15 +11,15 @@ Requires: a valid graph. Guarantees: each group becomes
     y_i = y[..., o_i:o_i + out_i]                # a view, in place of each original node
 
 so every user reads a node of the same id and type as before; parameters keep their names
-and shapes (checkpoints are unchanged). The weight concatenation runs per call (7 MB per
+and shapes (checkpoints are unchanged). The new nodes are recorded as members of the
+originals' `repeat` iteration (`meta["segment_extra"]`), for activation checkpointing. The weight concatenation runs per call (7 MB per
 GPT-2 layer, ~0.3 ms) and is what autograd differentiates through on torch.
 """
 
 from __future__ import annotations
 
 from attndsl.ir.dims import Dim
-from attndsl.ir.graph import Graph
-from attndsl.ir.types import TensorType
+from attndsl.ir.graph import Graph, TensorType
 from attndsl.passes.manager import PassResult
 
 
@@ -57,6 +57,11 @@ def _fuse(graph: Graph, ids: list[int]) -> None:
     x_type = graph.nodes[x].type
     fused = graph.add("linear", tuple(inputs), {"has_bias": has_bias},
                       TensorType(x_type.shape[:-1] + (total,), "float"), span)
+    layer = next((tuple(r) for r in graph.meta.get("layers", ()) if r[0] <= ids[0] < r[1]), None)
+    if layer is not None:            # new nodes belong to the repeat iteration of the originals
+        extra = dict(graph.meta.get("segment_extra", {}))
+        extra.update({n: layer for n in range(w, fused + 1)})
+        graph.meta["segment_extra"] = extra
     start = Dim.of(0)
     lead = tuple((None, None) for _ in range(x_type.rank - 1))
     for nid, width in zip(ids, widths):
