@@ -1,5 +1,6 @@
-"""GPT-2-small forward without the LM head: attndsl (NumPy and PyTorch backends) against a
-hand-written PyTorch eager model (SDPA) and hand-written NumPy, side by side in one run.
+"""GPT-2-small forward without the LM head: attndsl (NumPy backend at -O2, -O1 and -O0, and
+the PyTorch backend) against a hand-written PyTorch eager model (SDPA) and hand-written NumPy,
+side by side in one run.
 
     python benchmarks/bench_forward.py [--seq 256] [--batch 1] [--repeats 10]
 
@@ -64,9 +65,13 @@ def main() -> None:
     spec = ROOT / "specs" / "gpt.attn"
     config = {"layers": args.layers}
     np_model = attndsl.compile(spec, backend="numpy", config=config, outputs=["hidden"])
+    np_o1 = attndsl.compile(spec, backend="numpy", config=config, outputs=["hidden"],
+                            opt_level=1)
+    np_o0 = attndsl.compile(spec, backend="numpy", config=config, outputs=["hidden"],
+                            opt_level=0)
     th_model = attndsl.compile(spec, backend="torch", config=config, outputs=["hidden"])
-    copy_weights(np_model, ref, args.layers)
-    copy_weights(th_model, ref, args.layers)
+    for model in (np_model, np_o1, np_o0, th_model):
+        copy_weights(model, ref, args.layers)
     ids = np.random.default_rng(0).integers(0, cfg.vocab, (args.batch, args.seq))
     ids_t = torch.as_tensor(ids)
 
@@ -79,7 +84,9 @@ def main() -> None:
 
     variants: dict[str, Callable[[], object]] = {
         "hand-written PyTorch (SDPA)": lambda: ref(ids_t, head=False),
-        "attndsl numpy": lambda: np_model(tokens=ids),
+        "attndsl numpy (-O2)": lambda: np_model(tokens=ids),
+        "attndsl numpy -O1": lambda: np_o1(tokens=ids),
+        "attndsl numpy -O0": lambda: np_o0(tokens=ids),
         "attndsl torch": lambda: th_model(tokens=ids),
         "hand-written NumPy": lambda: numpy_gpt_forward(ref_params, ids, cfg, head=False),
     }
