@@ -450,3 +450,19 @@ def test_an_oversized_spec_is_refused_before_reading(tmp_path: Path) -> None:
         f.truncate(MAX_SOURCE_BYTES + 1)              # sparse: no data is written or read
     with pytest.raises(InputError, match="specs are limited to"):
         attndsl.build(path)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("const d = 2**2000\nmodel m {\n input x: float[B, 4]\n output y = x\n"
+     " p = parameter([d, d])\n}\n", "603-digit number"),
+    ("const d = 10**300\nmodel m {\n input x: float[B, 4]\n output y = linear(x, d)\n}\n",
+     "301-digit number"),
+    ("model m {\n input x: float[B, 100000000000000000000000000]\n output y = x\n}\n",
+     "27 digits"),
+])
+def test_sizes_beyond_2_to_the_40_are_located_errors(text: str, fragment: str) -> None:
+    """A parameter count that overflowed when printed (OverflowError in `check`), and sizes
+    no model has, are refused where they are written."""
+    err = build_error(text)
+    assert "limit of 2**40" in err.message and fragment in err.message, err.format()
+    assert err.span is not None and err.span.line in (4, 5, 2)

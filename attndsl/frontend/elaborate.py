@@ -258,6 +258,9 @@ class Builder:
             if dim.as_int() is not None and dim.as_int() <= 0:
                 raise ShapeError(f"input dimensions must be positive, got {dim.as_int()}",
                                  d.size.span)
+            if dim.as_int() is not None and dim.as_int() > 2**40:
+                raise ShapeError(f"an input dimension of {len(str(dim.as_int()))} digits is "
+                                 "more than the limit of 2**40", d.size.span)
             if d.max is not None:
                 bound = self.eval(d.max, frame)
                 if not isinstance(bound, int) or len(dim.symbols()) != 1 or not isinstance(
@@ -369,6 +372,9 @@ class Builder:
         for d in dims:
             if d.as_int() is None or d.as_int() <= 0:
                 raise ShapeError(f"parameter sizes must be positive integers, got {d}", span)
+            if d.as_int() > 2**40:
+                raise ShapeError(f"a parameter size of {len(str(d.as_int()))} digits is more than "
+                                 "the limit of 2**40", span)
         name = ".".join(self.scope + [local])
         ttype = TensorType(dims, "float")
         if name in self.graph.params:

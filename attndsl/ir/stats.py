@@ -63,6 +63,8 @@ def compute_stats(graph: Graph) -> Stats:
 
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M'."""
+    if abs(n) >= 10**18:                  # beyond a float's comfort: the order of magnitude
+        return f"~1e{len(str(int(abs(n)))) - 1}{unit}"
     for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= factor:
             return f"{n / factor:.2f}{suffix}{unit}"
