@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=probability, help="override every dropout probability")
     p.add_argument("--layerdrop", type=probability, default=None, help="LayerDrop probability")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing for every repeat iteration")
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--seed", type=count, default=1337)
     p.add_argument("--out", default="runs/latest", help="checkpoint directory")

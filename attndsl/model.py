@@ -51,7 +51,8 @@ class Model:
         self.graph = graph
         self.backend = backend
         self.dtype = dtype
-        self.program: Program = backend.compile(graph, params or {}, dtype, dict(options or {}))
+        self.options = dict(options or {})
+        self.program: Program = backend.compile(graph, params or {}, dtype, dict(self.options))
         self._pending_seed: int | None = seed if params is None else None
         self.stats: Stats = compute_stats(graph)
         self.last_dims: dict[str, int] = {}
@@ -66,6 +67,17 @@ class Model:
             for name, value in iter_init_params(self.graph, self._pending_seed, names=missing):
                 self.program.set_params({name: value})
         self._pending_seed = None
+
+    def set_checkpointing(self, layers: bool | int) -> None:
+        """Recompile the torch program so that the first `layers` repeat iterations (True:
+        all) recompute their activations in the backward pass; weights are kept."""
+        if self.backend.name != "torch":
+            raise TrainingError("activation checkpointing is a torch backend option", None,
+                                "compile with backend='torch'")
+        self._materialize()
+        weights = self.program.get_params()
+        self.options["checkpointing"] = layers
+        self.program = self.backend.compile(self.graph, weights, self.dtype, dict(self.options))
 
     @property
     def module(self) -> Any:

@@ -98,13 +98,15 @@ class {cls}(nn.Module):
 '''
 
 
-def emit_module(graph: Graph, checkpointing: bool = False) -> str:
-    """Module source; with `checkpointing`, each repeat iteration runs under
-    `torch.utils.checkpoint` while training (activations recomputed in backward)."""
+def emit_module(graph: Graph, checkpointing: bool | int = False) -> str:
+    """Module source; with `checkpointing` (True: every repeat iteration, an int k: the
+    first k) those iterations run under `torch.utils.checkpoint` while training (their
+    activations are recomputed in backward)."""
     here = Path(__file__).parent
     names = kernel_names(graph) + ["op_attention_cached"]
     extra = ("training", "device", "fdtype")
-    segments = tuple(graph.meta.get("layers", ())) if checkpointing else ()
+    layers = tuple(tuple(r) for r in graph.meta.get("layers", ()))
+    segments = layers if checkpointing is True else layers[:int(checkpointing)]
     plain = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, segments=segments)
     plain = replace(plain, folded=folded_nodes(graph, plain))
     cached = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, cached=True, folded=plain.folded)
@@ -127,7 +129,7 @@ def emit_module(graph: Graph, checkpointing: bool = False) -> str:
 
 class TorchProgram(Program):
     def __init__(self, graph: Graph, params: dict[str, np.ndarray], dtype: str, device: str,
-                 checkpointing: bool = False):
+                 checkpointing: bool | int = False):
         import torch
         ns: dict[str, Any] = {}
         source = emit_module(graph, checkpointing)
@@ -219,7 +221,10 @@ class TorchBackend(Backend):
     def compile(self, graph: Graph, params: dict[str, np.ndarray], dtype: str,
                 options: dict[str, Any]) -> Program:
         device = options.pop("device", "cpu")
-        checkpointing = bool(options.pop("checkpointing", False))
+        checkpointing = options.pop("checkpointing", False)
+        if isinstance(checkpointing, bool) or not isinstance(checkpointing, int) or (
+                checkpointing < 0):
+            checkpointing = bool(checkpointing)   # True: every repeat iteration
         if options:
             raise ValueError(f"unknown torch backend options: {', '.join(options)}")
         return TorchProgram(graph, params, dtype, device, checkpointing)

@@ -362,3 +362,17 @@ def test_generate_from_a_damaged_checkpoint_names_the_file(tmp_path, capsys):
     (ck / "state.json").write_text(json.dumps(dict(state, tokenizer=None)))
     assert main(["generate", str(ck), "--max-new", "2"]) == 2
     assert "'tokenizer' should be dict" in capsys.readouterr().err
+
+
+def test_checkpointing_some_layers_trains_the_same():
+    """checkpointing=k (here via Model.set_checkpointing) recomputes the first k repeat
+    iterations in backward; the losses are those of the plain model."""
+    full = make_trainer(steps=3)
+    part = make_trainer(steps=3)
+    part.model.set_checkpointing(1)
+    source = attndsl.backends.torch_backend.emit_module(part.model.graph, 1)
+    assert source.count("= checkpoint(") == 1
+    part = Trainer(part.model, part.data, part.cfg)
+    a = [r["loss"] for r in full.run(progress=False).history]
+    b = [r["loss"] for r in part.run(progress=False).history]
+    np.testing.assert_allclose(b, a, rtol=1e-5)
