@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,9 +31,11 @@ from attndsl.ir.graph import Graph
 from attndsl.ir.ops import IMPLS
 from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
 from attndsl.passes import OPT_LEVELS, optimize
+from attndsl.passes.dce import eliminate_dead_code
 from attndsl.passes.liveness import peak_memory
+from attndsl.passes.prune_params import prune_parameters
 from attndsl.passes.select_attention import select_attention
-from attndsl.safetensors_io import SafetensorsFormatError, read_header, read_tensor
+from attndsl.safetensors_io import Entry, SafetensorsFormatError, read_header, read_tensor
 from attndsl.training.losses import loss_spec
 
 INPUT_KINDS = {"int": "iu", "float": "fiu", "bool": "b"}
@@ -214,19 +218,30 @@ class Model:
         self._materialize()
         return self.program.get_params()
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Load weights; with strict=True missing or unexpected names are an error. Shapes must
-        always match, and values must be floating point. Everything is checked before any
-        weight changes."""
-        arrays = {name: np.asarray(value) for name, value in state.items()}
-        names = self._check_weights({n: (a.shape, a.dtype.name) for n, a in arrays.items()},
-                                    strict, "weights")
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True,
+                        rename: dict[str, str] | None = None) -> LoadReport:
+        """Load weights (NumPy arrays or torch tensors, float16/bfloat16 converted); with
+        strict=True missing or unexpected names are an error, with strict=False they are
+        reported and warned about. `rename` maps name prefixes (`{"bert.": ""}`). Shapes
+        must always match and values be floating point; everything is checked before any
+        weight changes. Returns what was missing, ignored and converted."""
+        arrays: dict[str, np.ndarray] = {}
+        converted: dict[str, str] = {}
+        for name, value in _renamed(state, rename).items():
+            arrays[name], source = _as_array(value)
+            if source:
+                converted[name] = source
+        names, report = self._check_weights(
+            {n: (a.shape, a.dtype.name) for n, a in arrays.items()}, strict, "weights",
+            converted)
         self._materialize(provided=set(names))       # initializes only what is not loaded
         self.program.set_params({n: arrays[n] for n in names})
+        return report
 
     def _check_weights(self, found: dict[str, tuple[tuple[int, ...], str]], strict: bool,
-                       where: str) -> list[str]:
-        """Validate (shape, dtype name) per name against the model; the names to load."""
+                       where: str, converted: dict[str, str]) -> tuple[list[str], LoadReport]:
+        """Validate (shape, dtype name) per name against the model: the names to load and
+        the report (warned about when not strict and something is missing or unexpected)."""
         expected = {name: tuple(int(d.as_int()) for d in t.shape)
                     for name, t in self.graph.param_types().items()}
         missing = [n for n in expected if n not in found]
@@ -239,7 +254,8 @@ class Model:
                 parts.append(f"unexpected {len(extra)}: {', '.join(extra[:5])}")
             hint = did_you_mean(extra[0], missing) if missing and extra else None
             raise WeightsError(f"{where} do not match the model (" + "; ".join(parts) + ")",
-                               None, hint)
+                               None, hint or "pass strict=False to load what matches, "
+                               "or rename={'old.prefix.': 'new.prefix.'}")
         names = [n for n in found if n in expected]
         for name in names:
             shape, dtype = found[name]
@@ -250,7 +266,13 @@ class Model:
                 raise WeightsError(f"parameter '{name}' in {where} is {dtype}, not floating "
                                    "point", None,
                                    "weights must be float16/bfloat16/float32/float64")
-        return names
+        report = LoadReport(missing, extra, {n: converted[n] for n in names if n in converted})
+        if missing or extra:
+            warnings.warn(f"{where}: {len(missing)} model parameters not provided (they keep "
+                          f"their initial values: {', '.join(missing[:3]) or '-'}), "
+                          f"{len(extra)} names ignored ({', '.join(extra[:3]) or '-'})",
+                          stacklevel=3)
+        return names, report
 
     def save(self, path: str | Path) -> None:
         """Write the weights to a safetensors file atomically (a failed save keeps the old file)."""
@@ -259,26 +281,34 @@ class Model:
                                  for k, v in self.state_dict().items()}, str(path),
                                 {"attndsl_spec": str(self.graph.meta.get("name", ""))})
 
-    def load(self, path: str | Path, strict: bool = True) -> None:
-        """Read weights from a safetensors file: names, shapes and dtypes are checked from its
-        header first, then tensors are read and copied in one at a time (peak memory: the
-        model plus one tensor, not two copies of the weights)."""
-        p = Path(path)
-        if not p.is_file():
-            raise WeightsError(f"no weights file at {p}")
-        try:
-            entries, _ = read_header(p)
-        except (OSError, SafetensorsFormatError) as e:
-            raise WeightsError(f"{p} is not a readable safetensors file: {e}") from None
-        names = self._check_weights({n: (e.shape, e.dtype) for n, e in entries.items()},
-                                    strict, str(p))
+    def load(self, path: str | Path, strict: bool = True,
+             rename: dict[str, str] | None = None) -> LoadReport:
+        """Read weights from a safetensors file, a sharded checkpoint's
+        `*.safetensors.index.json`, or a directory holding either (`model.safetensors`,
+        `model.safetensors.index.json`). Names, shapes and dtypes are checked from the
+        headers first; then tensors are read and copied in one at a time (peak memory: the
+        model plus one tensor). float16/bfloat16 are converted and named in the report."""
+        entries = _safetensors_entries(Path(path))
+        named = _renamed({n: n for n in entries}, rename)     # new name -> name in the file
+        converted = {new: entries[old][1].dtype for new, old in named.items()
+                     if entries[old][1].dtype in ("F16", "BF16")}
+        names, report = self._check_weights(
+            {new: (entries[old][1].shape, entries[old][1].dtype) for new, old in named.items()},
+            strict, str(path), converted)
         self._materialize(provided=set(names))
+        handles: dict[Path, Any] = {}
         try:
-            with open(p, "rb") as f:
-                for name in names:
-                    self.program.set_params({name: read_tensor(f, entries[name])})
+            for name in names:
+                file, entry = entries[named[name]]
+                if file not in handles:
+                    handles[file] = open(file, "rb")  # noqa: SIM115 - closed below
+                self.program.set_params({name: read_tensor(handles[file], entry)})
         except OSError as e:
-            raise WeightsError(f"reading {p} failed: {e}") from None
+            raise WeightsError(f"reading {path} failed: {e}") from None
+        finally:
+            for handle in handles.values():
+                handle.close()
+        return report
 
     # -- reporting --------------------------------------------------------------------------
     def report(self) -> str:
@@ -301,6 +331,73 @@ class Model:
 
     def to_numpy(self, outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         return {k: self.program.to_numpy(v) for k, v in outputs.items()}
+
+
+class LoadReport(NamedTuple):
+    """What `load_state_dict`/`load` did besides loading (like torch's `_IncompatibleKeys`)."""
+
+    missing: list[str]          # model parameters not in the weights (kept as initialized)
+    unexpected: list[str]       # names in the weights the model does not have (ignored)
+    converted: dict[str, str]   # name -> the half-precision dtype it was converted from
+
+
+def _renamed(state: dict[str, Any], rename: dict[str, str] | None) -> dict[str, Any]:
+    """Apply the first matching prefix rename to each name; two names becoming one is an
+    error (it would silently drop a tensor)."""
+    if not rename:
+        return dict(state)
+    out: dict[str, Any] = {}
+    for name, value in state.items():
+        new = next((to + name[len(old):] for old, to in rename.items() if name.startswith(old)),
+                   name)
+        if new in out:
+            raise WeightsError(f"rename maps two weights to '{new}'", None)
+        out[new] = value
+    return out
+
+
+def _as_array(value: Any) -> tuple[np.ndarray, str | None]:
+    """A NumPy array of a weight, and the half-precision dtype it was converted from."""
+    dtype = str(getattr(value, "dtype", ""))
+    if hasattr(value, "detach"):                       # a torch tensor (bf16 has no NumPy)
+        half = dtype.replace("torch.", "") if dtype in ("torch.bfloat16", "torch.float16") else None
+        t = value.detach().cpu()
+        return (t.float() if half else t).numpy(), half
+    array = np.asarray(value)
+    return array, ("float16" if array.dtype == np.float16 else None)
+
+
+def _safetensors_entries(path: Path) -> dict[str, tuple[Path, Entry]]:
+    """name -> (file, entry) of a safetensors file, an index JSON (every shard) or a
+    directory holding `model.safetensors` or `model.safetensors.index.json`."""
+    if path.is_dir():
+        for candidate in ("model.safetensors", "model.safetensors.index.json"):
+            if (path / candidate).is_file():
+                path = path / candidate
+                break
+        else:
+            raise WeightsError(f"{path} holds neither model.safetensors nor "
+                               "model.safetensors.index.json")
+    if not path.is_file():
+        raise WeightsError(f"no weights file at {path}")
+    files = [path]
+    if path.name.endswith(".json"):
+        try:
+            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({path.parent / f for f in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise WeightsError(f"{path} is not a safetensors index ({e})") from None
+    entries: dict[str, tuple[Path, Entry]] = {}
+    for file in files:
+        try:
+            header, _ = read_header(file)
+        except (OSError, SafetensorsFormatError) as e:
+            raise WeightsError(f"{file} is not a readable safetensors file: {e}") from None
+        for name, entry in header.items():
+            if name in entries:
+                raise WeightsError(f"'{name}' is in both {entries[name][0]} and {file}")
+            entries[name] = (file, entry)
+    return entries
 
 
 def _check_derived(derived: list[tuple[str, int, Dim, int]], env: dict[str, int]) -> None:
@@ -361,6 +458,7 @@ def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | N
                               did_you_mean(unknown[0], graph.outputs)
                               or f"outputs: {', '.join(graph.outputs)}")
         graph.outputs = {k: v for k, v in graph.outputs.items() if k in outputs}
+        graph = prune_parameters(eliminate_dead_code(graph).graph).graph   # pruned heads' too
     else:  # attention weights (`weights="name"`) are returned only when asked for
         optional = set(graph.meta.get("optional_outputs", ()))
         graph.outputs = {k: v for k, v in graph.outputs.items() if k not in optional}

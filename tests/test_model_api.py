@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -175,7 +176,12 @@ def test_non_strict_load(gpt_spec, gpt) -> None:
     model = tiny(gpt_spec, seed=3)
     before = model.state_dict()
     new_wpe = np.full_like(before["wpe.weight"], 0.5)
-    model.load_state_dict({"wpe.weight": new_wpe, "not.a.param": np.zeros(2)}, strict=False)
+    with pytest.warns(UserWarning, match="model parameters not provided") as caught:
+        report = model.load_state_dict({"wpe.weight": new_wpe, "not.a.param": np.zeros(2)},
+                                       strict=False)
+    assert "not.a.param" in str(caught[0].message)
+    assert report.unexpected == ["not.a.param"] and "wte.weight" in report.missing
+    assert len(report.missing) == len(before) - 1 and report.converted == {}
     after = model.state_dict()
     np.testing.assert_array_equal(after["wpe.weight"], new_wpe)
     for name in before:
@@ -367,7 +373,8 @@ def test_initialization_is_lazy_and_only_for_what_is_not_loaded(monkeypatch, tmp
         assert drawn == [], "loading a checkpoint must not initialize anything"
         m = attndsl.compile(spec, backend=backend, config=config, seed=5)
         partial = {k: v for k, v in full.items() if not k.startswith("layers.1.")}
-        m.load_state_dict(partial, strict=False)
+        with pytest.warns(UserWarning, match="16 model parameters not provided"):
+            m.load_state_dict(partial, strict=False)
         assert drawn[-1] == {k for k in full if k.startswith("layers.1.")}
         for name, value in m.state_dict().items():
             np.testing.assert_array_equal(value, full[name], err_msg=name)
@@ -552,3 +559,54 @@ def test_scopes_named_like_module_attributes_work_on_torch(name):
     np.testing.assert_allclose(m.to_numpy(m(x=x))["y"], ref(x=x)["y"], rtol=1e-6)
     m.module.train()
     assert m.module.training is True               # the attribute is still nn.Module's flag
+
+
+def test_load_path_renames_converts_and_reads_shards(tmp_path, gpt_spec):
+    """HF-style loading: a prefix rename, float16/bfloat16 weights converted and reported,
+    and a sharded checkpoint read through its index (each shard streamed)."""
+    from safetensors.numpy import save_file
+    ref = tiny(gpt_spec, seed=4)
+    sd = ref.state_dict()
+    prefixed = {"transformer." + k: v for k, v in sd.items()}
+    m = tiny(gpt_spec, seed=5)
+    report = m.load_state_dict(prefixed, rename={"transformer.": ""})
+    assert report.missing == [] and report.unexpected == []
+    for name, value in m.state_dict().items():
+        np.testing.assert_array_equal(value, sd[name])
+    with pytest.raises(WeightsError, match="two weights"):
+        m.load_state_dict({"a.x": 1.0, "b.x": 1.0}, rename={"a.": "", "b.": ""})
+    half = {k: v.astype(np.float16) for k, v in sd.items()}
+    report = m.load_state_dict(half)
+    assert set(report.converted.values()) == {"float16"}
+    torch = pytest.importorskip("torch")
+    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in sd.items()}
+    report = m.load_state_dict(bf16)
+    assert set(report.converted.values()) == {"bfloat16"}
+    np.testing.assert_array_equal(m.state_dict()["wte.weight"],
+                                  bf16["wte.weight"].float().numpy())
+    # two shards and an index, as Hugging Face writes them
+    names = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, str(tmp_path / file))
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    fresh = tiny(gpt_spec, seed=6)
+    assert fresh.load(tmp_path).missing == []
+    for name, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(value, sd[name])
+    from safetensors.torch import save_file as save_torch
+    save_torch(bf16, str(tmp_path / "bf16.safetensors"))
+    assert set(fresh.load(tmp_path / "bf16.safetensors").converted.values()) == {"BF16"}
+
+
+def test_pruned_outputs_drop_their_parameters(tmp_path, gpt_spec):
+    """compile(outputs=["hidden"]) has no LM-head-only parameters, so a headless checkpoint
+    loads strictly (GPT's head is tied to wte, so here the head adds none; BERT's does)."""
+    spec = gpt_spec.parent / "bert.attn"
+    full = attndsl.compile(spec, config=TINY_CONFIGS["bert"])
+    headless = attndsl.compile(spec, config=TINY_CONFIGS["bert"], outputs=["hidden"])
+    dropped = set(full.state_dict()) - set(headless.state_dict())
+    assert dropped and all(not k.startswith("layers.") for k in dropped)
+    headless.load_state_dict({k: v for k, v in full.state_dict().items() if k not in dropped})
