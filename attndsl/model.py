@@ -109,7 +109,8 @@ class Model:
         """Check names, dtypes, ranks and dims against the declared inputs; binds dims."""
         self._materialize()
         graph = self.graph
-        missing = [n for n in graph.inputs if n not in inputs]
+        defaults = graph.meta.get("input_defaults", {})
+        missing = [n for n in graph.inputs if n not in inputs and n not in defaults]
         if missing:
             raise RuntimeInputError(f"missing input '{missing[0]}'", None,
                                     f"the model takes: {', '.join(graph.inputs)}")
@@ -123,10 +124,15 @@ class Model:
         derived: list[tuple[str, int, Dim, int]] = []    # axes like [2 * N]: after the rest
         for name, nid in graph.inputs.items():
             ttype = graph.nodes[nid].type
+            if name not in inputs:
+                continue                                   # defaulted: filled below
             value = inputs[name]
             if not hasattr(value, "shape") or not hasattr(value, "dtype"):
                 value = np.asarray(value)
             kind = getattr(value.dtype, "kind", None) or _torch_kind(value)
+            if ttype.dtype == "bool" and kind in "iu":     # 0/1 masks, as tokenizers return
+                value = _int_mask(name, value)
+                kind = "b"
             if kind not in INPUT_KINDS[ttype.dtype]:
                 raise RuntimeInputError(f"input '{name}' must be {ttype.dtype}, got dtype "
                                         f"{value.dtype}", None, f"declared as {ttype}")
@@ -153,6 +159,11 @@ class Model:
                 raise RuntimeInputError(f"{sym} = {env[sym]} exceeds the model's maximum "
                                         f"{sym} <= {bound}", None,
                                         "shorten the input or raise the bound in the spec")
+        for name in graph.inputs:
+            if name not in inputs:
+                out[name] = _default_input(name, graph.nodes[graph.inputs[name]].type,
+                                           defaults[name], env)
+        out = {name: out[name] for name in graph.inputs}   # declaration order
         self._check_positions(env)
         self.last_dims = env
         return out
@@ -398,6 +409,27 @@ def _safetensors_entries(path: Path) -> dict[str, tuple[Path, Entry]]:
                 raise WeightsError(f"'{name}' is in both {entries[name][0]} and {file}")
             entries[name] = (file, entry)
     return entries
+
+
+def _int_mask(name: str, value: Any) -> Any:
+    """An integer 0/1 array (NumPy or torch) for a bool input, as a bool array."""
+    count = value.numel() if hasattr(value, "numel") else value.size
+    lo, hi = (int(value.min()), int(value.max())) if count else (0, 0)
+    if lo < 0 or hi > 1:
+        raise RuntimeInputError(f"input '{name}' is a bool mask; integer values must be 0 or "
+                                f"1, got values in [{lo}, {hi}]", None)
+    return value != 0
+
+
+def _default_input(name: str, ttype: Any, default: Any, env: dict[str, int]) -> np.ndarray:
+    """The array an omitted input with a declared default stands for."""
+    unbound = sorted({s for d in ttype.shape for s in d.symbols()} - env.keys())
+    if unbound:
+        raise RuntimeInputError(f"input '{name}' was not given and no other input sets "
+                                f"{', '.join(unbound)}", None, f"pass '{name}' explicitly")
+    shape = tuple(int(d.evaluate(env)) for d in ttype.shape)
+    dtype = {"int": np.int64, "float": np.float32, "bool": np.bool_}[ttype.dtype]
+    return np.full(shape, default, dtype=dtype)
 
 
 def _check_derived(derived: list[tuple[str, int, Dim, int]], env: dict[str, int]) -> None:

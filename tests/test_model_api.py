@@ -610,3 +610,34 @@ def test_pruned_outputs_drop_their_parameters(tmp_path, gpt_spec):
     dropped = set(full.state_dict()) - set(headless.state_dict())
     assert dropped and all(not k.startswith("layers.") for k in dropped)
     headless.load_state_dict({k: v for k, v in full.state_dict().items() if k not in dropped})
+
+
+def test_optional_inputs_and_integer_masks(backend, repo_root):
+    """`input seg: int[B, T] = 0` may be omitted; a bool input takes 0/1 integer arrays
+    (a tokenizer's int64 attention_mask): BERT runs from tokens alone or with HF-style
+    int64 inputs, with the same numbers as explicit zeros / bool masks."""
+    spec = repo_root / "specs" / "bert.attn"
+    m = attndsl.compile(spec, backend=backend, config=TINY_CONFIGS["bert"], seed=1)
+    ids = np.random.default_rng(0).integers(0, TINY_CONFIGS["bert"]["vocab"], (2, 7))
+    mask = np.array([[1] * 7, [1] * 5 + [0] * 2], dtype=np.int64)
+    explicit = m.to_numpy(m(tokens=ids, segments=np.zeros_like(ids),
+                            attention_mask=mask.astype(bool)))
+    omitted = m.to_numpy(m(tokens=ids, attention_mask=mask))
+    for name in explicit:
+        np.testing.assert_allclose(omitted[name], explicit[name], rtol=1e-6, atol=1e-7)
+    with pytest.raises(RuntimeInputError, match="integer values must be 0 or 1"):
+        m(tokens=ids, attention_mask=mask * 2)
+    with pytest.raises(RuntimeInputError, match="missing input 'attention_mask'"):
+        m(tokens=ids)
+
+
+def test_input_defaults_are_checked():
+    with pytest.raises(attndsl.errors.TypeError_, match="default of an int input"):
+        attndsl.build("model m { input t: int[B, T] = 0.5\n output y = t }")
+    m = attndsl.compile("""model m {
+        input a: float[B, 4]
+        input extra: float[B, S] = 1.0
+        output y = a
+    }""")
+    with pytest.raises(RuntimeInputError, match="no other input sets S"):
+        m(a=np.zeros((1, 4), np.float32))

@@ -116,6 +116,7 @@ class TensorTypeSpec(Node):
 class Input(Node):
     name: str
     type: TensorTypeSpec
+    default: Expr | None = None      # `= 0`: the input may be omitted (filled with this)
 
 
 @dataclass(frozen=True)

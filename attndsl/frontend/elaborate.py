@@ -273,6 +273,17 @@ class Builder:
                 self.dim_bounds[d.size.id] = bound
             shape.append(dim)
         ttype = TensorType(tuple(shape), stmt.type.dtype)
+        if stmt.default is not None:
+            value = self.eval(stmt.default, frame)
+            ok = {"bool": (bool,), "int": (int,), "float": (int, float)}[ttype.dtype]
+            if not isinstance(value, ok) or (ttype.dtype != "bool" and isinstance(value, bool)):
+                article = "an" if ttype.dtype == "int" else "a"
+                raise TypeError_(f"the default of {article} {ttype.dtype} input must be "
+                                 f"{article} {ttype.dtype} constant, got {describe(value)}",
+                                 stmt.default.span)
+            defaults = dict(self.graph.meta.get("input_defaults", {}))
+            defaults[stmt.name] = value
+            self.graph.meta["input_defaults"] = defaults
         nid = self.graph.add("input", (), {"name": stmt.name, "type": ttype}, ttype, stmt.span)
         self.graph.inputs[stmt.name] = nid
         frame.vars[stmt.name] = Tensor(nid, ttype)

@@ -109,7 +109,7 @@ class ToAst(Transformer):
     # statements
     @v_args(meta=True)
     def input_stmt(self, meta, c):
-        return ast.Input(self.sp(meta), str(c[0]), c[1])
+        return ast.Input(self.sp(meta), str(c[0]), c[1], c[2] if len(c) > 2 else None)
 
     @v_args(meta=True)
     def tensor_type(self, meta, c):
