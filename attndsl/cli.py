@@ -331,12 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="parse and type/shape-check a spec")
-    p.add_argument("spec")
+    p.add_argument("spec", type=Path, help="an .attn file")
     add_set(p)
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("compile", help="print the AST, IR, DOT or generated backend source")
-    p.add_argument("spec")
+    p.add_argument("spec", type=Path, help="an .attn file")
     p.add_argument("--emit", choices=("ast", "graph", "dot", "numpy", "torch", "cupy"),
                    default="graph")
     p.add_argument("--spans", action="store_true", help="with --emit graph: source locations")
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("stats", help="parameters, FLOPs and activation memory")
-    p.add_argument("spec")
+    p.add_argument("spec", type=Path, help="an .attn file")
     p.add_argument("--batch", type=positive_int)
     p.add_argument("--seq", type=positive_int)
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch", "cupy"),
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_stats)
 
     p = sub.add_parser("run", help="run a spec on given or random inputs")
-    p.add_argument("spec")
+    p.add_argument("spec", type=Path, help="an .attn file")
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch", "cupy"))
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
     p.add_argument("--random", action="store_true", help="random inputs (the default)")
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("init", help="write initialized weights")
-    p.add_argument("spec")
+    p.add_argument("spec", type=Path, help="an .attn file")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser("train", help="train a spec on a text file")
-    p.add_argument("spec")
+    p.add_argument("spec", type=Path, help="an .attn file")
     p.add_argument("--data", help="a UTF-8 text file (default: the bundled Shakespeare sample)")
     p.add_argument("--backend", default="torch", choices=("torch",))
     p.add_argument("--steps", type=positive_int, default=200)

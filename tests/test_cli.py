@@ -426,3 +426,12 @@ def test_max_memory_allows_what_fits(capsys, gpt_spec, tiny_args) -> None:
     code, out, _ = run_cli(capsys, "run", gpt_spec, "--seq", "8", "--max-memory", "2GB",
                            *tiny_args)
     assert code == 0 and "logits" in out
+
+
+def test_the_spec_argument_is_always_a_path(capsys, tmp_path) -> None:
+    """`attndsl check /etc/hostname` used to parse the path string itself as spec text."""
+    (tmp_path / "hostname").write_text("myhost\n")
+    code, _, err = run_cli(capsys, "check", tmp_path / "hostname")
+    assert code == 2 and "is not an .attn file" in err
+    code, _, err = run_cli(capsys, "check", "model")
+    assert code == 2 and "no such spec file: model" in err
