@@ -423,18 +423,22 @@ def _biased_rows(q, k, v, ex, pattern, layout, scale, bias, p):
         if pad is not None:
             allowed = pad[:, None, None, k0:k1] if allowed is None else (
                 allowed & pad[:, None, None, k0:k1])
-        live = None
-        if allowed is not None:
-            live = allowed.any(dim=-1, keepdim=True)                        # rows with a key
-            s = s.masked_fill(~(allowed | ~live), float("-inf"))
-        probs = _softmax_flushed(s)
-        if live is not None:
-            probs = probs.masked_fill(~live, 0.0)
-        if p > 0:
-            probs = F.dropout(probs, p)
-        outs.append(_grouped_pv(probs, v[:, :, k0:k1]))
+        outs.append(_grouped_pv(_masked_probs(s, allowed, p), v[:, :, k0:k1]))
         positions.append(qpos)
     return _assemble(outs, positions, q, v, tq)
+
+
+def _masked_probs(s, allowed, p):
+    """softmax over the keys `allowed` (None: all), rows with no allowed key zero, then
+    dropout with probability p."""
+    live = None
+    if allowed is not None:
+        live = allowed.any(dim=-1, keepdim=True)                            # rows with a key
+        s = s.masked_fill(~(allowed | ~live), float("-inf"))
+    probs = _softmax_flushed(s)
+    if live is not None:
+        probs = probs.masked_fill(~live, 0.0)
+    return F.dropout(probs, p) if p > 0 else probs
 
 
 def _softmax_flushed(s):
@@ -576,14 +580,7 @@ def _blocked_attention(q, k, v, ex, pattern, layout, scale, bias, p, gather):
             if pad is not None:
                 pad = pad[:, kk][:, None, :, None, :]               # (B, 1, nt, 1, K)
                 allowed = pad if allowed is None else (allowed & pad)
-            if allowed is not None:
-                live = allowed.any(dim=-1, keepdim=True)
-                s = s.masked_fill(~(allowed | ~live), float("-inf"))
-            probs = _softmax_flushed(s)
-            if allowed is not None:
-                probs = probs.masked_fill(~live, 0.0)
-            if p > 0:
-                probs = F.dropout(probs, p)
+            probs = _masked_probs(s, allowed, p)
             o = torch.matmul(probs.reshape(probs.shape[0], hk, g, *probs.shape[2:]),
                              v[:, :, kk][:, :, None])
             outs.append(o.reshape(o.shape[0], h, -1, dv))
