@@ -458,7 +458,7 @@ def test_an_oversized_spec_is_refused_before_reading(tmp_path: Path) -> None:
     ("const d = 10**300\nmodel m {\n input x: float[B, 4]\n output y = linear(x, d)\n}\n",
      "301-digit number"),
     ("model m {\n input x: float[B, 100000000000000000000000000]\n output y = x\n}\n",
-     "27 digits"),
+     "27-digit number"),
 ])
 def test_sizes_beyond_2_to_the_40_are_located_errors(text: str, fragment: str) -> None:
     """A parameter count that overflowed when printed (OverflowError in `check`), and sizes

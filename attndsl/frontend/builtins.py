@@ -15,7 +15,7 @@ from typing import Any
 
 from attndsl.errors import ArgumentError, ShapeError, Span, TypeError_, did_you_mean
 from attndsl.frontend import ast
-from attndsl.frontend.values import OutputRef, Tensor, describe
+from attndsl.frontend.values import OutputRef, Tensor, check_size, describe
 from attndsl.ir import patterns as pat
 from attndsl.ir.dims import Dim
 
@@ -74,24 +74,15 @@ def tensor(b: Any, value: Any, span: Span, what: str, rank: int | None = None,
     return value
 
 
-MAX_DIM = 2**40          # no tensor axis is a trillion long; larger sizes are mistakes
-
-
 def integer(value: Any, span: Span, what: str, positive: bool = True) -> int:
     if isinstance(value, Dim) and value.as_int() is not None:
         value = value.as_int()
     if isinstance(value, bool) or not isinstance(value, int) or (positive and value <= 0):
         kind = "a positive integer" if positive else "an integer"
         raise TypeError_(f"{what} must be {kind}, got {describe(value)}", span)
-    if positive and value > MAX_DIM:
-        raise ShapeError(f"{what} is {_big(value)}, more than the limit of 2**40 for a size",
-                         span)
+    if positive:
+        check_size(value, what, span)
     return value
-
-
-def _big(n: int) -> str:
-    """An integer for a message: digits up to 20, else its order of magnitude."""
-    return str(n) if n < 10**20 else f"a {len(str(n))}-digit number"
 
 
 def number(value: Any, span: Span, what: str) -> float:
@@ -110,8 +101,8 @@ def size(value: Any, span: Span, what: str) -> Dim:
     n = Dim.of(value).as_int()
     if n is not None and n <= 0:
         raise ShapeError(f"{what} must be positive, got {n}", span)
-    if n is not None and n > MAX_DIM:
-        raise ShapeError(f"{what} is {_big(n)}, more than the limit of 2**40 for a size", span)
+    if n is not None:
+        check_size(n, what, span)
     return Dim.of(value)
 
 

@@ -38,7 +38,7 @@ from attndsl.errors import (
 )
 from attndsl.frontend import ast
 from attndsl.frontend.parser import parse_text, read_source
-from attndsl.frontend.values import BlockRef, OutputRef, Tensor, describe
+from attndsl.frontend.values import BlockRef, OutputRef, Tensor, check_size, describe
 from attndsl.ir import ops
 from attndsl.ir.biases import Bias
 from attndsl.ir.dims import Dim
@@ -258,9 +258,8 @@ class Builder:
             if dim.as_int() is not None and dim.as_int() <= 0:
                 raise ShapeError(f"input dimensions must be positive, got {dim.as_int()}",
                                  d.size.span)
-            if dim.as_int() is not None and dim.as_int() > 2**40:
-                raise ShapeError(f"an input dimension of {len(str(dim.as_int()))} digits is "
-                                 "more than the limit of 2**40", d.size.span)
+            if dim.as_int() is not None:
+                check_size(dim.as_int(), "an input dimension", d.size.span)
             if d.max is not None:
                 bound = self.eval(d.max, frame)
                 if not isinstance(bound, int) or len(dim.symbols()) != 1 or not isinstance(
@@ -383,9 +382,7 @@ class Builder:
         for d in dims:
             if d.as_int() is None or d.as_int() <= 0:
                 raise ShapeError(f"parameter sizes must be positive integers, got {d}", span)
-            if d.as_int() > 2**40:
-                raise ShapeError(f"a parameter size of {len(str(d.as_int()))} digits is more than "
-                                 "the limit of 2**40", span)
+            check_size(d.as_int(), "a parameter size", span)
         name = ".".join(self.scope + [local])
         ttype = TensorType(dims, "float")
         if name in self.graph.params:

@@ -8,8 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from attndsl.errors import ShapeError, Span
 from attndsl.frontend import ast
 from attndsl.ir.graph import TensorType
+
+MAX_SIZE = 2**40           # no tensor axis is a trillion long; larger sizes are mistakes
+
+
+def check_size(n: int, what: str, span: Span | None) -> None:
+    """A located error for a concrete size above MAX_SIZE (a mistyped constant, `10**300`)."""
+    if n > MAX_SIZE:
+        shown = str(n) if n < 10**20 else f"a {len(str(n))}-digit number"
+        raise ShapeError(f"{what} is {shown}, more than the limit of 2**40 for a size", span)
 
 
 @dataclass(frozen=True)
