@@ -151,15 +151,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from attndsl.passes.liveness import peak_memory
     check_output_file(args.output)
     itemsize = 8 if args.dtype == "float64" else 4
-    graph = attndsl.build(args.spec, config_of(args))
+    graph = attndsl.build(args.spec, config_of(args))          # built once: checked, compiled
     check_memory(compute_stats(graph).params * itemsize, args.max_memory, "run")
     wanted = [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None
-    model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args),
-                            seed=args.seed, dtype=args.dtype, weights=args.weights,
-                            outputs=wanted, attention=args.attention, opt_level=args.opt_level)
+    model = attndsl.compile(graph, backend=args.backend, seed=args.seed, dtype=args.dtype,
+                            weights=args.weights, outputs=wanted, attention=args.attention,
+                            opt_level=args.opt_level)
     if args.input:
         inputs = load_inputs(args.input)
-        env = model.validate_inputs(inputs) and model.last_dims
+        model.validate_inputs(inputs)                          # binds the sizes for the estimate
+        env = model.last_dims
     else:
         env = dims_env(model.graph, args.batch, args.seq or 16)
         inputs = random_inputs(model.graph, env, args.seed)
@@ -212,9 +213,10 @@ def check_memory(needed: int, limit: int | None, what: str) -> None:
     limit = limit if limit is not None else available_memory()
     if limit is not None and needed > limit:
         from attndsl.ir.stats import human_bytes
-        raise ValueError(f"{what} would need about {human_bytes(needed)} (weights, and the peak "
-                         f"of one forward once sizes are known: `attndsl stats`), over the {human_bytes(limit)} "
-                         "limit; nothing was allocated. Pass --max-memory SIZE to allow more")
+        raise ValueError(f"{what} would need about {human_bytes(needed)} (weights, and the "
+                         "peak of one forward once sizes are known: `attndsl stats`), over the "
+                         f"{human_bytes(limit)} limit; nothing was allocated. Pass "
+                         "--max-memory SIZE to allow more")
 
 
 def summarize(value: np.ndarray, chunk: int = 1 << 20) -> str:
@@ -256,7 +258,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     check_output_file(args.output)
     graph = attndsl.build(args.spec, config_of(args))
     check_memory(compute_stats(graph).params * 4 * 2, args.max_memory, "init")  # + the file
-    model = attndsl.compile(args.spec, config=config_of(args), seed=args.seed)
+    model = attndsl.compile(graph, seed=args.seed)
     model.save(args.output)
     print(f"wrote {model.stats.params:,} parameters ({len(model.graph.params)} tensors) to "
           f"{args.output}")

@@ -61,6 +61,7 @@ class Model:
         self.stats: Stats = compute_stats(graph)
         self.last_dims: dict[str, int] = {}
         self.id_limits = embedding_limits(graph)
+        self.position_tables = position_tables(graph)
 
     def _materialize(self, provided: set[str] = frozenset()) -> None:
         """Run the pending lazy initialization for every parameter not in `provided`."""
@@ -189,21 +190,13 @@ class Model:
     def _check_positions(self, env: dict[str, int]) -> None:
         """`embedding(arange(n), rows, d)`: positions up to n - 1 must fit the table (a
         learned position table shorter than the input used to index out of range)."""
-        graph = self.graph
-        for node in graph.nodes.values():
-            if node.op != "embedding":
-                continue
-            ids = graph.nodes[node.inputs[1]]
-            if ids.op != "arange":
-                continue
-            rows = int(graph.nodes[node.inputs[0]].type.shape[0].as_int())
-            n = ids.attr("n")
-            count = int(Dim.of(n).evaluate(env)) + int(ids.attr("offset") or 0)
+        for n, rows, span in self.position_tables:
+            count = int(n.evaluate(env))
             if count > rows:
                 raise RuntimeInputError(f"positions 0..{count - 1} index a table of {rows} rows "
-                                        f"({n} = {count - int(ids.attr('offset') or 0)})",
-                                        node.span, f"inputs can be at most {rows} long here; "
-                                        f"raise the table size in the spec or shorten them")
+                                        f"({n} = {count})", span,
+                                        f"inputs can be at most {rows} long here; raise the "
+                                        "table size in the spec or shorten them")
 
     def value_and_grad(self, targets: Any, **inputs: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The spec's training loss on (inputs, targets) and its gradient for every parameter,
@@ -442,6 +435,17 @@ def _check_derived(derived: list[tuple[str, int, Dim, int]], env: dict[str, int]
                                     f"{size}", None)
 
 
+def position_tables(graph: Graph) -> list[tuple[Dim, int, Any]]:
+    """(n, rows, span) of every `embedding(arange(n), rows, d)`: what `_check_positions`
+    compares against the call's sizes."""
+    out = []
+    for node in graph.nodes.values():
+        if node.op == "embedding" and graph.nodes[node.inputs[1]].op == "arange":
+            rows = int(graph.nodes[node.inputs[0]].type.shape[0].as_int())
+            out.append((Dim.of(graph.nodes[node.inputs[1]].attr("n")), rows, node.span))
+    return out
+
+
 def embedding_limits(graph: Graph) -> dict[str, int]:
     """Input name -> rows of the smallest embedding table that input indexes directly."""
     out: dict[str, int] = {}
@@ -463,12 +467,12 @@ def _torch_kind(value: Any) -> str:
     return "b" if "bool" in text else "i"
 
 
-def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | None = None,
-            seed: int = 0, dtype: str = "float32", weights: str | Path | None = None,
+def compile(spec: str | Path | Graph, backend: str = "numpy",
+            config: dict[str, Any] | None = None, seed: int = 0, dtype: str = "float32", weights: str | Path | None = None,
             layerdrop: float | None = None, outputs: list[str] | None = None,
             attention: str = "auto", opt_level: int = 2, **options: Any) -> Model:
-    """Parse, check, optimize and lower a spec; initialize weights from `seed` (or load
-    `weights`). `layerdrop` overrides the spec's LayerDrop probability. `outputs` keeps only
+    """Parse, check, optimize and lower a spec (or a graph from `attndsl.build`); initialize
+    weights from `seed` (or load `weights`). `layerdrop` overrides the spec's LayerDrop probability. `outputs` keeps only
     the named outputs (the rest of the graph that feeds nothing else is removed); attention
     weights exposed with `weights="name"` are outputs only when named here. `attention`
     picks the attention implementation: "auto" (the backend's cost model, per call),
@@ -482,7 +486,13 @@ def compile(spec: str | Path, backend: str = "numpy", config: dict[str, Any] | N
         raise ValueError(f"attention must be one of {', '.join(IMPLS)}, got {attention!r}")
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"opt_level must be one of {OPT_LEVELS}, got {opt_level!r}")
-    graph = build(spec, config, layerdrop)
+    if isinstance(spec, Graph):
+        if config or layerdrop is not None:
+            raise ValueError("config and layerdrop apply when building; pass them to "
+                             "attndsl.build for a graph")
+        graph = spec.copy()
+    else:
+        graph = build(spec, config, layerdrop)
     if outputs is not None:
         unknown = [o for o in outputs if o not in graph.outputs]
         if unknown:

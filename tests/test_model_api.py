@@ -641,3 +641,14 @@ def test_input_defaults_are_checked():
     }""")
     with pytest.raises(RuntimeInputError, match="no other input sets S"):
         m(a=np.zeros((1, 4), np.float32))
+
+
+def test_compile_takes_a_built_graph(gpt_spec):
+    graph = attndsl.build(gpt_spec, GPT_TINY)
+    a = attndsl.compile(graph, seed=2, outputs=["hidden"])
+    b = attndsl.compile(gpt_spec, config=GPT_TINY, seed=2, outputs=["hidden"])
+    ids = np.zeros((1, 4), np.int64)
+    np.testing.assert_array_equal(a(tokens=ids)["hidden"], b(tokens=ids)["hidden"])
+    assert "logits" in graph.outputs                     # the caller's graph is not changed
+    with pytest.raises(ValueError, match="config and layerdrop apply when building"):
+        attndsl.compile(graph, config={"layers": 1})
