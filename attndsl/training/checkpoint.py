@@ -74,13 +74,11 @@ def atomic_save_safetensors(
     atomic_write_bytes(path, _safetensors_bytes(tensors, metadata=metadata))
 
 
-def _load_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"incomplete checkpoint: {str(path)!r} is missing")
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        entries, meta = read_header(path)
+        entries, _ = read_header(path)
         with open(path, "rb") as f:
-            return {k: read_tensor(f, e) for k, e in entries.items()}, meta
+            return {k: read_tensor(f, e) for k, e in entries.items()}
     except SafetensorsFormatError as e:
         raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
 
@@ -141,11 +139,11 @@ def _recover(directory: Path) -> Path:
     best: tuple[int, Path] | None = None
     for candidate in _leftovers(directory):
         try:
-            _, _, state = load_checkpoint(candidate)
+            step = _validated_state(candidate)["step"]
         except (OSError, ValueError):
             continue                                   # incomplete: a crash mid-write
-        if best is None or state["step"] > best[0]:
-            best = (state["step"], candidate)
+        if best is None or step > best[0]:
+            best = (step, candidate)
     if best is None:
         raise FileNotFoundError(f"checkpoint directory not found: {str(directory)!r}")
     return best[1]
@@ -164,13 +162,26 @@ def check_checkpoint_dir(directory: str | Path) -> None:
                              f"({', '.join(foreign[:3])}); choose an empty or new directory")
 
 
+def read_state(directory: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The directory that holds the checkpoint (after a crash, the newest moved-aside copy)
+    and its validated `state.json`; the safetensors headers are checked for the same step,
+    but no tensor is read."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        directory = _recover(directory)
+    return directory, _validated_state(directory)
+
+
 def load_checkpoint(
     directory: str | Path,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """Load ``(weights, optimizer_tensors, state)`` written by :func:`save_checkpoint`."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        directory = _recover(directory)
+    directory, state = read_state(directory)
+    return (_load_safetensors(directory / MODEL_FILE),
+            _load_safetensors(directory / OPTIMIZER_FILE), state)
+
+
+def _validated_state(directory: Path) -> dict[str, Any]:
     state_path = directory / STATE_FILE
     if not state_path.is_file():
         raise FileNotFoundError(
@@ -183,16 +194,21 @@ def load_checkpoint(
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError(f"{str(state_path)!r} does not name a 'step'")
     check_state(state, state_path)
-    weights, wmeta = _load_safetensors(directory / MODEL_FILE)
-    optimizer_tensors, ometa = _load_safetensors(directory / OPTIMIZER_FILE)
     step = str(state["step"])
-    for name, meta in ((MODEL_FILE, wmeta), (OPTIMIZER_FILE, ometa)):
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        path = directory / name
+        if not path.is_file():
+            raise FileNotFoundError(f"incomplete checkpoint: {str(path)!r} is missing")
+        try:
+            _, meta = read_header(path)
+        except SafetensorsFormatError as e:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
         if meta.get("step") != step:
             raise ValueError(
                 f"inconsistent checkpoint in {str(directory)!r}: {name} is from step "
                 f"{meta.get('step')!r} but {STATE_FILE} names step {step!r}"
             )
-    return weights, optimizer_tensors, state
+    return state
 
 
 # What each field of a training checkpoint's state.json must be (absent fields are fine:

@@ -361,8 +361,8 @@ def train_from_cli(args: argparse.Namespace) -> int:
     resume_state: dict[str, Any] | None = None
     saved: dict[str, Any] = {}
     if args.resume:
-        from attndsl.training.checkpoint import load_checkpoint
-        _, _, resume_state = load_checkpoint(args.resume)
+        from attndsl.training.checkpoint import read_state
+        _, resume_state = read_state(args.resume)       # tensors are read by restore()
         config = {**resume_state.get("spec_config", {}), **config}
         try:
             tokenizer = tokenizer_from_json(resume_state["tokenizer"])
