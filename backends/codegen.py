@@ -151,8 +151,7 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
     if opts.cached:
         params += ["cache", "past"]
     lines = [f"def {name}({', '.join(params)}):"]
-    read = [n for n in sorted(opts.folded) if n in outputs or any(u not in opts.folded
-                                                                    for u in users[n])]
+    read = fold_outputs(graph, opts.folded, users)
     if read:                              # called with bare parameters: fold them here
         lines += [f"    if {fold_key(read[0])!r} not in p:", "        p = {**p, **fold(p)}"]
     for s, (in_name, axis) in dim_bindings(graph).items():
@@ -165,8 +164,7 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
         if tuple(seg) in opts.segments and nid in position:
             segment_of[nid] = tuple(seg)
     done: set[tuple[int, int]] = set()
-    skip = {n for n in opts.folded if n not in outputs   # only feed folded values: in fold(p)
-            and all(u in opts.folded for u in users[n])}
+    skip = opts.folded - set(read)        # only feed other folded values: inside fold(p)
 
     def free(nids: list[int], upto: int) -> None:
         dead = [n for n in dict.fromkeys(nids) if last_use.get(n, -1) <= upto and n not in outputs]
@@ -227,6 +225,14 @@ def folded_nodes(graph: Graph, opts: EmitOptions) -> frozenset[int]:
     return frozenset(out)
 
 
+def fold_outputs(graph: Graph, folded: frozenset[int], users: dict[int, list[int]]
+                 ) -> list[int]:
+    """The folded nodes the forward reads (a user outside the fold, or an output)."""
+    outputs = set(graph.outputs.values())
+    return [n for n in sorted(folded)
+            if n in outputs or any(u not in folded for u in users[n])]
+
+
 def fold_key(nid: int) -> str:
     """Where a folded value lives in the parameter dict (no parameter name has a ':')."""
     return f"fold:{nid}"
@@ -240,9 +246,9 @@ def emit_fold(graph: Graph, opts: EmitOptions) -> str:
         graph.nodes[n].op == "param" and any(u in opts.folded for u in users[n]))]
     for nid in needed:
         node = graph.nodes[nid]
-        lines.append(f"    t{nid} = {_call(node, nid, replace(opts, folded=frozenset()), None, set())}")
-    read = [n for n in sorted(opts.folded) if any(u not in opts.folded for u in users[n])
-            or n in graph.outputs.values()]
+        inline = replace(opts, folded=frozenset())
+        lines.append(f"    t{nid} = {_call(node, nid, inline, None, set())}")
+    read = fold_outputs(graph, opts.folded, users)
     lines.append("    return {" + ", ".join(f"{fold_key(n)!r}: t{n}" for n in read) + "}")
     return "\n".join(lines) + "\n"
 

@@ -320,9 +320,10 @@ def op_rms_norm(x, g, b=None, *, eps):
 
 
 def op_embedding(table, ids):
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())   # np.take wraps -1
-        raise IndexError(f"embedding id {bad} is out of range [0, {table.shape[0]})")
+    lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+    if lo < 0 or hi >= table.shape[0]:                 # np.take would wrap -1 to the last row
+        raise IndexError(f"embedding id {lo if lo < 0 else hi} is out of range "
+                         f"[0, {table.shape[0]})")
     return np.take(table, ids, axis=0)
 
 

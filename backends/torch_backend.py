@@ -47,8 +47,11 @@ def _register(root, name, param):
 
 
 def _safe(module, part, existing):
-    while (part not in existing and hasattr(module, part)) or part.startswith("_"):
-        part = part + "_" if not part.startswith("_") else "p" + part
+    """`part` as a module-tree name: `p` before a leading `_`, then `_` appended while it
+    names an attribute of `module` that is not already this path's submodule."""
+    part = "p" + part if part.startswith("_") else part
+    while part not in existing and hasattr(module, part):
+        part += "_"
     return part
 
 
@@ -221,10 +224,10 @@ class TorchBackend(Backend):
     def compile(self, graph: Graph, params: dict[str, np.ndarray], dtype: str,
                 options: dict[str, Any]) -> Program:
         device = options.pop("device", "cpu")
-        checkpointing = options.pop("checkpointing", False)
-        if isinstance(checkpointing, bool) or not isinstance(checkpointing, int) or (
-                checkpointing < 0):
-            checkpointing = bool(checkpointing)   # True: every repeat iteration
+        checkpointing = options.pop("checkpointing", False)   # True: all; k: the first k
+        if not isinstance(checkpointing, int) or checkpointing < 0:
+            raise ValueError("checkpointing must be True, False or a number of repeat "
+                             f"iterations, got {checkpointing!r}")
         if options:
             raise ValueError(f"unknown torch backend options: {', '.join(options)}")
         return TorchProgram(graph, params, dtype, device, checkpointing)

@@ -22,18 +22,20 @@ standalone emitted modules, so they take no attndsl objects): one tuple per term
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 
-class Bias:
-    """Base class of score-bias terms; `+` builds a `BiasSum`."""
+class Bias(ABC):
+    """Base class of score biases (a term or a sum of terms); `+` builds a `BiasSum`."""
 
     def __add__(self, other: Bias) -> BiasSum:
         return BiasSum(self.terms() + other.terms())
 
+    @abstractmethod
     def terms(self) -> tuple[BiasTerm, ...]:
-        raise NotImplementedError
+        """The terms, in order."""
 
 
 class BiasTerm(Bias):
@@ -44,8 +46,9 @@ class BiasTerm(Bias):
     def terms(self) -> tuple[BiasTerm, ...]:
         return (self,)
 
+    @abstractmethod
     def kernel_attr(self) -> tuple[Any, ...]:
-        raise NotImplementedError
+        """The plain tuple the kernels receive for this term."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ Requires: a valid graph. Guarantees: each group becomes
 
 so every user reads a node of the same id and type as before; parameters keep their names
 and shapes (checkpoints are unchanged). The new nodes are recorded as members of the
-originals' `repeat` iteration (`meta["segment_extra"]`), for activation checkpointing. The weight concatenation runs per call (7 MB per
-GPT-2 layer, ~0.3 ms) and is what autograd differentiates through on torch.
+originals' `repeat` iteration (`meta["segment_extra"]`), for activation checkpointing. The
+weight concatenations depend on parameters alone: the backends fold them once per set of
+weights (`codegen.folded_nodes`), and autograd differentiates through them when training.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from attndsl.ir.graph import Graph, Node
 from attndsl.ir.ops import numel
 
-ROW_BLOCK = 128                   # query rows per tile of the torch biased path (kernels' BLOCK)
 VIEWS = frozenset({"transpose", "expand", "index"})
 TEMPORARY = frozenset({"layer_norm", "rms_norm", "softmax"})
 DTYPE_BYTES = {"int": 8, "bool": 1}
@@ -54,7 +53,7 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
     if node.op not in ("attention", "attention_weights"):
         return 0
     from attndsl.backends.codegen import block_sources
-    from attndsl.backends.numpy_kernels import attention_choice, attention_costs
+    from attndsl.backends.numpy_kernels import BLOCK, attention_choice, attention_costs
     q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
     b, h, tq, d = (int(x.evaluate(env)) for x in q.shape)
     b = max(b, int(k.shape[0].evaluate(env)))
@@ -71,7 +70,7 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
         if attrs.get("score") == "additive" or "relative" in terms:
             return 2 * scores                    # the explicit path: scores and probabilities
         if terms:                                # per row block: scores, biased, probabilities
-            return min(2 * scores, 3 * b * h * min(tq, ROW_BLOCK) * tk * itemsize)
+            return min(2 * scores, 3 * b * h * min(tq, BLOCK) * tk * itemsize)
         return 0 if pattern.is_full or pattern.is_causal else tq * tk
     supported = not explicit
     layout = block_sources(pattern)
