@@ -146,7 +146,20 @@ def test_top_level_items() -> None:
     assert train == ast.Train(None, (ast.Setting(None, "clip", ast.Number(None, 1.0)),))
 
 
-@pytest.mark.parametrize("text", ["model { model = 1 }", "const input = 3", "block f(shared) { }",
+def test_input_output_model_are_names_outside_statement_heads() -> None:
+    # Hugging Face layer names (`attention.output.dense`, `model.layers`) need these words.
+    module = parse_text("const model = 2\nblock f(output, input) { return output + input }\n"
+                        "model { input x: float[B]\n output = f(x, input=x)\n"
+                        "input = output * model\n output y = input }\n")
+    const, block, model = module.items
+    assert const.name == "model" and [p.name for p in block.params] == ["output", "input"]
+    assign_out, assign_in = model.body[1], model.body[2]
+    assert isinstance(assign_out, ast.Assign) and assign_out.target == "output"
+    assert isinstance(assign_in, ast.Assign) and assign_in.target == "input"
+    assert isinstance(model.body[3], ast.Output) and model.body[3].name == "y"
+
+
+@pytest.mark.parametrize("text", ["model { repeat = 1 }", "const return = 3", "block f(shared) { }",
                                   "model { x = 1 2 }", "const a = 1 <= 2",
                                   "model { input x: float[B, ] }", "const s = \"abc"])
 def test_keywords_and_malformed_text_are_syntax_errors(text: str) -> None:

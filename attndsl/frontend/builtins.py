@@ -24,33 +24,42 @@ TRAIN_BUILTINS: dict[str, Any] = {}
 NONE = object()  # the language's `none`
 
 
-def builtin(name: str, *, layer: bool = False, table: dict[str, Any] | None = None
+def builtin(name: str, *, layer: bool | str = False, table: dict[str, Any] | None = None
             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register `fn(b, span, *args, **kwargs)` as a built-in; `layer=True` opens a scope."""
+    """Register `fn(b, span, *args, **kwargs)` as a built-in. `layer=True` opens a parameter
+    scope, named by the assignment (`name_hint`), the built-in's name, or exactly by a
+    `name="a.b"` argument; `layer="leaf"` is a single tensor whose `name=` is its own full
+    name (passed to `fn` as `local`) rather than a scope."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
-        params = list(sig.parameters.values())[2:]
+        params = [p for p in list(sig.parameters.values())[2:] if p.name != "local"]
         shown = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}=..."
                           for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL)
-        usage = f"{name}({shown})"
+        usage = f"{name}({shown}{', name=...' if layer else ''})"
 
         def call(b: Any, args: list[Any], kwargs: dict[str, Any], node: ast.Call,
                  name_hint: str | None) -> Any:
             kwargs = {k: (None if v is NONE else v) for k, v in kwargs.items()}
             args = [None if v is NONE else v for v in args]
+            exact = b.exact_name(kwargs.pop("name"), node.span) if layer and "name" in kwargs \
+                else None
             names = [p.name for p in params]
             for key in kwargs:
                 if key not in names:
                     raise ArgumentError(f"{name}() has no argument '{key}'", node.span,
                                         did_you_mean(key, names) or f"usage: {usage}")
+            if layer == "leaf" and exact is not None:
+                if not exact:
+                    raise ArgumentError(f"{name}(): name= cannot be empty", node.span)
+                kwargs["local"] = exact.pop()
             try:
                 bound = sig.bind(b, node.span, *args, **kwargs)
             except TypeError as e:
                 raise ArgumentError(f"{name}(): {e}", node.span, f"usage: {usage}") from None
             if not layer:
                 return fn(*bound.args, **bound.kwargs)
-            with b.in_scope([b.claim_name(name_hint or name)]):
+            with b.in_scope(exact if exact is not None else [b.claim_name(name_hint or name)]):
                 return fn(*bound.args, **bound.kwargs)
 
         call.__name__, call.__doc__ = name, fn.__doc__
@@ -195,13 +204,15 @@ def rms_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-6, bias: bool = Fals
     return b.add("rms_norm", inputs, {"eps": number(eps, span, "eps")}, span)
 
 
-@builtin("parameter", layer=True)
-def parameter(b: Any, span: Span, shape: tuple, init: str = "normal", std: float = 0.02) -> Tensor:
-    """A free parameter (`weight`) of the given shape, e.g. a [CLS] token."""
+@builtin("parameter", layer="leaf")
+def parameter(b: Any, span: Span, shape: tuple, init: str = "normal", std: float = 0.02,
+              local: str = "weight") -> Tensor:
+    """A free parameter of the given shape, e.g. a [CLS] token: `<name>.weight`, or exactly
+    `name="..."`."""
     if not isinstance(shape, tuple):
         raise TypeError_("parameter() takes a shape list like [1, 1, d_model]", span)
     dims = tuple(integer(d, span, "parameter size") for d in shape)
-    return b.param("weight", dims, choice(init, INITS, span, "init"), span,
+    return b.param(local, dims, choice(init, INITS, span, "init"), span,
                    number(std, span, "std"))
 
 

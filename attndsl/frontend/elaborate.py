@@ -17,6 +17,7 @@ Parameter naming (identical on every backend):
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ TRAIN_SETTINGS = {"loss": "loss", "optimizer": "optimizer", "schedule": "schedul
                   "clip": "number", "steps": "number", "batch": "number", "seq": "number",
                   "grad_accum": "number", "warmup": "number", "layerdrop": "number"}
 MAX_CALL_DEPTH = 64
+EXACT_NAME = re.compile(r"([A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*)?")
 MAX_REPEAT = 4096
 MAX_INT_BITS = 4096
 MAX_NODES = 250_000
@@ -320,12 +322,14 @@ class Builder:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_REPEAT:
             raise TypeError_(f"repeat needs an integer count in 0..{MAX_REPEAT}, got "
                              f"{describe(count)}", stmt.count.span)
-        scope = self.claim_name(stmt.scope)
+        # `as encoder.layer` names the scope exactly (checkpoint names); `as layers` claims it
+        scope = (self.exact_name(stmt.scope, stmt.span) if "." in stmt.scope
+                 else [self.claim_name(stmt.scope)])
         outer = set(frame.vars)
         for i in range(count):
             for name in set(frame.vars) - outer:  # body-local names are new in every iteration
                 del frame.vars[name]
-            path = [scope] if stmt.shared else [scope, str(i)]
+            path = scope if stmt.shared else [*scope, str(i)]
             if stmt.shared:  # reuse the same names, at every depth, in every iteration
                 prefix = tuple(self.scope + path)
                 for key in [k for k in self.used_names if k[:len(prefix)] == prefix]:
@@ -358,6 +362,18 @@ class Builder:
             name = f"{base}_{k}"
         used.add(name)
         return name
+
+    def exact_name(self, value: Any, span: Span) -> list[str]:
+        """A layer's `name="a.b"`: the scope path it names, exactly (no `_1` suffixes), so
+        parameter names can follow a checkpoint's (`attention.output.dense`); `""` adds none."""
+        if not isinstance(value, str) or not EXACT_NAME.fullmatch(value):
+            raise TypeError_(f"name= must be a dotted name like \"attention.output.dense\", got "
+                             f"{describe(value)}", span)
+        if not value:  # name="": no scope of its own (a block inlined into the caller's)
+            return []
+        path = value.split(".")
+        self.used_names.setdefault(tuple(self.scope), set()).add(path[0])
+        return path
 
     @contextlib.contextmanager
     def in_scope(self, path: list[str]) -> Iterator[None]:
@@ -624,6 +640,7 @@ class Builder:
         if len(self.call_stack) >= MAX_CALL_DEPTH:
             raise RecursionError_(f"blocks nested more than {MAX_CALL_DEPTH} deep", call.span)
         names = [p.name for p in block.params]
+        exact = kwargs.pop("name", None) if "name" not in names else None
         if len(args) > len(names):
             raise ArgumentError(f"block '{block.name}' takes {len(names)} arguments, got "
                                 f"{len(args)}", call.span, f"signature: {signature(block)}")
@@ -645,10 +662,11 @@ class Builder:
             else:
                 raise ArgumentError(f"block '{block.name}' is missing argument '{p.name}'",
                                     call.span, f"signature: {signature(block)}")
-        scope = self.claim_name(name_hint or block.name)
+        path = (self.exact_name(exact, call.span) if exact is not None
+                else [self.claim_name(name_hint or block.name)])
         self.call_stack.append(block.name)
         try:
-            with self.in_scope([scope]):
+            with self.in_scope(path):
                 result = self.exec_body(block.body, callee, in_model=False)
         finally:
             self.call_stack.pop()

@@ -126,6 +126,9 @@ class ToAst(Transformer):
     def output_stmt(self, meta, c):
         return ast.Output(self.sp(meta), str(c[0]), c[1] if len(c) > 1 else None)
 
+    def target(self, c):
+        return c[0]
+
     @v_args(meta=True)
     def assign(self, meta, c):
         return ast.Assign(self.sp(meta), str(c[0]), c[1])
@@ -133,6 +136,9 @@ class ToAst(Transformer):
     @v_args(meta=True)
     def return_stmt(self, meta, c):
         return ast.Return(self.sp(meta), c[0])
+
+    def scope_name(self, c):
+        return ".".join(str(t) for t in c)
 
     @v_args(meta=True)
     def repeat_stmt(self, meta, c):
