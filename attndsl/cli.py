@@ -275,6 +275,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate_from_cli(args)
 
 
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from attndsl.hf import import_hf
+    spec = import_hf(args.directory, args.output)
+    print(f"wrote {spec} and {spec.parent / 'model.safetensors'}")
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from attndsl.hf import export_hf
+    from attndsl.training.checkpoint import model_from_source
+    model, _ = model_from_source(args.source, "numpy", config_of(args), weights=args.weights)
+    out = export_hf(model, args.output)
+    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 def number(kind: type, low: float | None = None, high: float | None = None,
@@ -445,6 +461,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eos", type=count, default=2, help="encoder-decoder: end token id")
     add_set(p)
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("import-hf", help="convert a local Hugging Face model directory "
+                       "(BERT, RoBERTa, GPT-2, LLaMA/Mistral) into a spec and safetensors")
+    p.add_argument("directory", type=Path, help="holds config.json and model.safetensors "
+                   "(or a sharded model.safetensors.index.json)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="directory for model.attn and model.safetensors")
+    p.set_defaults(fn=cmd_import_hf)
+
+    p = sub.add_parser("export-hf", help="write a Hugging Face directory (config.json + "
+                       "model.safetensors) for a spec written by import-hf")
+    p.add_argument("source", type=Path, help="an .attn file or a run directory")
+    p.add_argument("--weights", help="with a spec: a safetensors file to load")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    add_set(p)
+    p.set_defaults(fn=cmd_export_hf)
     return parser
 
 

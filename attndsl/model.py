@@ -292,7 +292,7 @@ class Model:
         `model.safetensors.index.json`). Names, shapes and dtypes are checked from the
         headers first; then tensors are read and copied in one at a time (peak memory: the
         model plus one tensor). float16/bfloat16 are converted and named in the report."""
-        entries = _safetensors_entries(Path(path))
+        entries = safetensors_entries(Path(path))
         named = _renamed({n: n for n in entries}, rename)     # new name -> name in the file
         converted = {new: entries[old][1].dtype for new, old in named.items()
                      if entries[old][1].dtype in ("F16", "BF16")}
@@ -371,7 +371,7 @@ def _as_array(value: Any) -> tuple[np.ndarray, str | None]:
     return array, ("float16" if array.dtype == np.float16 else None)
 
 
-def _safetensors_entries(path: Path) -> dict[str, tuple[Path, Entry]]:
+def safetensors_entries(path: Path) -> dict[str, tuple[Path, Entry]]:
     """name -> (file, entry) of a safetensors file, an index JSON (every shard) or a
     directory holding `model.safetensors` or `model.safetensors.index.json`."""
     if path.is_dir():

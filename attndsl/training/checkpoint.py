@@ -273,3 +273,23 @@ def set_torch_rng_state(state: list[int]) -> None:
     import torch
 
     torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
+
+
+def model_from_source(source: Path, backend: str, config: dict[str, Any], seed: int = 0,
+                      weights: str | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """(model, training state) of a run directory written by `attndsl train` (its spec and
+    latest weights), or (model, None) of a spec file with `weights` or seeded weights."""
+    import attndsl
+    if not source.is_dir():
+        return attndsl.compile(source, backend=backend, config=config, seed=seed,
+                               weights=weights), None
+    if weights:
+        raise ValueError("--weights is for a spec file; a run directory brings its own")
+    tensors, _, state = load_checkpoint(source)
+    if "spec_text" not in state:
+        raise ValueError(f"{source} was not written by `attndsl train` (no spec inside)")
+    spec_text = state["spec_text"]            # always text, never a path to read
+    model = attndsl.compile(spec_text if "\n" in spec_text else spec_text + "\n",
+                            backend=backend, config={**state.get("spec_config", {}), **config})
+    model.load_state_dict(tensors)
+    return model, state

@@ -174,25 +174,12 @@ def generate_from_cli(args: argparse.Namespace) -> int:
     tokenizer; a spec file runs with `--weights` (or seeded random weights) and the byte
     tokenizer. Encoder–decoder specs (two token inputs) decode the prompt as the source
     sequence, greedily or with `--beam N`."""
-    import attndsl
     from attndsl.cli import parse_sets
-    from attndsl.training.checkpoint import load_checkpoint
+    from attndsl.training.checkpoint import model_from_source
     from attndsl.training.tokenizers import ByteTokenizer, tokenizer_from_json
-    source = Path(args.source)
-    if source.is_dir():
-        weights, _, state = load_checkpoint(source)
-        if "spec_text" not in state:
-            raise ValueError(f"{source} was not written by `attndsl train` (no spec inside)")
-        spec_text = state["spec_text"]            # always text, never a path to read
-        model = attndsl.compile(spec_text if "\n" in spec_text else spec_text + "\n",
-                                backend=args.backend,
-                                config={**state.get("spec_config", {}), **parse_sets(args.set)})
-        model.load_state_dict(weights)
-        tokenizer: Any = tokenizer_from_json(state["tokenizer"])
-    else:
-        model = attndsl.compile(source, backend=args.backend, config=parse_sets(args.set),
-                                seed=args.seed, weights=args.weights)
-        tokenizer = ByteTokenizer()
+    model, state = model_from_source(Path(args.source), args.backend, parse_sets(args.set),
+                                     args.seed, args.weights)
+    tokenizer: Any = tokenizer_from_json(state["tokenizer"]) if state else ByteTokenizer()
     inputs = model.graph.inputs
     if len(inputs) not in (1, 2) or any(model.graph.nodes[nid].type.dtype != "int"
                                         for nid in inputs.values()):

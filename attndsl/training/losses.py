@@ -70,8 +70,9 @@ def check_targets(targets_shape: tuple[int, ...], logits_shape: tuple[int, ...],
 
 
 def loss_spec(graph: Any) -> dict[str, Any]:
-    """The spec's loss setting, or cross-entropy on the first output."""
+    """The spec's loss setting, or cross-entropy on the output `logits` (else the first)."""
     train = graph.meta.get("train", {})
-    default = {"name": "cross_entropy", "output": next(iter(graph.outputs)),
+    first = "logits" if "logits" in graph.outputs else next(iter(graph.outputs))
+    default = {"name": "cross_entropy", "output": first,
                "label_smoothing": 0.0, "ignore_index": -100, "target": "causal_lm"}
     return {**default, **train.get("loss", {})}
