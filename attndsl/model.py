@@ -458,6 +458,23 @@ def embedding_limits(graph: Graph) -> dict[str, int]:
     return out
 
 
+def random_inputs(graph: Any, env: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Random inputs of the declared types: ids below the embedding table each input indexes."""
+    rng = np.random.default_rng(seed)
+    limits = embedding_limits(graph)
+    out: dict[str, np.ndarray] = {}
+    for name, nid in graph.inputs.items():
+        t = graph.nodes[nid].type
+        shape = tuple(int(d.evaluate(env)) for d in t.shape)
+        if t.dtype == "int":
+            out[name] = rng.integers(0, limits.get(name, 2), size=shape)
+        elif t.dtype == "bool":
+            out[name] = np.ones(shape, dtype=bool)
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
 def _torch_kind(value: Any) -> str:
     """numpy-style dtype kind for a torch tensor."""
     dt = getattr(value, "dtype", None)

@@ -216,7 +216,9 @@ def op_top_k_indices(x, *, k, axis):
 
 def op_gather(x, index, *, axis):
     n = x.shape[axis]
-    if index.numel() and (int(index.min()) < -n or int(index.max()) >= n):
+    # range checks read values: skipped while torch.export traces (ONNX export)
+    if index.numel() and not torch.compiler.is_compiling() and (
+            int(index.min()) < -n or int(index.max()) >= n):
         raise IndexError(f"gather index out of range [0, {n}) along axis {axis}")
     return torch.gather(x, axis, index % n)
 
@@ -247,7 +249,7 @@ def op_rms_norm(x, g, b=None, *, eps):
 
 
 def op_embedding(table, ids):
-    if ids.numel():
+    if ids.numel() and not torch.compiler.is_compiling():  # not while torch.export traces
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= table.shape[0]:
             raise IndexError(f"embedding id {lo if lo < 0 else hi} is out of range "
@@ -257,13 +259,16 @@ def op_embedding(table, ids):
 
 def attention_mask(pattern, tq, tk, device):
     """Boolean [tq, tk] mask (queries are the last tq of tk positions); the 16 most recently
-    used are kept."""
+    used are kept (none while torch.export traces: the sizes are symbols then)."""
+    tracing = torch.compiler.is_compiling()
     key = (pattern, tq, tk, str(device))
-    mask = _MASKS.pop(key, None)
+    mask = None if tracing else _MASKS.pop(key, None)
     if mask is None:
         q = torch.arange(tk - tq, tk, device=device)[:, None]
         k = torch.arange(tk, device=device)[None, :]
         mask = eval(pattern, {"abs": abs}, {"q": q, "k": k, "n": tk})  # noqa: S307
+    if tracing:
+        return mask
     _MASKS[key] = mask
     while len(_MASKS) > 16:
         del _MASKS[next(iter(_MASKS))]
@@ -479,13 +484,14 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         q = _rope(q, tk - tq, rope)
         k = _rope(k, 0, rope) if rope_keys else k
     gqa = q.shape[1] != k.shape[1]
-    if score == "additive" or any(t[0] == "relative" for t in bias):
+    tracing = torch.compiler.is_compiling()  # torch.export/compile: one path for every size
+    if score == "additive" or any(t[0] == "relative" for t in bias) or (tracing and bias):
         qs = torch.matmul(q, ex["score_w"]) if score == "bilinear" else q
         probs = _explicit_probs(qs, k, q, ex, pattern, scale, score, bias)
         return _grouped_pv(F.dropout(probs, p, training) if p > 0 else probs, v)
     if score == "bilinear":
         q = torch.matmul(q, ex["score_w"])
-    if _use_blocked(impl, q, k, v, pattern, pattern_blocks, bias):
+    if not tracing and _use_blocked(impl, q, k, v, pattern, pattern_blocks, bias):
         return _blocked_attention(q, k, v, ex, pattern, pattern_blocks, scale, bias, p,
                                   impl != "tiled")
     if not bias and "key_padding" not in ex:
