@@ -53,7 +53,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     prefix: str                      # the base model's prefix in task-head checkpoints
-    layers_key: str
+    layers: tuple[tuple[str, str], ...]   # (row prefix, config key of its layer count)
     spec: Callable[[dict[str, Any], set[str]], str]
     table: Callable[[dict[str, Any], set[str]], list[Row]]
     head_rows: tuple[str, ...]       # names outside the base model (kept unprefixed)
@@ -337,6 +337,110 @@ def bert_table(cfg: dict[str, Any], names: set[str]) -> list[Row]:
     return rows
 
 
+# -- T5 ---------------------------------------------------------------------------------------
+
+T5_FF = {"relu": "relu", "gated-gelu": "gelu_new", "gated-silu": "silu"}
+
+
+def t5_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    c = _need(cfg, ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
+                    "relative_attention_num_buckets", "layer_norm_epsilon"), "t5")
+    c["num_decoder_layers"] = cfg.get("num_decoder_layers") or c["num_layers"]
+    c["relative_attention_max_distance"] = cfg.get("relative_attention_max_distance", 128)
+    c["feed_forward_proj"] = cfg.get("feed_forward_proj", "relu")
+    # T5 v1.0 scales the decoder output by d_model^-0.5 before the LM head, v1.1 does not:
+    # transformers 5 says so in scale_decoder_outputs, older configs by tie_word_embeddings
+    c["scale_decoder_outputs"] = bool(cfg.get("scale_decoder_outputs",
+                                              cfg.get("tie_word_embeddings", True)))
+    _refuse(c["num_heads"] * c["d_kv"] != c["d_model"],
+            f"num_heads x d_kv = {c['num_heads'] * c['d_kv']} differs from d_model")
+    _refuse(c["feed_forward_proj"] not in T5_FF,
+            f"feed_forward_proj {c['feed_forward_proj']!r} (supported: {', '.join(T5_FF)})")
+    return c
+
+
+def t5_spec(cfg: dict[str, Any], names: set[str]) -> str:
+    c = t5_config(cfg)
+    proj = c["feed_forward_proj"]
+    if proj == "relu":
+        ff = ('relu(linear(x, d_ff, bias=false, name="wi"))')
+    else:
+        act = _act(T5_FF[proj], 'linear(x, d_ff, bias=false, name="wi_0")')
+        ff = f'{act} * linear(x, d_ff, bias=false, name="wi_1")'
+    y = "y * d_model ** -0.5" if c["scale_decoder_outputs"] else "y"
+    head = (f'linear({y}, vocab_size, bias=false, name="lm_head")' if "lm_head.weight" in names
+            else f'linear({y}, vocab_size, bias=false, tie="shared")')
+    return f"""# T5 (Raffel et al. 2020), written by `attndsl import-hf` from a Hugging Face checkpoint:
+# pre-RMSNorm encoder-decoder, unscaled dot-product scores, one relative-position bias per
+# stack (kept in the first block, as Hugging Face does); names follow Hugging Face's.
+{_consts(c)}
+
+block ff(x) {{
+    h = {ff}                        # (B, L, d_ff)
+    return linear(h, d_model, bias=false, name="wo")           # (B, L, d_model)
+}}
+
+model t5 {{
+    input input_ids: int[B, S]
+    input decoder_input_ids: int[B, T]
+    input attention_mask: bool[B, S] = true                    # true = real source token
+    x = embedding(input_ids, vocab_size, d_model, name="shared")   # (B, S, d_model)
+    enc_bias = t5_bias(buckets=relative_attention_num_buckets,
+                       max_distance=relative_attention_max_distance, bidirectional=true,
+                       name="encoder.block.0.layer.0.SelfAttention.relative_attention_bias")
+    repeat num_layers as encoder.block {{
+        x = x + attention(rms_norm(x, eps=layer_norm_epsilon, name="layer.0.layer_norm"),
+                          num_heads, bias=enc_bias, score=dot, proj_bias=false,
+                          key_padding=attention_mask, name="layer.0.SelfAttention")
+        x = x + ff(rms_norm(x, eps=layer_norm_epsilon, name="layer.1.layer_norm"),
+                   name="layer.1.DenseReluDense")
+    }}
+    memory = rms_norm(x, eps=layer_norm_epsilon, name="encoder.final_layer_norm")
+    output encoder_last_hidden_state = memory                  # (B, S, d_model)
+    y = embedding(decoder_input_ids, vocab_size, d_model, tie="shared")   # (B, T, d_model)
+    dec_bias = t5_bias(buckets=relative_attention_num_buckets,
+                       max_distance=relative_attention_max_distance, bidirectional=false,
+                       name="decoder.block.0.layer.0.SelfAttention.relative_attention_bias")
+    repeat num_decoder_layers as decoder.block {{
+        y = y + attention(rms_norm(y, eps=layer_norm_epsilon, name="layer.0.layer_norm"),
+                          num_heads, pattern=causal, bias=dec_bias, score=dot, proj_bias=false,
+                          name="layer.0.SelfAttention")
+        y = y + attention(rms_norm(y, eps=layer_norm_epsilon, name="layer.1.layer_norm"),
+                          num_heads, kv=memory, score=dot, proj_bias=false,
+                          key_padding=attention_mask, name="layer.1.EncDecAttention")
+        y = y + ff(rms_norm(y, eps=layer_norm_epsilon, name="layer.2.layer_norm"),
+                   name="layer.2.DenseReluDense")
+    }}
+    y = rms_norm(y, eps=layer_norm_epsilon, name="decoder.final_layer_norm")
+    output logits = {head}   # (B, T, vocab_size)
+}}
+"""
+
+
+def t5_table(cfg: dict[str, Any], names: set[str]) -> list[Row]:
+    gated = cfg.get("feed_forward_proj", "relu") != "relu"
+    wi = ("wi_0", "wi_1") if gated else ("wi",)
+    rows = [row("shared.weight"), tied("encoder.embed_tokens.weight"),
+            tied("decoder.embed_tokens.weight"), row("encoder.final_layer_norm.weight"),
+            row("decoder.final_layer_norm.weight"),
+            row("lm_head.weight") if "lm_head.weight" in names else tied("lm_head.weight")]
+    rows += [row(f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+             for s in ("encoder", "decoder")]
+    for stack, attns, ff in (("encoder", ("0.SelfAttention",), 1),
+                             ("decoder", ("0.SelfAttention", "1.EncDecAttention"), 2)):
+        block = f"{stack}.block.{{i}}.layer."
+        rows += [row(f"{block}{a}.{x}.weight") for a in attns for x in "qkvo"]
+        rows += [row(f"{block}{n}.layer_norm.weight") for n in range(ff + 1)]
+        rows += [row(f"{block}{ff}.DenseReluDense.{w}.weight") for w in (*wi, "wo")]
+    return rows
+
+
+def t5_export(cfg: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    return {**cfg, "is_encoder_decoder": True, "decoder_start_token_id": 0,
+            "tie_word_embeddings": cfg["scale_decoder_outputs"]}   # what both readers expect
+
+
+
 def gpt2_export(cfg: dict[str, Any], names: set[str]) -> dict[str, Any]:
     return {**cfg, "tie_word_embeddings": True}
 
@@ -355,15 +459,17 @@ def bert_export(cfg: dict[str, Any], names: set[str]) -> dict[str, Any]:
 
 
 FAMILIES = [
-    Family("gpt2", ("gpt2",), "transformer.", "n_layer", gpt2_spec, gpt2_table, ("lm_head.",),
+    Family("gpt2", ("gpt2",), "transformer.", (("", "n_layer"),), gpt2_spec, gpt2_table, ("lm_head.",),
            lambda names: ("GPT2LMHeadModel", True), gpt2_export),
-    Family("llama", ("llama", "mistral"), "model.", "num_hidden_layers", llama_spec, llama_table,
+    Family("llama", ("llama", "mistral"), "model.", (("", "num_hidden_layers"),), llama_spec, llama_table,
            ("lm_head.",), lambda names: ("LlamaForCausalLM", True), llama_export),
-    Family("bert", ("bert",), "bert.", "num_hidden_layers", bert_spec, bert_table, ("cls.",),
+    Family("bert", ("bert",), "bert.", (("", "num_hidden_layers"),), bert_spec, bert_table, ("cls.",),
            lambda names: ("BertForPreTraining", True) if "cls.seq_relationship.weight" in names
            else ("BertForMaskedLM", True) if "cls.predictions.decoder.bias" in names
            else ("BertModel", False), bert_export),
-    Family("roberta", ("roberta",), "roberta.", "num_hidden_layers", bert_spec, bert_table,
+    Family("t5", ("t5",), "", (("decoder.", "num_decoder_layers"), ("", "num_layers")), t5_spec, t5_table, (),
+           lambda names: ("T5ForConditionalGeneration", False), t5_export),
+    Family("roberta", ("roberta",), "roberta.", (("", "num_hidden_layers"),), bert_spec, bert_table,
            ("lm_head.",), lambda names: ("RobertaForMaskedLM", True)
            if "lm_head.decoder.bias" in names else ("RobertaModel", False), bert_export),
 ]
@@ -378,13 +484,14 @@ def family_of(model_type: str) -> Family:
     raise HFError(f"model_type {model_type!r} is not supported by import-hf (supported: {known})")
 
 
-def expand(rows: list[Row], layers: int) -> list[Row]:
-    """Rows with `{i}` repeated for every layer index."""
+def expand(rows: list[Row], fam: Family, cfg: dict[str, Any]) -> list[Row]:
+    """Rows with `{i}` repeated for every layer index of their stack."""
     out = []
     for r in rows:
         if "{i}" in r.hf:
+            key = next(k for prefix, k in fam.layers if r.hf.startswith(prefix))
             out += [Row(r.hf.format(i=i), tuple(o.format(i=i) for o in r.ours), r.transpose)
-                    for i in range(layers)]
+                    for i in range(int(cfg[key]))]
         else:
             out.append(r)
     return out
@@ -429,7 +536,7 @@ def convert(directory: str | Path) -> tuple[str, dict[str, np.ndarray], Family]:
     base = {_strip(n, fam): n for n in entries}
     names = set(base)
     spec = fam.spec(cfg, names)
-    rows = expand(fam.table(cfg, names), int(cfg[fam.layers_key]))
+    rows = expand(fam.table(cfg, names), fam, cfg)
     model_params = _param_shapes(spec)
     out: dict[str, np.ndarray] = {}
     handles: dict[Path, Any] = {}
@@ -516,7 +623,7 @@ def export_hf(model: Model, out: str | Path) -> Path:
                       f"{', '.join(t for f in FAMILIES for t in f.model_types)}); this spec's "
                       f"model is {model_type or 'unnamed'!r}")
     names = set(state)
-    rows = expand(fam.table(cfg, names), int(cfg[fam.layers_key]))
+    rows = expand(fam.table(cfg, names), fam, cfg)
     unmapped = sorted(names - {o for r in rows for o in r.ours})
     if unmapped:
         raise HFError(f"'{unmapped[0]}' has no Hugging Face name in the {fam.name} table; was "

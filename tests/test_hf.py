@@ -15,7 +15,7 @@ tf = pytest.importorskip("transformers")
 
 import attndsl.hf as hf  # noqa: E402
 from attndsl.cli import main  # noqa: E402
-from attndsl.training.generate import generate_ids  # noqa: E402
+from attndsl.training.generate import generate_ids, greedy_decode  # noqa: E402
 
 V = 97
 
@@ -41,6 +41,12 @@ def configs() -> dict[str, tuple[object, type]]:
                       tf.BertModel),
         "roberta": (tf.RobertaConfig(vocab_size=V, max_position_embeddings=66, **small),
                     tf.RobertaForMaskedLM),
+        "t5": (tf.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                           num_decoder_layers=3, num_heads=4, relative_attention_num_buckets=8,
+                           relative_attention_max_distance=20), tf.T5ForConditionalGeneration),
+        "t5_gated": (tf.T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                 num_heads=4, feed_forward_proj="gated-gelu",
+                                 tie_word_embeddings=False), tf.T5ForConditionalGeneration),
     }
 
 
@@ -57,13 +63,13 @@ def checkpoints(tmp_path_factory) -> dict[str, object]:
     return out
 
 
-def hf_outputs(model, ids: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray]:
-    kw = {"attention_mask": torch.tensor(mask)} if mask is not None else {}
+def hf_outputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        r = model(input_ids=torch.tensor(ids), **kw)
+        r = model(**{k: torch.tensor(v) for k, v in inputs.items()})
     out = {}
     for ours, theirs in (("logits", "logits"), ("logits", "prediction_logits"),
                          ("last_hidden_state", "last_hidden_state"),
+                         ("encoder_last_hidden_state", "encoder_last_hidden_state"),
                          ("pooler_output", "pooler_output"),
                          ("seq_relationship_logits", "seq_relationship_logits")):
         if getattr(r, theirs, None) is not None:
@@ -71,29 +77,33 @@ def hf_outputs(model, ids: np.ndarray, mask: np.ndarray | None) -> dict[str, np.
     return out
 
 
-def inputs_for(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def inputs_for(name: str) -> dict[str, np.ndarray]:
+    """Token ids (and a padding mask with padded positions for the encoders)."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(3, V, size=(2, 12))
-    if not name.startswith(("bert", "roberta")):
-        return ids, None
+    ids = rng.integers(3, V, size=(2, 24 if name.startswith("t5") else 12))
+    if name.startswith(("gpt2", "llama", "mistral")):
+        return {"input_ids": ids}
     mask = np.ones_like(ids)
     mask[1, 8:] = 0
     ids[1, 8:] = 1                               # RoBERTa's pad id: positions skip pads
-    return ids, mask
+    out = {"input_ids": ids, "attention_mask": mask}
+    if name.startswith("t5"):                    # long enough for the far relative buckets
+        out["decoder_input_ids"] = rng.integers(2, V, size=(2, 22))
+    return out
 
 
 @pytest.mark.parametrize("name", list(configs()))
 @pytest.mark.parametrize("be", ["numpy", "torch"])
 def test_import_matches_transformers(checkpoints, name: str, be: str) -> None:
     directory, reference = checkpoints[name]
-    ids, mask = inputs_for(name)
-    want = hf_outputs(reference, ids, mask)
+    inputs = inputs_for(name)
+    want = hf_outputs(reference, inputs)
     model = hf.from_hf(directory, backend=be)
-    got = model.to_numpy(model(input_ids=ids, **({"attention_mask": mask} if mask is not None
-                                                   else {})))
-    real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
+    got = model.to_numpy(model(**inputs))
+    mask = inputs.get("attention_mask", np.ones(inputs["input_ids"].shape)).astype(bool)
     assert want and set(want) <= set(got)
     for key, value in want.items():
+        real = mask if value.shape[:2] == mask.shape else np.ones(value.shape[:2], bool)
         ours = got[key][real] if value.ndim == 3 else got[key]
         theirs = value[real] if value.ndim == 3 else value
         scale = np.abs(theirs).max()
@@ -112,6 +122,18 @@ def test_greedy_generation_matches_transformers(checkpoints, name: str, be: str)
     assert ours == theirs
 
 
+@pytest.mark.parametrize("name", ["t5", "t5_gated"])
+def test_t5_greedy_decoding_matches_transformers(checkpoints, name: str) -> None:
+    directory, reference = checkpoints[name]
+    src = inputs_for(name)["input_ids"][:1]
+    with torch.no_grad():
+        theirs = reference.generate(torch.tensor(src), max_new_tokens=30, min_new_tokens=30,
+                                    do_sample=False, decoder_start_token_id=0,
+                                    use_cache=False)[0].tolist()   # HF caches 2 of 3 layers
+    ours = greedy_decode(hf.from_hf(directory), src, bos=0, eos=-1, max_len=30)
+    assert ours == theirs
+
+
 def test_cli_import_run_export_round_trip(checkpoints, tmp_path, capsys) -> None:
     directory, reference = checkpoints["llama"]
     assert main(["import-hf", str(directory), "-o", str(tmp_path / "conv")]) == 0
@@ -122,7 +144,7 @@ def test_cli_import_run_export_round_trip(checkpoints, tmp_path, capsys) -> None
     assert main(["export-hf", str(tmp_path / "conv" / "model.attn"), "--weights",
                  str(tmp_path / "conv" / "model.safetensors"), "-o", str(tmp_path / "back")]) == 0
     back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
-    ids = torch.tensor(inputs_for("llama")[0])
+    ids = torch.tensor(inputs_for("llama")["input_ids"])
     with torch.no_grad():
         assert torch.equal(back(input_ids=ids).logits, reference(input_ids=ids).logits)
     for a, b in zip(back.state_dict().items(), reference.state_dict().items()):
@@ -130,7 +152,7 @@ def test_cli_import_run_export_round_trip(checkpoints, tmp_path, capsys) -> None
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert", "bert_base", "roberta", "mistral",
-                                  "llama3_scaled"])
+                                  "llama3_scaled", "t5", "t5_gated"])
 def test_export_loads_back_into_transformers_unchanged(checkpoints, tmp_path, name) -> None:
     directory, reference = checkpoints[name]
     hf.export_hf(hf.from_hf(directory), tmp_path)
@@ -149,8 +171,8 @@ def test_sharded_and_bf16_checkpoints_convert(checkpoints, tmp_path) -> None:
     reference.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     copy.deepcopy(reference).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
-    ids = inputs_for("gpt2")[0]
-    want = hf_outputs(reference, ids, None)["logits"]
+    ids = inputs_for("gpt2")["input_ids"]
+    want = hf_outputs(reference, {"input_ids": ids})["logits"]
     got = hf.from_hf(tmp_path / "sharded")(input_ids=ids)["logits"]
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     weights = hf.convert(tmp_path / "bf16")[1]
@@ -160,9 +182,9 @@ def test_sharded_and_bf16_checkpoints_convert(checkpoints, tmp_path) -> None:
 
 
 def test_bad_directories_are_clear_errors(checkpoints, tmp_path, capsys) -> None:
-    (tmp_path / "t5").mkdir()
-    (tmp_path / "t5" / "config.json").write_text('{"model_type": "bart"}')
-    assert main(["import-hf", str(tmp_path / "t5"), "-o", str(tmp_path / "o")]) == 2
+    (tmp_path / "bart").mkdir()
+    (tmp_path / "bart" / "config.json").write_text('{"model_type": "bart"}')
+    assert main(["import-hf", str(tmp_path / "bart"), "-o", str(tmp_path / "o")]) == 2
     assert "model_type 'bart' is not supported" in capsys.readouterr().err
     (tmp_path / "pkl").mkdir()
     (tmp_path / "pkl" / "config.json").write_text('{"model_type": "gpt2"}')

@@ -140,6 +140,9 @@ class ToAst(Transformer):
     def scope_name(self, c):
         return ".".join(str(t) for t in c)
 
+    def scope_part(self, c):
+        return c[0]
+
     @v_args(meta=True)
     def repeat_stmt(self, meta, c):
         shared = len(c) == 4

@@ -180,7 +180,8 @@ def generate_from_cli(args: argparse.Namespace) -> int:
     model, state = model_from_source(Path(args.source), args.backend, parse_sets(args.set),
                                      args.seed, args.weights)
     tokenizer: Any = tokenizer_from_json(state["tokenizer"]) if state else ByteTokenizer()
-    inputs = model.graph.inputs
+    optional = model.graph.meta.get("input_defaults", {})   # e.g. an attention mask
+    inputs = {n: nid for n, nid in model.graph.inputs.items() if n not in optional}
     if len(inputs) not in (1, 2) or any(model.graph.nodes[nid].type.dtype != "int"
                                         for nid in inputs.values()):
         raise TrainingError("generate needs a decoder-only spec (one token input) or an "
