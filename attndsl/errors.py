@@ -138,6 +138,12 @@ class WeightsError(AttnError):
     code = "E302"
 
 
+class ExportError(AttnError):
+    """A model the ONNX exporter cannot export, or whose export fails the checks."""
+
+    code = "E303"
+
+
 class TrainingError(AttnError):
     """The training section or training options are invalid."""
 

@@ -17,16 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from attndsl.errors import AttnError
+from attndsl.errors import ExportError
 from attndsl.ir.dims import Dim
 from attndsl.model import Model, random_inputs
 from attndsl.model import compile as compile_spec
 
 TOLERANCE = 1e-4
-
-
-class ExportError(AttnError):
-    code = "E303"
 
 
 @dataclass(frozen=True)
