@@ -8,8 +8,11 @@
 
 from attndsl.errors import AttnError
 from attndsl.frontend import build, parse
+from attndsl.hf import export_hf, from_hf, import_hf
 from attndsl.model import Model, compile
+from attndsl.onnx_export import export_onnx
 from attndsl.training.trainer import train
 
 __version__ = "0.1.0"
-__all__ = ["AttnError", "Model", "build", "compile", "parse", "train", "__version__"]
+__all__ = ["AttnError", "Model", "build", "compile", "export_hf", "export_onnx", "from_hf",
+           "import_hf", "parse", "train", "__version__"]
