@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a spec on a text file")
     p.add_argument("spec", type=Path, help="an .attn file")
     p.add_argument("--data", help="a UTF-8 text file (default: the bundled Shakespeare sample)")
-    p.add_argument("--backend", default="torch", choices=("torch",))
+    p.add_argument("--backend", default="torch", choices=("torch", "numpy"),
+                   help="torch (fused optimizers, autograd) or numpy (the compiler's reverse mode)")
     p.add_argument("--steps", type=positive_int, default=200)
     p.add_argument("--batch", type=positive_int,
                    help="default: the resumed run's, else the spec's, else 12")

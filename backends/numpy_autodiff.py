@@ -4,8 +4,12 @@
 NumPy program (attributes rendered exactly as `codegen` renders them), keeps every value,
 takes the cross-entropy loss with its gradient w.r.t. the logits, then walks the graph in
 reverse topological order applying `attndsl.autodiff.VJP_RULES`, summing the cotangents of
-nodes used more than once (`x * x`, tied weights). Inference semantics throughout: dropout,
-attention dropout and LayerDrop are off, as in torch's eval mode.
+nodes used more than once (`x * x`, tied weights). Without `rng`, inference semantics:
+dropout, attention dropout and LayerDrop are off, as in torch's eval mode. With `rng` (a
+`numpy.random.Generator`; training), in topological order: each `dropout(x, p)` draws
+`keep = rng.random(x.shape) >= p` and gives `x * keep / (1 - p)`; each LayerDrop draws one
+`rng.random() < p` and skips its layer when true (as torch: the layer's input passes
+through); attention dropout is not supported (an error says so before any work).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from attndsl.backends.codegen import dim_bindings, kernel_attrs
 from attndsl.backends.numpy_backend import load_module
 
 from attndsl.autodiff import CONSTANT_LIKE, VJP_RULES
+from attndsl.errors import TrainingError
 from attndsl.ir.graph import Graph
 from attndsl.training.losses import check_targets, cross_entropy_with_grad
 
@@ -33,7 +38,9 @@ def bind_dims(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
 def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                          inputs: Mapping[str, np.ndarray], targets: np.ndarray,
                          loss: Mapping[str, Any], dtype: str,
-                         kernels: Kernels | None = None) -> tuple[float, dict[str, np.ndarray]]:
+                         kernels: Kernels | None = None,
+                         rng: np.random.Generator | None = None
+                         ) -> tuple[float, dict[str, np.ndarray]]:
     """The loss `loss` (as `losses.loss_spec(graph)`: output, label_smoothing, ignore_index)
     on (inputs, targets) and its gradient for every name in `graph.params` (zeros where a
     parameter does not reach the loss). Computes in `dtype` ('float32' or 'float64');
@@ -49,14 +56,24 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
     live = _ancestors(graph, out_id)
     order = [n for n in graph.topological_order() if n in live]
 
+    if rng is not None:
+        check_trainable(graph)
     values: dict[int, Any] = {}
     attrs: dict[int, dict[str, Any]] = {}
+    drawn: dict[int, Any] = {}        # training: dropout keep-masks, LayerDrop coin flips
     for nid in order:
         node = graph.nodes[nid]
         if node.op == "input":
             values[nid] = xs[node.attr("name")]
         elif node.op == "param":
             values[nid] = ps[node.attr("name")]
+        elif rng is not None and node.op == "dropout" and node.attr("p") > 0:
+            x, p = values[node.inputs[0]], node.attr("p")
+            drawn[nid] = (rng.random(x.shape) >= p).astype(fdtype) / fdtype.type(1 - p)
+            values[nid] = x * drawn[nid]
+        elif rng is not None and node.op == "layer_drop" and node.attr("p") > 0:
+            drawn[nid] = bool(rng.random() < node.attr("p"))          # True: skip the layer
+            values[nid] = values[node.inputs[0 if drawn[nid] else 1]]
         else:
             attrs[nid] = kernel_attrs(node, env)
             values[nid] = ops[f"op_{node.op}"](*(values[i] for i in node.inputs), **attrs[nid])
@@ -74,13 +91,27 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
         if nid not in cotangents or node.op in CONSTANT_LIKE:
             continue
         g = cotangents.pop(nid)
-        ins = tuple(values[i] for i in node.inputs)
-        grads = VJP_RULES[node.op](g, values[nid], ins, attrs[nid])
+        if nid in drawn:
+            grads = ((g * drawn[nid],) if node.op == "dropout"
+                     else (g, None) if drawn[nid] else (None, g))
+        else:
+            grads = VJP_RULES[node.op](g, values[nid], (tuple(values[i] for i in node.inputs)),
+                                       attrs[nid])
         for src, gi in zip(node.inputs, grads, strict=True):
             if gi is not None and src in needs:
                 cotangents[src] = gi if src not in cotangents else cotangents[src] + gi
     return value, {name: np.array(cotangents.get(nid, np.zeros_like(ps[name])), dtype=fdtype)
                    for name, nid in graph.params.items()}
+
+
+def check_trainable(graph: Graph) -> None:
+    """NumPy training draws dropout and LayerDrop; attention dropout it does not have."""
+    for node in graph.nodes.values():
+        if node.op in ("attention", "attention_weights") and (node.attr("dropout") or 0) > 0:
+            raise TrainingError(
+                f"attention dropout ({node.attr('dropout')}) is not implemented for NumPy "
+                "training", node.span, "set the attention's dropout= to 0 (e.g. --dropout 0, "
+                "or --set for the spec's constant), or train with --backend torch")
 
 
 def _convert(value: np.ndarray, declared: str, fdtype: np.dtype) -> np.ndarray:

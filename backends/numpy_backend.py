@@ -146,11 +146,14 @@ class NumpyProgram(Program):
         return self.namespace(True)["forward"](self.folded(), self.convert_inputs(inputs), cache,
                                                past)
 
-    def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]
+    def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any],
+                       rng: np.random.Generator | None = None
                        ) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and gradients; with `rng`, training semantics (dropout and LayerDrop drawn)."""
         from attndsl.backends.numpy_autodiff import value_and_grad_numpy
         return value_and_grad_numpy(self.graph, self.params, inputs, np.asarray(targets), loss,
-                                    np.dtype(self.dtype).name, kernels=self.namespace(False))
+                                    np.dtype(self.dtype).name, kernels=self.namespace(False),
+                                    rng=rng)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}

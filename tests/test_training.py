@@ -126,13 +126,13 @@ def test_schedule_and_weight_decay_groups():
     trainer = make_trainer(steps=10)
     cfg = trainer.cfg
     assert (cfg.optimizer, cfg.betas, cfg.weight_decay) == ("adamw", (0.9, 0.95), 0.1)
-    groups = trainer.optimizer.param_groups
+    groups = trainer.engine.optimizer.param_groups
     assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.1
     assert all(p.ndim < 2 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
     lrs = []
     for _ in range(10):
         trainer.train_step()
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        lrs.append(trainer.engine.optimizer.param_groups[0]["lr"])
     assert lrs[0] < lrs[1] and lrs[-1] < max(lrs)   # warm-up, then decay
 
 
@@ -336,7 +336,7 @@ def test_a_non_finite_loss_stops_training_before_the_update():
     with pytest.raises(TrainingError, match="the loss is (nan|inf)") as info:
         trainer.run(progress=False)
     assert "lower the learning rate" in info.value.hint
-    params = [p for p in trainer.module.parameters()]
+    params = [p for p in trainer.engine.module.parameters()]
     assert all(bool(p.isfinite().all()) for p in params)
 
 

@@ -1,4 +1,5 @@
-"""The training loop behind `attndsl train` and `attndsl.train(...)` (PyTorch backend).
+"""The training loop behind `attndsl train` and `attndsl.train(...)`, on the PyTorch and
+NumPy backends (`attndsl.training.engines`: what a step means on each).
 
 Settings come from the spec's `train { ... }` section and are overridden by arguments:
 loss (cross-entropy, label smoothing, ignore index; causal-LM or masked-LM targets),
@@ -137,25 +138,15 @@ class Trainer:
 
     def __init__(self, model: Model, data: TextDataset, config: TrainConfig,
                  mask_token: int | None = None):
-        import torch
-
-        from attndsl.training.optim import make_optimizer
-        if not model.backend.can_train:
-            raise TrainingError(f"the {model.backend.name} backend cannot train",
-                                None, "use backend='torch'")
+        from attndsl.training.engines import make_engine
         self.model, self.data, self.cfg = model, data, config
-        self.module = model.module
         self.loss_spec = loss_spec(model.graph)
         self.mask_token = mask_token
         self.inputs = self.stream_inputs()
-        self.named = self.module._params()              # the spec's parameter names
-        self.optimizer = make_optimizer(config.optimizer, self.named, lr=config.lr,
-                                        weight_decay=config.weight_decay, betas=config.betas,
-                                        eps=config.eps, momentum=config.momentum)
+        self.engine = make_engine(model, config)
         self.schedule = config.make_schedule()
         self.step = 0
         self.rng = np.random.default_rng(config.seed)
-        torch.manual_seed(config.seed)
         self.history: list[dict[str, float]] = []
 
     # -- batches and losses ----------------------------------------------------------------------
@@ -194,52 +185,31 @@ class Trainer:
             inputs[name] = np.ones(x.shape, bool) if dtype == "bool" else np.zeros_like(x)
         return inputs, y
 
-    def autocast(self) -> Any:
-        import torch
-        if not self.cfg.amp:
-            return contextlib.nullcontext()
-        device = next(self.module.parameters()).device.type
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-
     def estimate_loss(self, split: str) -> float:
         """Mean loss over eval_iters batches from a fixed RNG (does not disturb training)."""
-        import torch
         rng = np.random.default_rng(self.cfg.seed + 1)
-        was_training = self.module.training
-        self.module.eval()
         losses = []
-        with torch.no_grad(), self.autocast():
+        with self.engine.evaluating():
             for _ in range(self.cfg.eval_iters):
                 inputs, y = self.batch(split, rng)
-                losses.append(float(self.model.loss(y, **inputs)))
-        self.module.train(was_training)
+                losses.append(self.engine.eval_loss(inputs, y))
         return float(np.mean(losses))
 
     # -- the loop ------------------------------------------------------------------------------
     def train_step(self) -> float:
-        import torch
         lr = self.schedule(self.step + 1 if self.cfg.schedule == "noam" else self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if not self.module.training:
-            self.module.train()
+        self.engine.set_lr(lr)
         total = 0.0
         for _ in range(self.cfg.grad_accum):
             inputs, y = self.batch("train", self.rng)
-            with self.autocast():
-                loss = self.model.loss(y, **inputs) / self.cfg.grad_accum
-            loss.backward()
-            total += float(loss.detach())
+            total += self.engine.accumulate(inputs, y, 1.0 / self.cfg.grad_accum)
         if not np.isfinite(total):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.engine.discard()
             raise TrainingError(
                 f"the loss is {total} at step {self.step + 1}; stopped before the update "
                 "(the last checkpoint, if any, holds finite weights)", None,
                 f"lower the learning rate (now {lr:.3g}) or clip gradients (--clip)")
-        if self.cfg.clip and self.cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.engine.apply(self.cfg.clip)
         self.step += 1
         return total
 
@@ -264,7 +234,7 @@ class Trainer:
                 loss = self.train_step()
                 spent += time.perf_counter() - t0
                 row: dict[str, float] = {"step": self.step, "loss": loss,
-                                         "lr": self.optimizer.param_groups[0]["lr"]}
+                                         "lr": self.engine.lr}
                 if cfg.eval_every and (self.step % cfg.eval_every == 0
                                        or self.step == cfg.steps):
                     val = self.estimate_loss("val")
@@ -290,31 +260,21 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any]) -> None:
-        from attndsl.training.checkpoint import numpy_rng_state, save_checkpoint, torch_rng_state
-        from attndsl.training.optim import optimizer_param_names, optimizer_state_tensors
-        names = optimizer_param_names(self.optimizer, self.named)
-        tensors, meta = optimizer_state_tensors(self.optimizer, names)
-        state = {"step": self.step, "optimizer": meta, "optimizer_names": names,
-                 "rng": numpy_rng_state(self.rng), "torch_rng": torch_rng_state(),
-                 "config": asdict(self.cfg), "history": self.history,
-                 "tokenizer": self.data.tokenizer.to_json(), **extra}
-        save_checkpoint(directory, self.model.state_dict(),
-                        {k: v.detach().cpu().numpy() for k, v in tensors.items()}, state)
+        from attndsl.training.checkpoint import numpy_rng_state, save_checkpoint
+        tensors, engine_state = self.engine.state()
+        state = {"step": self.step, **engine_state, "rng": numpy_rng_state(self.rng),
+                 "backend": self.model.backend.name, "config": asdict(self.cfg),
+                 "history": self.history, "tokenizer": self.data.tokenizer.to_json(), **extra}
+        save_checkpoint(directory, self.model.state_dict(), tensors, state)
 
     def restore(self, directory: str | Path) -> dict[str, Any]:
-        from attndsl.training.checkpoint import (
-            load_checkpoint,
-            numpy_rng_from_state,
-            set_torch_rng_state,
-        )
-        from attndsl.training.optim import load_optimizer_state
+        """Weights, optimizer state, step and RNGs from a checkpoint of either backend."""
+        from attndsl.training.checkpoint import load_checkpoint, numpy_rng_from_state
         weights, opt_tensors, state = load_checkpoint(directory)
         self.model.load_state_dict(weights)
-        load_optimizer_state(self.optimizer, state["optimizer_names"], opt_tensors,
-                             state["optimizer"])
+        self.engine.restore(opt_tensors, state)
         self.step = int(state["step"])
         self.rng = numpy_rng_from_state(state["rng"])
-        set_torch_rng_state(state["torch_rng"])
         self.history = list(state.get("history", []))
         return state
 

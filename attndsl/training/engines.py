@@ -1,0 +1,188 @@
+"""What one optimization step means on each backend, behind one interface for `Trainer`.
+
+- `TorchEngine`: autograd on the PyTorch backend's module, torch's fused optimizers,
+  `clip_grad_norm_`, bf16 autocast.
+- `ArrayEngine`: the NumPy backend's reverse mode (`Program.value_and_grad`) and
+  `ArrayOptimizer` (the same update rules, written over the array module), with dropout and
+  LayerDrop drawn from a documented NumPy stream: `numpy.random.default_rng(seed + 2)`,
+  `rng.random(x.shape) >= p` per dropout in graph order (see `backends/numpy_autodiff.py`).
+
+Both save optimizer state in one format (`optim.optimizer_state_tensors`), so a checkpoint
+from one resumes on the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from attndsl.errors import TrainingError
+from attndsl.model import Model
+from attndsl.training.losses import cross_entropy_numpy, loss_spec
+
+DROPOUT_SEED_OFFSET = 2
+
+
+class TorchEngine:
+    def __init__(self, model: Model, cfg: Any):
+        import torch
+
+        from attndsl.training.optim import make_optimizer
+        self.model, self.cfg = model, cfg
+        self.module = model.module
+        self.named = self.module._params()                 # the spec's parameter names
+        self.optimizer = make_optimizer(cfg.optimizer, self.named, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                        eps=cfg.eps, momentum=cfg.momentum)
+        torch.manual_seed(cfg.seed)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def autocast(self) -> Any:
+        import torch
+        if not self.cfg.amp:
+            return contextlib.nullcontext()
+        device = next(self.module.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float) -> float:
+        """Forward and backward of `scale * loss`, gradients added to the running ones."""
+        if not self.module.training:
+            self.module.train()
+        with self.autocast():
+            loss = self.model.loss(targets, **inputs) * scale
+        loss.backward()
+        return float(loss.detach())
+
+    def discard(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def apply(self, clip: float) -> None:
+        import torch
+        if clip and clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        import torch
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                yield
+        finally:
+            self.module.train(was_training)
+
+    def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray) -> float:
+        return float(self.model.loss(targets, **inputs))
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from attndsl.training.checkpoint import torch_rng_state
+        from attndsl.training.optim import optimizer_param_names, optimizer_state_tensors
+        names = optimizer_param_names(self.optimizer, self.named)
+        tensors, meta = optimizer_state_tensors(self.optimizer, names)
+        return ({k: v.detach().cpu().numpy() for k, v in tensors.items()},
+                {"optimizer": meta, "optimizer_names": names, "torch_rng": torch_rng_state()})
+
+    def restore(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        from attndsl.training.checkpoint import set_torch_rng_state
+        from attndsl.training.optim import load_optimizer_state, optimizer_param_names
+        names = optimizer_param_names(self.optimizer, self.named)
+        load_optimizer_state(self.optimizer, names, tensors, state["optimizer"])
+        if "torch_rng" in state:                       # absent in a NumPy run's checkpoint
+            set_torch_rng_state(state["torch_rng"])
+
+
+class ArrayEngine:
+    def __init__(self, model: Model, cfg: Any):
+        from attndsl.training.array_optim import ArrayOptimizer
+        if cfg.amp:
+            raise TrainingError("--amp (bf16 autocast) is for the torch backend", None)
+        self.model, self.cfg = model, cfg
+        self.program = model.program
+        model._materialize()
+        self.params = self.program.params                 # name -> array, updated in place
+        self.optimizer = ArrayOptimizer(cfg.optimizer, self.params, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                        eps=cfg.eps, momentum=cfg.momentum)
+        self.rng = np.random.default_rng(cfg.seed + DROPOUT_SEED_OFFSET)
+        self.grads: dict[str, Any] | None = None
+        self.loss = loss_spec(model.graph)
+        from attndsl.backends.numpy_autodiff import check_trainable
+        check_trainable(model.graph)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.set_lr(lr)
+
+    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float) -> float:
+        xs = self.model.validate_inputs(inputs)
+        value, grads = self.program.value_and_grad(xs, targets, self.loss, rng=self.rng)
+        if self.grads is None:
+            self.grads = {k: g * scale for k, g in grads.items()}
+        else:
+            for k, g in grads.items():
+                self.grads[k] += g * scale
+        return float(value) * scale
+
+    def discard(self) -> None:
+        self.grads = None
+
+    def apply(self, clip: float) -> None:
+        grads = self.grads or {}
+        if clip and clip > 0:                        # as torch.nn.utils.clip_grad_norm_
+            total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum())
+                                  for g in grads.values()))
+            coef = np.float32(min(clip / (total + 1e-6), 1.0))
+            for g in grads.values():
+                g *= coef
+        self.optimizer.step(self.params, grads)
+        self.program.set_params(self.params)          # drops values folded from the old ones
+        self.grads = None
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        yield
+
+    def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray) -> float:
+        logits = self.model.to_numpy(self.model(**inputs)[self.loss["output"]])
+        return float(cross_entropy_numpy(logits, np.asarray(targets),
+                                         self.loss["label_smoothing"], self.loss["ignore_index"]))
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from attndsl.training.checkpoint import numpy_rng_state
+        tensors, meta = self.optimizer.state_tensors()
+        return tensors, {"optimizer": meta, "optimizer_names": self.optimizer.names,
+                         "dropout_rng": numpy_rng_state(self.rng)}
+
+    def restore(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        from attndsl.training.checkpoint import numpy_rng_from_state
+        xp = getattr(self.program, "xp", np)
+        self.optimizer.load_state(tensors, state["optimizer"], self.params, xp)
+        if "dropout_rng" in state:                     # absent in a torch run's checkpoint
+            self.rng = numpy_rng_from_state(state["dropout_rng"])
+
+
+def make_engine(model: Model, cfg: Any) -> TorchEngine | ArrayEngine:
+    if model.backend.name == "torch":
+        return TorchEngine(model, cfg)
+    if model.backend.name == "numpy":
+        return ArrayEngine(model, cfg)
+    raise TrainingError(f"the {model.backend.name} backend has no training loop here", None,
+                        "train with backend='torch' or 'numpy' (CuPy training needs the "
+                        "gradient kernels on CuPy, which are not wired up)")
