@@ -210,10 +210,12 @@ class Model:
         return self.program.value_and_grad(xs, targets, loss_spec(self.graph))
 
     def loss(self, targets: Any, **inputs: Any) -> Any:
-        """The training loss as a differentiable torch tensor (the training loop's step)."""
+        """The training loss as a differentiable torch tensor (the torch training step)."""
         if not self.backend.can_train:
-            raise TrainingError(f"the {self.backend.name} backend has no training loop",
-                                None, "compile with backend='torch' to train")
+            raise TrainingError(f"Model.loss is a torch tensor for autograd; on the "
+                                f"{self.backend.name} backend use value_and_grad", None,
+                                "attndsl.train(model, ...) and `attndsl train --backend "
+                                "numpy` train on NumPy")
         return self.program.loss(self.validate_inputs(inputs), targets, loss_spec(self.graph))
 
     # -- weights --------------------------------------------------------------------------

@@ -160,7 +160,7 @@ class ArrayEngine:
         yield
 
     def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray) -> float:
-        logits = self.model.to_numpy(self.model(**inputs)[self.loss["output"]])
+        logits = self.model.to_numpy(self.model(**inputs))[self.loss["output"]]
         return float(cross_entropy_numpy(logits, np.asarray(targets),
                                          self.loss["label_smoothing"], self.loss["ignore_index"]))
 

@@ -282,7 +282,7 @@ class Trainer:
 def train(model: Model, data: TextDataset | str, steps: int | None = None,
           batch: int | None = None, seq: int | None = None, progress: bool = False,
           checkpoint_dir: str | Path | None = None, **overrides: Any) -> TrainResult:
-    """Train `model` (torch backend) on a TextDataset or raw text (char tokenizer).
+    """Train `model` (torch or numpy backend) on a TextDataset or raw text (char tokenizer).
 
     Keyword overrides are TrainConfig fields (lr, schedule, warmup, clip, grad_accum, amp,
     eval_every, ...); everything else comes from the spec's train section."""
@@ -316,7 +316,16 @@ def train_from_cli(args: argparse.Namespace) -> int:
     from attndsl.frontend.parser import read_source
     from attndsl.training.checkpoint import check_checkpoint_dir
     check_checkpoint_dir(args.out)                  # before any work, not after all steps
-    check_device(args.device)
+    options: dict[str, Any] = {}
+    if args.backend == "torch":
+        check_device(args.device)
+        options = {"device": args.device, "checkpointing": args.checkpointing}
+    else:
+        for flag, given in (("--device " + args.device, args.device != "cpu"),
+                            ("--checkpointing", args.checkpointing), ("--amp", args.amp)):
+            if given:
+                raise TrainingError(f"{flag} is for the torch backend", None,
+                                    "drop it, or train with --backend torch")
     config: dict[str, Any] = dict(parse_sets(args.set))
     resume_state: dict[str, Any] | None = None
     saved: dict[str, Any] = {}
@@ -361,8 +370,7 @@ def train_from_cli(args: argparse.Namespace) -> int:
             if "dropout" in key:
                 config.setdefault(key, args.dropout)
     model = attndsl.compile(args.spec, backend=args.backend, config=config, seed=args.seed,
-                            layerdrop=args.layerdrop, device=args.device,
-                            checkpointing=args.checkpointing)
+                            layerdrop=args.layerdrop, **options)
     cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=args.steps,
                                 batch=batch, seq=seq, lr=args.lr, clip=args.clip,
                                 grad_accum=args.grad_accum, eval_every=args.eval_every,
