@@ -408,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a spec on a text file")
     p.add_argument("spec", type=Path, help="an .attn file")
-    p.add_argument("--data", help="a UTF-8 text file (default: the bundled Shakespeare sample)")
+    p.add_argument("--data", help="a UTF-8 text file (default: the bundled Shakespeare "
+                   "sample); .tsv/.jsonl source-target pairs for encoder-decoder specs; .npz "
+                   "arrays named like the inputs plus 'targets'")
     p.add_argument("--backend", default="torch", choices=("torch", "numpy"),
                    help="torch (fused optimizers, autograd) or numpy (the compiler's reverse mode)")
     p.add_argument("--steps", type=positive_int, default=200)
@@ -418,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the resumed run's, else the spec's, else 64")
     p.add_argument("--lr", type=number(float, 0.0, low_open=True),
                    help="peak learning rate (default: the spec's)")
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear", "noam"),
+                   help="learning-rate schedule (default: the spec's train section)")
+    p.add_argument("--warmup", type=count, help="warm-up steps of the schedule")
     p.add_argument("--tokenizer", default="char", choices=("char", "byte", "bpe"))
     p.add_argument("--vocab-size", type=positive_int, default=512,
                    help="BPE vocabulary size")
@@ -455,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="with a spec: a safetensors file to load")
     p.add_argument("--beam", type=positive_int, default=1,
                    help="encoder-decoder specs: beam width (1 = greedy)")
-    p.add_argument("--bos", type=count, default=1, help="encoder-decoder: start token id")
-    p.add_argument("--eos", type=count, default=2, help="encoder-decoder: end token id")
+    p.add_argument("--bos", type=count, help="encoder-decoder: start token id (default: a "
+                   "paired-data run's BOS, else 1)")
+    p.add_argument("--eos", type=count, help="encoder-decoder: end token id (default: a "
+                   "paired-data run's EOS, else 2)")
     add_set(p)
     p.set_defaults(fn=cmd_generate)
 

@@ -4,18 +4,25 @@ exact gradients; checkpoints that resume on the other backend; the CLI."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
 from attndsl.backends.numpy_autodiff import value_and_grad_numpy  # noqa: E402
-from helpers import spec_paths  # noqa: E402
+from helpers import REPO_ROOT, spec_paths  # noqa: E402
 
 import attndsl  # noqa: E402
 from attndsl.cli import main  # noqa: E402
 from attndsl.errors import TrainingError  # noqa: E402
-from attndsl.training.data import TextDataset  # noqa: E402
+from attndsl.training.data import (  # noqa: E402
+    ArrayDataset,
+    PairedDataset,
+    TextDataset,
+    load_pairs,
+)
 from attndsl.training.losses import loss_spec  # noqa: E402
 from attndsl.training.tokenizers import make_tokenizer  # noqa: E402
 from attndsl.training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -33,26 +40,58 @@ TEXT_SPECS = {
 }
 
 
-def make(spec: str, backend: str, steps: int, config: dict, **overrides) -> Trainer:
+PAIRS = load_pairs(REPO_ROOT / "tests" / "data" / "reverse.tsv")
+PAIRED = PairedDataset(PAIRS, make_tokenizer("char", "\n".join(s + "\n" + t for s, t in PAIRS)))
+SMALL = dict(vocab=PAIRED.vocab_size, d_model=32, heads=4, d_ff=64, ctx=32)
+PAIRED_SPECS = {
+    "transformer": dict(SMALL, enc_layers=2, dec_layers=2, dropout_p=0.0),
+    "t5": dict(SMALL, layers=2),
+    "bahdanau": dict(SMALL, layers=2),
+}
+
+
+def quadrant_images(path, n: int = 64) -> ArrayDataset:
+    """Images whose class is the bright quadrant, as an .npz file."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 4, n)
+    image = rng.standard_normal((n, 3, 16, 16)).astype(np.float32) * 0.3
+    for i, t in enumerate(targets):
+        r, c = divmod(int(t), 2)
+        image[i, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 1.0
+    np.savez(path, image=image, targets=targets)
+    return ArrayDataset(path)
+
+
+def make(spec: str, backend: str, steps: int, config: dict, data=None,
+         **overrides) -> Trainer:
     model = attndsl.compile(spec, backend=backend, config=config, seed=0)
     cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=steps, batch=4,
                                 seq=16, eval_every=0, seed=1, **overrides)
     mask = TOK.vocab_size if loss_spec(model.graph)["target"] == "masked_lm" else None
-    return Trainer(model, TextDataset(TEXT, TOK), cfg, mask)
+    return Trainer(model, data or TextDataset(TEXT, TOK), cfg, mask)
 
 
-def curve(spec: str, backend: str, steps: int, config: dict, **overrides) -> list[float]:
-    result = make(spec, backend, steps, config, **overrides).run(progress=False)
+def curve(spec: str, backend: str, steps: int, config: dict, data=None,
+          **overrides) -> list[float]:
+    result = make(spec, backend, steps, config, data, **overrides).run(progress=False)
     return [row["loss"] for row in result.history]
 
 
 @pytest.mark.parametrize("spec", spec_paths(), ids=lambda p: p.stem)
-def test_numpy_and_torch_losses_agree_for_50_steps(spec) -> None:
-    if spec.stem not in TEXT_SPECS:
-        pytest.skip(f"{spec.stem} needs paired or array data, which `attndsl train` does not "
-                    "read yet")
-    config = TEXT_SPECS[spec.stem]
-    ours, ref = (np.array(curve(str(spec), b, 50, config)) for b in ("numpy", "torch"))
+def test_numpy_and_torch_losses_agree_for_50_steps(spec, tmp_path) -> None:
+    """Every spec in specs/, with the data it trains from: text, pairs or arrays."""
+    data = None
+    if spec.stem in PAIRED_SPECS:
+        config, data = PAIRED_SPECS[spec.stem], PAIRED
+    elif spec.stem == "vit":
+        config = dict(img=16, patch=4, channels=3, d_model=32, heads=4, layers=2, d_ff=64,
+                      classes=4, dropout_p=0.0)
+        data = quadrant_images(tmp_path / "images.npz")
+    else:
+        config = TEXT_SPECS[spec.stem]
+    ours, ref = (np.array(curve(str(spec), b, 50, config, data, schedule="constant",
+                                lr=1e-3))
+                 for b in ("numpy", "torch"))
     assert np.all(np.abs(ours - ref) <= 1e-4 * np.abs(ref)), np.abs(ours - ref).max()
     assert ours[-5:].mean() < ours[:5].mean()
 
@@ -139,3 +178,46 @@ def test_cli_trains_on_numpy_and_loss_falls(tmp_path, capsys) -> None:
     assert '"backend": "numpy"' in state
     assert main(["generate", str(tmp_path / "run"), "--prompt", "ROMEO:", "--max-new", "5",
                  "--backend", "numpy"]) == 0
+
+
+def test_transformer_trains_from_pairs_and_vit_from_arrays_via_the_cli(tmp_path, capsys) -> None:
+    """`--data x.tsv` (teacher forcing, padding ignored) and `--data x.npz`; loss falls."""
+    small = ["--set", "d_model=32", "--set", "heads=4", "--set", "d_ff=64", "--dropout", "0",
+             "--schedule", "constant", "--quiet", "--sample", "0", "--batch", "16"]
+    runs = {
+        "pairs": ["specs/transformer.attn", "--data", str(REPO_ROOT / "tests" / "data" /
+                                                          "reverse.tsv"), "--lr", "3e-3",
+                  "--seq", "12", "--set", "enc_layers=2", "--set", "dec_layers=2"],
+        "arrays": ["specs/vit.attn", "--data", str(tmp_path / "images.npz"), "--lr", "1e-3",
+                   "--set", "img=16", "--set", "patch=4", "--set", "layers=2",
+                   "--set", "classes=4"],
+    }
+    quadrant_images(tmp_path / "images.npz", n=200)
+    for name, args in runs.items():
+        out = tmp_path / name
+        assert main(["train", *args, "--steps", "40", "--eval-every", "40", *small,
+                     "--out", str(out)]) == 0
+        history = json.loads((out / "state.json").read_text())["history"]
+        first, last = history[0]["loss"], np.mean([h["loss"] for h in history[-5:]])
+        assert last < first - 0.15, (name, first, last)
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "pairs"), "--prompt", "abc", "--max-new", "6"]) == 0
+    assert capsys.readouterr().out.strip()            # decoded with the run's BOS/EOS
+
+
+@pytest.mark.parametrize("content, message", [
+    ("abc\n", "expected source<TAB>target"), ("a\tb\n", "need at least 2"),
+])
+def test_bad_paired_files_name_the_line(tmp_path, content, message) -> None:
+    path = tmp_path / "p.tsv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_pairs(path)
+
+
+def test_array_files_must_match_the_inputs(tmp_path, capsys) -> None:
+    np.savez(tmp_path / "a.npz", pixels=np.zeros((4, 3, 16, 16), np.float32),
+             targets=np.zeros(4, np.int64))
+    assert main(["train", "specs/vit.attn", "--data", str(tmp_path / "a.npz"), "--steps", "1",
+                 "--set", "img=16", "--set", "patch=4", "--out", str(tmp_path / "o")]) == 2
+    assert "missing ['image'], unknown ['pixels']" in capsys.readouterr().err

@@ -197,11 +197,14 @@ def generate_from_cli(args: argparse.Namespace) -> int:
                             "--temperature 0")
     if len(inputs) == 2:
         src = np.array([prompt])
+        specials = (state or {}).get("specials", {})      # a run trained on paired data
+        bos = args.bos if args.bos is not None else specials.get("bos", 1)
+        eos = args.eos if args.eos is not None else specials.get("eos", 2)
         if args.beam > 1:
-            ids = beam_search(model, src, args.bos, args.eos, args.max_new, beam=args.beam)
+            ids = beam_search(model, src, bos, eos, args.max_new, beam=args.beam)
         else:
-            ids = greedy_decode(model, src, args.bos, args.eos, args.max_new)
-        ids = [i for i in ids[1:] if i != args.eos]
+            ids = greedy_decode(model, src, bos, eos, args.max_new)
+        ids = [i for i in ids[1:] if i != eos]
     else:
         ids = generate_ids(model, prompt, args.max_new, args.temperature, args.top_k,
                            args.top_p, args.seed)

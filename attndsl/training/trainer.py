@@ -25,10 +25,17 @@ import numpy as np
 
 from attndsl.errors import TrainingError
 from attndsl.model import Model
-from attndsl.training.data import TextDataset, load_text, masked_lm_batch
+from attndsl.training.data import (
+    ArrayDataset,
+    PairedDataset,
+    TextDataset,
+    load_text,
+    masked_lm_batch,
+)
 from attndsl.training.losses import loss_spec
 from attndsl.training.tokenizers import make_tokenizer, tokenizer_from_json
 
+Dataset = TextDataset | PairedDataset | ArrayDataset
 BUNDLED_TEXT = Path(__file__).resolve().parent.parent / "data" / "tiny_shakespeare.txt"
 
 
@@ -136,13 +143,18 @@ class TrainResult:
 class Trainer:
     """Owns the model, optimizer, schedule, data and RNGs of one training run."""
 
-    def __init__(self, model: Model, data: TextDataset, config: TrainConfig,
+    def __init__(self, model: Model, data: Dataset, config: TrainConfig,
                  mask_token: int | None = None):
         from attndsl.training.engines import make_engine
         self.model, self.data, self.cfg = model, data, config
         self.loss_spec = loss_spec(model.graph)
         self.mask_token = mask_token
-        self.inputs = self.stream_inputs()
+        if isinstance(data, PairedDataset):
+            self.inputs = self.paired_inputs()
+        elif isinstance(data, ArrayDataset):
+            self.inputs = self.array_inputs()
+        else:
+            self.inputs = self.stream_inputs()
         self.engine = make_engine(model, config)
         self.schedule = config.make_schedule()
         self.step = 0
@@ -172,7 +184,47 @@ class Trainer:
             fill[name] = t.dtype
         return names[0], fill
 
+    def paired_inputs(self) -> tuple[str, dict[str, str]]:
+        """Encoder-decoder specs: the two required int inputs are source and target (in
+        declaration order); an optional bool input shaped like the source gets the padding
+        mask (true = real token); other optional inputs keep their defaults."""
+        graph = self.model.graph
+        optional = graph.meta.get("input_defaults", {})
+        types = {n: graph.nodes[nid].type for n, nid in graph.inputs.items()}
+        required = [n for n in types if n not in optional]
+        if len(required) != 2 or any(types[n].dtype != "int" or types[n].rank != 2
+                                     for n in required):
+            raise TrainingError("paired data feeds an encoder-decoder spec: two int[B, L] "
+                                f"inputs (source, target); this spec needs {', '.join(required)}")
+        mask = next((n for n in optional if types[n].dtype == "bool"
+                     and types[n].shape == types[required[0]].shape), None)
+        return required[0], {"target": required[1], **({"mask": mask} if mask else {})}
+
+    def array_inputs(self) -> tuple[str, dict[str, str]]:
+        """`.npz` data: an array per required input (by name), plus `targets`."""
+        graph = self.model.graph
+        optional = graph.meta.get("input_defaults", {})
+        arrays = self.data.arrays
+        missing = [n for n in graph.inputs if n not in optional and n not in arrays]
+        unknown = [k for k in arrays if k != "targets" and k not in graph.inputs]
+        if missing or unknown:
+            raise TrainingError(f"the array file must hold one array per model input plus "
+                                f"'targets': missing {missing or 'none'}, unknown "
+                                f"{unknown or 'none'}")
+        return "", {}
+
     def batch(self, split: str, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
+        if isinstance(self.data, ArrayDataset):
+            arrays = self.data.get_batch(split, self.cfg.batch, rng)
+            return {k: v for k, v in arrays.items() if k != "targets"}, arrays["targets"]
+        if isinstance(self.data, PairedDataset):
+            src, tgt, labels, real = self.data.get_batch(split, self.cfg.batch, self.cfg.seq,
+                                                         rng, self.loss_spec["ignore_index"])
+            source, roles = self.inputs
+            inputs = {source: src, roles["target"]: tgt}
+            if "mask" in roles:
+                inputs[roles["mask"]] = real
+            return inputs, labels
         x, y = self.data.get_batch(split, self.cfg.batch, self.cfg.seq, rng)  # (B, T) each
         if self.loss_spec["target"] == "masked_lm":
             if self.mask_token is None:
@@ -264,7 +316,12 @@ class Trainer:
         tensors, engine_state = self.engine.state()
         state = {"step": self.step, **engine_state, "rng": numpy_rng_state(self.rng),
                  "backend": self.model.backend.name, "config": asdict(self.cfg),
-                 "history": self.history, "tokenizer": self.data.tokenizer.to_json(), **extra}
+                 "history": self.history, **extra}
+        if self.data.tokenizer is not None:
+            state["tokenizer"] = self.data.tokenizer.to_json()
+        if isinstance(self.data, PairedDataset):
+            state["specials"] = {"pad": self.data.pad, "bos": self.data.bos,
+                                 "eos": self.data.eos}
         save_checkpoint(directory, self.model.state_dict(), tensors, state)
 
     def restore(self, directory: str | Path) -> dict[str, Any]:
@@ -308,6 +365,26 @@ def check_device(device: str) -> None:
         raise TrainingError(f"device {device!r}: torch sees {torch.cuda.device_count()} GPUs")
 
 
+def load_dataset(path: str | None, args: argparse.Namespace, tokenizer: Any) -> Dataset:
+    """The dataset a `--data` file means, by extension: `.tsv`/`.jsonl` source-target pairs,
+    `.npz` arrays, anything else UTF-8 text (default: the bundled sample). `tokenizer`: a
+    resumed run's; else one is built from the data (`--tokenizer`, `--vocab-size`)."""
+    from attndsl.training.data import ARRAY_SUFFIXES, PAIRED_SUFFIXES, load_pairs
+    suffix = Path(path).suffix if path else ""
+    if suffix in ARRAY_SUFFIXES:
+        return ArrayDataset(path)
+    if suffix in PAIRED_SUFFIXES:
+        pairs = load_pairs(path)
+        text = "\n".join(s + "\n" + t for s, t in pairs)
+    else:
+        text = load_text(path or BUNDLED_TEXT)
+    if tokenizer is None:
+        tokenizer = make_tokenizer(args.tokenizer, text,
+                                   args.vocab_size if args.tokenizer == "bpe" else None)
+    return PairedDataset(pairs, tokenizer) if suffix in PAIRED_SUFFIXES else TextDataset(
+        text, tokenizer)
+
+
 # -- CLI -----------------------------------------------------------------------------------------
 
 def train_from_cli(args: argparse.Namespace) -> int:
@@ -333,21 +410,22 @@ def train_from_cli(args: argparse.Namespace) -> int:
         from attndsl.training.checkpoint import read_state
         _, resume_state = read_state(args.resume)       # tensors are read by restore()
         config = {**resume_state.get("spec_config", {}), **config}
-        try:
-            tokenizer = tokenizer_from_json(resume_state["tokenizer"])
-        except (KeyError, ValueError) as e:
-            raise TrainingError(f"{args.resume}/state.json: no usable tokenizer ({e})") from None
+        tokenizer = None
+        if "tokenizer" in resume_state:
+            try:
+                tokenizer = tokenizer_from_json(resume_state["tokenizer"])
+            except (KeyError, ValueError) as e:
+                raise TrainingError(f"{args.resume}/state.json: no usable tokenizer ({e})"
+                                    ) from None
         saved_data = resume_state.get("data")
         if args.data and (saved_data is None or Path(args.data).resolve() != Path(saved_data)):
             raise TrainingError(f"--data {args.data} is not the data {args.resume} was trained "
                                 f"on ({saved_data or 'the bundled sample'})", None,
                                 "resume without --data, or start a new run")
-        text = load_text(saved_data or BUNDLED_TEXT)
+        data = load_dataset(saved_data, args, tokenizer)
         saved = resume_state.get("config", {})
     else:
-        text = load_text(args.data or BUNDLED_TEXT)
-        tokenizer = make_tokenizer(args.tokenizer, text,
-                                   args.vocab_size if args.tokenizer == "bpe" else None)
+        data = load_dataset(args.data, args, None)
     # batch and seq: the flag, else what the resumed run used, else the defaults
     batch = args.batch or saved.get("batch")
     seq = args.seq or saved.get("seq")
@@ -360,10 +438,11 @@ def train_from_cli(args: argparse.Namespace) -> int:
     graph = attndsl.build(args.spec, config)
     graph_consts = graph.meta["consts"]
     mask_token = None
-    vocab = tokenizer.vocab_size
-    if loss_spec(graph)["target"] == "masked_lm":
+    vocab = getattr(data, "vocab_size", None) or (
+        data.tokenizer.vocab_size if data.tokenizer is not None else None)
+    if loss_spec(graph)["target"] == "masked_lm" and vocab is not None:
         mask_token, vocab = vocab, vocab + 1          # reserve one extra id for [MASK]
-    if "vocab" in graph_consts:
+    if "vocab" in graph_consts and vocab is not None:
         config["vocab"] = vocab
     if args.dropout is not None:
         for key in graph_consts:
@@ -373,9 +452,10 @@ def train_from_cli(args: argparse.Namespace) -> int:
                             layerdrop=args.layerdrop, **options)
     cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=args.steps,
                                 batch=batch, seq=seq, lr=args.lr, clip=args.clip,
+                                schedule=args.schedule, warmup=args.warmup,
                                 grad_accum=args.grad_accum, eval_every=args.eval_every,
                                 eval_iters=args.eval_iters, amp=args.amp or None, seed=args.seed)
-    trainer = Trainer(model, TextDataset(text, tokenizer), cfg, mask_token)
+    trainer = Trainer(model, data, cfg, mask_token)
     if args.resume:
         try:
             trainer.restore(args.resume)
@@ -392,10 +472,12 @@ def train_from_cli(args: argparse.Namespace) -> int:
     print(f"step {result.step}: train loss {result.train_loss:.4f}{val}; "
           f"{result.seconds_per_step * 1000:.1f} ms/step, {result.tokens_per_second:,.0f} tok/s")
     print(f"checkpoint: {args.out}")
-    if args.sample and loss_spec(model.graph)["target"] == "causal_lm":
+    if args.sample and loss_spec(model.graph)["target"] == "causal_lm" and isinstance(
+            data, TextDataset):
         from attndsl.training.generate import sample_text
         print("--- sample ---")
-        prompt = "\n" if "\n" in text else text[0]
-        print(sample_text(model, tokenizer, prompt, args.sample, temperature=0.8, top_k=None,
-                          top_p=None, seed=args.seed))
+        head = data.tokenizer.decode(data.tokens[:10000].tolist())
+        prompt = "\n" if "\n" in head else head[:1]
+        print(sample_text(model, data.tokenizer, prompt, args.sample, temperature=0.8,
+                          top_k=None, top_p=None, seed=args.seed))
     return 0
