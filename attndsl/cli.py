@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing for every repeat iteration")
     p.add_argument("--device", type=device_name, default="cpu")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel ranks on this machine (torchrun + DDP; gloo on CPU, "
+                   "NCCL on GPUs); the global batch is nproc x --batch")
     p.add_argument("--seed", type=count, default=1337)
     p.add_argument("--out", default="runs/latest", help="checkpoint directory")
     p.add_argument("--resume", help="continue from this checkpoint directory")
@@ -497,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # --nproc relaunches it
     handler: Callable[[argparse.Namespace], int] = args.fn
     try:
         return handler(args)

@@ -376,3 +376,22 @@ def test_checkpointing_some_layers_trains_the_same():
     a = [r["loss"] for r in full.run(progress=False).history]
     b = [r["loss"] for r in part.run(progress=False).history]
     np.testing.assert_allclose(b, a, rtol=1e-5)
+
+
+def test_evaluation_after_fused_adamw_steps_uses_the_new_weights():
+    """Fused AdamW updates parameters in place without moving their version counters; the
+    values folded from them (the one-GEMM Q/K/V weight) must still expire."""
+    model = attndsl.compile("specs/gpt.attn", backend="torch", config=GPT, seed=0)
+    ids = np.random.default_rng(0).integers(0, GPT["vocab"], (2, 6))
+    with torch.no_grad():
+        model(tokens=ids)                                  # fills the folded-value cache
+    opt = torch.optim.AdamW(model.module.parameters(), lr=0.1, fused=True)
+    model.module.train()
+    model.loss(np.roll(ids, -1, 1), tokens=ids).backward()
+    opt.step()
+    model.module.eval()
+    with torch.no_grad():
+        got = model.to_numpy(model(tokens=ids))["logits"]
+    ref = attndsl.compile("specs/gpt.attn", config=GPT)
+    ref.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(got, ref(tokens=ids)["logits"], rtol=1e-4, atol=1e-5)

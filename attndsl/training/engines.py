@@ -28,6 +28,10 @@ DROPOUT_SEED_OFFSET = 2
 
 
 class TorchEngine:
+    """In a torch.distributed process group (`torchrun`), the forward runs through
+    DistributedDataParallel, which averages gradients over the ranks; reported losses are
+    averaged too, so every rank logs the global batch's loss."""
+
     def __init__(self, model: Model, cfg: Any):
         import torch
 
@@ -39,6 +43,12 @@ class TorchEngine:
                                         weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps, momentum=cfg.momentum)
         torch.manual_seed(cfg.seed)
+        self.ddp = None
+        self.loss_spec = loss_spec(model.graph)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+            unused = _params_off_the_loss(model, self.loss_spec["output"])
+            self.ddp = DistributedDataParallel(self.module, find_unused_parameters=bool(unused))
 
     @property
     def lr(self) -> float:
@@ -60,9 +70,19 @@ class TorchEngine:
         if not self.module.training:
             self.module.train()
         with self.autocast():
-            loss = self.model.loss(targets, **inputs) * scale
+            if self.ddp is None:
+                loss = self.model.loss(targets, **inputs) * scale
+            else:
+                xs = self.model.validate_inputs(inputs)
+                loss = self.model.program.loss(xs, targets, self.loss_spec,
+                                               module=self.ddp) * scale
         loss.backward()
-        return float(loss.detach())
+        value = loss.detach().float()
+        if self.ddp is not None:                       # the global batch's mean loss
+            import torch.distributed as dist
+            dist.all_reduce(value)
+            value /= dist.get_world_size()
+        return float(value)
 
     def discard(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -103,6 +123,18 @@ class TorchEngine:
         load_optimizer_state(self.optimizer, names, tensors, state["optimizer"])
         if "torch_rng" in state:                       # absent in a NumPy run's checkpoint
             set_torch_rng_state(state["torch_rng"])
+
+
+def _params_off_the_loss(model: Model, output: str) -> list[str]:
+    """Parameters the loss output does not read (DDP must be told some get no gradient)."""
+    graph = model.graph
+    seen, stack = set(), [graph.outputs[output]]
+    while stack:
+        nid = stack.pop()
+        if nid not in seen:
+            seen.add(nid)
+            stack.extend(graph.nodes[nid].inputs)
+    return [name for name, nid in graph.params.items() if nid not in seen]
 
 
 class ArrayEngine:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -160,6 +161,16 @@ class Trainer:
         self.step = 0
         self.rng = np.random.default_rng(config.seed)
         self.history: list[dict[str, float]] = []
+        self.rank, self.world = distributed_rank()
+
+    def shard(self, arrays: list[Any]) -> list[Any]:
+        """This rank's rows of a global batch (every rank draws the same N x batch rows
+        from the shared data RNG, so N ranks see exactly what one process with N x batch
+        would)."""
+        if self.world == 1:
+            return arrays
+        lo, hi = self.rank * self.cfg.batch, (self.rank + 1) * self.cfg.batch
+        return [a[lo:hi] for a in arrays]
 
     # -- batches and losses ----------------------------------------------------------------------
     def stream_inputs(self) -> tuple[str, dict[str, str]]:
@@ -214,23 +225,30 @@ class Trainer:
         return "", {}
 
     def batch(self, split: str, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
+        size = self.cfg.batch * (self.world if split == "train" else 1)
         if isinstance(self.data, ArrayDataset):
-            arrays = self.data.get_batch(split, self.cfg.batch, rng)
+            arrays = self.data.get_batch(split, size, rng)
+            if split == "train":
+                arrays = dict(zip(arrays, self.shard(list(arrays.values()))))
             return {k: v for k, v in arrays.items() if k != "targets"}, arrays["targets"]
         if isinstance(self.data, PairedDataset):
-            src, tgt, labels, real = self.data.get_batch(split, self.cfg.batch, self.cfg.seq,
+            src, tgt, labels, real = self.data.get_batch(split, size, self.cfg.seq,
                                                          rng, self.loss_spec["ignore_index"])
+            if split == "train":
+                src, tgt, labels, real = self.shard([src, tgt, labels, real])
             source, roles = self.inputs
             inputs = {source: src, roles["target"]: tgt}
             if "mask" in roles:
                 inputs[roles["mask"]] = real
             return inputs, labels
-        x, y = self.data.get_batch(split, self.cfg.batch, self.cfg.seq, rng)  # (B, T) each
+        x, y = self.data.get_batch(split, size, self.cfg.seq, rng)  # (N x B, T) each
         if self.loss_spec["target"] == "masked_lm":
             if self.mask_token is None:
                 raise TrainingError("masked-LM training needs a mask token id")
             x, y = masked_lm_batch(x, self.data.tokenizer.vocab_size, self.mask_token, rng,
                                    ignore_index=self.loss_spec["ignore_index"])
+        if split == "train":
+            x, y = self.shard([x, y])
         stream, fill = self.inputs
         inputs = {stream: x}
         for name, dtype in fill.items():
@@ -273,9 +291,9 @@ class Trainer:
         A non-finite loss stops training with a TrainingError before the weights take it."""
         from tqdm import tqdm
         cfg = self.cfg
-        tokens_per_step = cfg.batch * cfg.seq * cfg.grad_accum
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, dynamic_ncols=True,
-                   desc="train")
+        tokens_per_step = cfg.batch * cfg.seq * cfg.grad_accum * self.world
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress or self.rank != 0,
+                   dynamic_ncols=True, desc="train")
         loss = float("nan")
         val: float | None = None
         spent = 0.0
@@ -302,7 +320,7 @@ class Trainer:
         if checkpoint_dir:
             self.save(checkpoint_dir, extra_state or {})
         if stop:
-            if checkpoint_dir:
+            if checkpoint_dir and self.rank == 0:
                 print(f"interrupted: checkpoint of step {self.step} saved to {checkpoint_dir}",
                       file=sys.stderr)
             raise TrainingInterrupted(stop[0])
@@ -312,10 +330,14 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any]) -> None:
+        """Write a checkpoint (rank 0 only, under torchrun: the ranks hold the same state)."""
         from attndsl.training.checkpoint import numpy_rng_state, save_checkpoint
+        if self.rank != 0:
+            return
         tensors, engine_state = self.engine.state()
         state = {"step": self.step, **engine_state, "rng": numpy_rng_state(self.rng),
-                 "backend": self.model.backend.name, "config": asdict(self.cfg),
+                 "backend": self.model.backend.name, "world_size": self.world,
+                 "config": asdict(self.cfg),
                  "history": self.history, **extra}
         if self.data.tokenizer is not None:
             state["tokenizer"] = self.data.tokenizer.to_json()
@@ -365,6 +387,49 @@ def check_device(device: str) -> None:
         raise TrainingError(f"device {device!r}: torch sees {torch.cuda.device_count()} GPUs")
 
 
+def launch_ranks(args: argparse.Namespace) -> int:
+    """`attndsl train ... --nproc N`: the same command under torchrun, N processes on this
+    machine (the exit status is torchrun's)."""
+    import subprocess
+    argv, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            argv.append(item)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={args.nproc}", "-m", "attndsl", *argv]
+    print(f"launching {args.nproc} ranks: torchrun --standalone --nproc-per-node="
+          f"{args.nproc} -m attndsl {' '.join(argv)}", flush=True)
+    return subprocess.call(cmd)
+
+
+def join_process_group(device: str) -> str:
+    """Under torchrun: join the process group (gloo on CPU, NCCL on GPUs), pin this rank's
+    GPU, and silence stdout on ranks other than 0. Returns the rank's device."""
+    import torch
+    import torch.distributed as dist
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
+    return device
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of a torch.distributed process group, else (0, 1)."""
+    dist = getattr(sys.modules.get("torch"), "distributed", None)   # never imports torch
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def load_dataset(path: str | None, args: argparse.Namespace, tokenizer: Any) -> Dataset:
     """The dataset a `--data` file means, by extension: `.tsv`/`.jsonl` source-target pairs,
     `.npz` arrays, anything else UTF-8 text (default: the bundled sample). `tokenizer`: a
@@ -393,9 +458,17 @@ def train_from_cli(args: argparse.Namespace) -> int:
     from attndsl.frontend.parser import read_source
     from attndsl.training.checkpoint import check_checkpoint_dir
     check_checkpoint_dir(args.out)                  # before any work, not after all steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if (args.nproc > 1 or world > 1) and args.backend != "torch":
+        raise TrainingError("data-parallel training (--nproc, torchrun) is for the torch "
+                            "backend", None, "add --backend torch")
+    if args.nproc > 1 and world == 1:
+        return launch_ranks(args)
     options: dict[str, Any] = {}
     if args.backend == "torch":
         check_device(args.device)
+        if world > 1:
+            args.device = join_process_group(args.device)
         options = {"device": args.device, "checkpointing": args.checkpointing}
     else:
         for flag, given in (("--device " + args.device, args.device != "cpu"),
@@ -427,9 +500,17 @@ def train_from_cli(args: argparse.Namespace) -> int:
     else:
         data = load_dataset(args.data, args, None)
     # batch and seq: the flag, else what the resumed run used, else the defaults
-    batch = args.batch or saved.get("batch")
+    # the global batch (ranks x per-rank batch) carries over a resume with another --nproc
+    saved_global = saved.get("batch") and saved["batch"] * (resume_state or {}).get(
+        "world_size", 1)
+    batch = args.batch
+    if batch is None and saved_global:
+        if saved_global % world:
+            raise TrainingError(f"the resumed run's global batch {saved_global} does not "
+                                f"split over {world} ranks", None, "give --batch")
+        batch = saved_global // world
     seq = args.seq or saved.get("seq")
-    for flag, given, before in (("--batch", args.batch, saved.get("batch")),
+    for flag, given, before in (("--batch", args.batch and args.batch * world, saved_global),
                                 ("--seq", args.seq, saved.get("seq"))):
         if given and before and given != before:
             print(f"note: {flag} {given} differs from the resumed run's {before}; the data "
@@ -480,4 +561,7 @@ def train_from_cli(args: argparse.Namespace) -> int:
         prompt = "\n" if "\n" in head else head[:1]
         print(sample_text(model, data.tokenizer, prompt, args.sample, temperature=0.8,
                           top_k=None, top_p=None, seed=args.seed))
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return 0
