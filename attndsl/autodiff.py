@@ -225,8 +225,25 @@ def _gelu(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -
         pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
         return (g * (cdf + x * pdf),)
     c, a = math.sqrt(2.0 / math.pi), 0.044715
-    t = np.tanh(c * (x + a * x * x * x))
-    return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * a * x * x)),)
+    x2 = x * x                                         # in place from here: 3 temporaries
+    t = x2 * a
+    t += 1.0
+    t *= x
+    t *= c
+    np.tanh(t, out=t)                                  # t = tanh(c (x + a x^3))
+    d = x2
+    d *= 3.0 * a
+    d += 1.0
+    d *= x
+    d *= 0.5 * c                                       # 0.5 x c (1 + 3 a x^2)
+    t2 = t * t
+    np.subtract(1.0, t2, out=t2)
+    d *= t2
+    t += 1.0
+    t *= 0.5
+    d += t
+    d *= g
+    return (d,)
 
 
 @vjp("silu")
@@ -388,12 +405,17 @@ def _layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
     """x (..., d), gamma (d,), optional beta (d,); xhat = (x - mean) / sqrt(var + eps)."""
     x = ins[0]
     d = x.shape[-1]
-    xc = x - np.mean(x, axis=-1, keepdims=True)                               # (..., d)
-    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + attrs["eps"])
-    xhat = xc * rstd
+    xhat = x - np.mean(x, axis=-1, keepdims=True)                             # (..., d)
+    rstd = 1.0 / np.sqrt(np.einsum("...i,...i->...", xhat, xhat)[..., None] / d
+                         + attrs["eps"])
+    xhat *= rstd
     gx = g * ins[1] if len(ins) > 1 else g                                    # (..., d)
-    dx = rstd * (gx - np.mean(gx, axis=-1, keepdims=True)
-                 - xhat * np.mean(gx * xhat, axis=-1, keepdims=True))
+    # dx = rstd (gx - mean(gx) - xhat mean(gx xhat)), built in one buffer
+    dot = np.einsum("...i,...i->...", gx, xhat)[..., None] / d
+    dx = xhat * dot
+    np.subtract(gx, dx, out=dx)
+    dx -= np.mean(gx, axis=-1, keepdims=True)
+    dx *= rstd
     if len(ins) == 1:                                                         # affine=false
         return (dx,)
     g2 = g.reshape(-1, d)
