@@ -82,12 +82,20 @@ class ArrayOptimizer:
             st["step"], st["exp_avg"], st["exp_avg_sq"] = 0.0, p * 0, p * 0
         st["step"] += 1
         m, v = st["exp_avg"], st["exp_avg_sq"]
-        m += (1 - beta1) * (g - m)                            # torch's lerp
-        v *= beta2
-        v += (1 - beta2) * g * g
         step = st["step"]
-        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + group["eps"]   # CuPy dispatches
-        p -= (lr / (1 - beta1 ** step)) * (m / denom)
+        tmp = g - m
+        tmp *= 1 - beta1
+        m += tmp                                              # torch's lerp
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - beta2
+        v *= beta2
+        v += tmp
+        np.sqrt(v, out=tmp)                                   # CuPy dispatches np.sqrt
+        tmp /= math.sqrt(1 - beta2 ** step)
+        tmp += group["eps"]
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr / (1 - beta1 ** step)
+        p -= tmp
 
     # -- checkpoints (the torch optimizer-state format) ------------------------------------------
     def state_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
