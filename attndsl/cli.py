@@ -258,6 +258,40 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return generate_from_cli(args)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from attndsl.inspect import attention_maps, entropy_table, plot
+    from attndsl.training.checkpoint import model_from_source
+    from attndsl.training.tokenizers import ByteTokenizer, tokenizer_from_json
+    check_output_file(args.output)
+    model, state = model_from_source(args.source, args.backend, config_of(args),
+                                     weights=args.weights)
+    tokenizer: Any = tokenizer_from_json(state["tokenizer"]) if state and "tokenizer" in \
+        state else ByteTokenizer()
+    optional = model.graph.meta.get("input_defaults", {})
+    required = [n for n in model.graph.inputs if n not in optional]
+    if len(required) != 1 or model.graph.nodes[model.graph.inputs[required[0]]].type.dtype \
+            != "int":
+        raise ConfigError(f"inspect --text feeds one token input; this spec needs "
+                          f"{', '.join(required)}", None)
+    ids = tokenizer.encode(args.text)
+    if not ids:
+        raise ConfigError("--text has no token the tokenizer knows", None)
+    maps = attention_maps(model, {required[0]: np.array([ids])})
+    if args.layer is not None and args.layer not in maps:
+        raise ConfigError(f"no attention named {args.layer!r}", None,
+                          f"the model has {', '.join(maps)}")
+    layer = args.layer or next(iter(maps))
+    heads = maps[layer].shape[1]
+    if args.head is not None and args.head >= heads:
+        raise ConfigError(f"--head {args.head}: {layer} has {heads} heads", None)
+    print(entropy_table(maps))
+    labels = [tokenizer.decode([i]) for i in ids]
+    path = plot(maps, labels, args.output, layer, args.head)
+    print(f"wrote {path}: {layer} ({'head ' + str(args.head) if args.head is not None else f'{heads} heads'}), "
+          f"rollout over {len(maps)} attentions, entropy per head")
+    return 0
+
+
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from attndsl.hf import import_hf
     spec = import_hf(args.directory, args.output)
@@ -478,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "seeded random weights)")
     add_set(p)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("inspect", help="attention heatmaps, rollout and per-head entropy "
+                       "for a text (PNG)")
+    p.add_argument("source", type=Path, help="an .attn file or a run directory")
+    p.add_argument("--text", required=True, help="the input (tokenized as the run was; a "
+                   "spec uses bytes)")
+    p.add_argument("--layer", help="which attention to draw, e.g. attention.3 (default: the "
+                   "first)")
+    p.add_argument("--head", type=count, help="one head (default: all)")
+    p.add_argument("--weights", help="with a spec: a safetensors file to load")
+    p.add_argument("--backend", default="numpy", choices=("numpy", "torch"))
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    add_set(p)
+    p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("import-hf", help="convert a local Hugging Face model directory "
                        "(BERT, RoBERTa, GPT-2, LLaMA/Mistral) into a spec and safetensors")

@@ -278,3 +278,26 @@ def test_folded_weights_follow_weight_changes(backend, repo_root):
         other.load_state_dict(sd)
         np.testing.assert_allclose(m.to_numpy(m(tokens=ids))["logits"],
                                    other(tokens=ids)["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_expose_attention_adds_a_weights_output_per_attention():
+    from attndsl.passes.expose_attention import expose_attention_weights
+    before = attndsl.build("""model m { input q: float[B, 2, T, 8]  input k: float[B, 2, S, 8]
+        input v: float[B, 2, S, 4]
+        output y = sdpa(q, k, v) }""")
+    result = expose_attention_weights(before)
+    assert result.modified
+    attrs = ("{bias=none, dropout=0.0, extras=[], impl='auto', pattern=full, rope=None, "
+             "scale=0.35355339059327373, score='scaled'}")
+    assert print_graph(result.graph) == ir(f"""
+        %0 = input() {{name='q'}} : float[B, 2, T, 8]
+        %1 = input() {{name='k'}} : float[B, 2, S, 8]
+        %2 = input() {{name='v'}} : float[B, 2, S, 4]
+        %3 = attention(%0, %1, %2) {attrs} : float[B, 2, T, 4]
+        %4 = attention_weights(%0, %1, %2) {attrs} : float[B, 2, T, S]
+        output y = %3
+        output attention.line3 = %4
+        """)
+    assert result.graph.meta["attention_maps"] == [("attention.line3", 3, None, False)]
+    verify(result.graph)
+    assert print_graph(before).count("attention_weights") == 0      # the input is unchanged
