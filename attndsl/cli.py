@@ -261,12 +261,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from attndsl.inspect import attention_maps, entropy_table, plot
     from attndsl.training.checkpoint import model_from_source
-    from attndsl.training.tokenizers import ByteTokenizer, tokenizer_from_json
+    from attndsl.training.tokenizers import tokenizer_of
     check_output_file(args.output)
     model, state = model_from_source(args.source, args.backend, config_of(args),
                                      weights=args.weights)
-    tokenizer: Any = tokenizer_from_json(state["tokenizer"]) if state and "tokenizer" in \
-        state else ByteTokenizer()
+    tokenizer = tokenizer_of(state)
     optional = model.graph.meta.get("input_defaults", {})
     required = [n for n in model.graph.inputs if n not in optional]
     if len(required) != 1 or model.graph.nodes[model.graph.inputs[required[0]]].type.dtype \
@@ -368,6 +367,13 @@ def add_opt_level(p: argparse.ArgumentParser) -> None:
 def add_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="auto", choices=("auto", "dense", "tiled", "sparse"),
                    help="attention implementation (auto: the cost model picks per call)")
+
+
+def add_source(p: argparse.ArgumentParser) -> None:
+    """A spec or a run directory, and --weights for a spec."""
+    p.add_argument("source", type=Path, help="an .attn file or a run directory")
+    p.add_argument("--weights", help="with a spec: a safetensors file to load (default: "
+                   "seeded random weights)")
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -506,22 +512,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a spec or run directory to ONNX (checked in "
                        "onnxruntime against the NumPy backend)")
-    p.add_argument("source", type=Path, help="an .attn file or a run directory")
+    add_source(p)
     p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="the file to write")
-    p.add_argument("--weights", help="with a spec: a safetensors file to load (default: "
-                   "seeded random weights)")
     add_set(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("inspect", help="attention heatmaps, rollout and per-head entropy "
                        "for a text (PNG)")
-    p.add_argument("source", type=Path, help="an .attn file or a run directory")
+    add_source(p)
     p.add_argument("--text", required=True, help="the input (tokenized as the run was; a "
                    "spec uses bytes)")
     p.add_argument("--layer", help="which attention to draw, e.g. attention.3 (default: the "
                    "first)")
     p.add_argument("--head", type=count, help="one head (default: all)")
-    p.add_argument("--weights", help="with a spec: a safetensors file to load")
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch"))
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
     add_set(p)
@@ -537,8 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-hf", help="write a Hugging Face directory (config.json + "
                        "model.safetensors) for a spec written by import-hf")
-    p.add_argument("source", type=Path, help="an .attn file or a run directory")
-    p.add_argument("--weights", help="with a spec: a safetensors file to load")
+    add_source(p)
     p.add_argument("-o", "--output", type=Path, required=True)
     add_set(p)
     p.set_defaults(fn=cmd_export_hf)

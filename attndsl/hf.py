@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from attndsl.errors import WeightsError
+from attndsl.frontend import build
+from attndsl.ir.graph import Graph
 from attndsl.model import Model, safetensors_entries
 from attndsl.model import compile as compile_spec
 from attndsl.safetensors_io import read_tensor
@@ -252,6 +254,15 @@ def bert_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def bert_heads(cfg: dict[str, Any]) -> tuple[str, str, str]:
+    """The MLM head's (scope, dense layer, norm) names: BERT's `cls.predictions...` or
+    RoBERTa's `lm_head...`."""
+    if cfg.get("model_type") == "roberta":
+        return "lm_head", "lm_head.dense", "lm_head.layer_norm"
+    return ("cls.predictions", "cls.predictions.transform.dense",
+            "cls.predictions.transform.LayerNorm")
+
+
 def bert_spec(cfg: dict[str, Any], names: set[str]) -> str:
     c = bert_config(cfg)
     roberta = cfg.get("model_type") == "roberta"
@@ -268,9 +279,7 @@ def bert_spec(cfg: dict[str, Any], names: set[str]) -> str:
     if "cls.seq_relationship.weight" in names:
         lines.append('output seq_relationship_logits = linear(pooler_output, 2, '
                      'name="cls.seq_relationship")   # (B, 2): next-sentence head')
-    head = "lm_head" if roberta else "cls.predictions"
-    dense = "lm_head.dense" if roberta else "cls.predictions.transform.dense"
-    norm = "lm_head.layer_norm" if roberta else "cls.predictions.transform.LayerNorm"
+    head, dense, norm = bert_heads(cfg)
     if f"{dense}.weight" in names:
         lines += [f'h = {_act(act, f"linear(x, hidden_size, name={dense!r})")}',
                   f'h = layer_norm(h, eps=layer_norm_eps, name="{norm}")',
@@ -311,7 +320,8 @@ model {cfg.get("model_type", "bert")} {{
 
 
 def bert_table(cfg: dict[str, Any], names: set[str]) -> list[Row]:
-    roberta = cfg.get("model_type") == "roberta"
+    head, dense, norm = bert_heads(cfg)
+    mlm = f"{dense}.weight" in names
     rows = [row(f"embeddings.{n}.weight") for n in (
         "word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]
     rows += [row("embeddings.LayerNorm.bias")]
@@ -325,13 +335,9 @@ def bert_table(cfg: dict[str, Any], names: set[str]) -> list[Row]:
             "output.LayerNorm")]
         rows += [row(f"{n}.{p}") for n in ("pooler.dense", "cls.seq_relationship")
                  if f"{n}.weight" in names]
-        head = "lm_head" if roberta else "cls.predictions"
-        dense = "lm_head.dense" if roberta else "cls.predictions.transform.dense"
-        norm = "lm_head.layer_norm" if roberta else "cls.predictions.transform.LayerNorm"
-        if f"{dense}.weight" in names:
+        if mlm:
             rows += [row(f"{dense}.{p}"), row(f"{norm}.{p}")]
-    if ("lm_head.dense.weight" if roberta else "cls.predictions.transform.dense.weight") in names:
-        head = "lm_head" if roberta else "cls.predictions"
+    if mlm:
         rows += [row(f"{head}.bias", f"{head}.decoder.bias"), tied(f"{head}.decoder.weight"),
                  tied(f"{head}.decoder.bias")]
     return rows
@@ -529,7 +535,12 @@ def _weights_path(directory: Path) -> Path:
 
 def convert(directory: str | Path) -> tuple[str, dict[str, np.ndarray], Family]:
     """(spec text, attndsl weights, family) for a local Hugging Face model directory."""
-    directory = Path(directory)
+    spec, _, weights, fam = _convert(Path(directory))
+    return spec, weights, fam
+
+
+def _convert(directory: Path) -> tuple[str, Graph, dict[str, np.ndarray], Family]:
+    """`convert`, plus the spec's graph (built once, for the shapes and for compiling)."""
     cfg = read_config(directory)
     fam = family_of(cfg["model_type"])
     entries = safetensors_entries(_weights_path(directory))
@@ -537,14 +548,14 @@ def convert(directory: str | Path) -> tuple[str, dict[str, np.ndarray], Family]:
     names = set(base)
     spec = fam.spec(cfg, names)
     rows = expand(fam.table(cfg, names), fam, cfg)
-    model_params = _param_shapes(spec)
+    graph = build(spec)
+    model_params = {name: tuple(int(d.as_int()) for d in graph.nodes[nid].type.shape)
+                    for name, nid in graph.params.items()}
     out: dict[str, np.ndarray] = {}
     handles: dict[Path, Any] = {}
     try:
         for r in rows:
-            if r.hf not in base:
-                continue
-            if not r.ours:
+            if r.hf not in base or not r.ours:          # absent, or a tied copy
                 continue
             file, entry = entries[base[r.hf]]
             if file not in handles:
@@ -575,18 +586,11 @@ def convert(directory: str | Path) -> tuple[str, dict[str, np.ndarray], Family]:
     if missing:
         raise HFError(f"the checkpoint lacks {len(missing)} weights the spec needs (e.g. "
                       f"'{missing[0]}')")
-    return spec, out, fam
+    return spec, graph, out, fam
 
 
 def _strip(name: str, fam: Family) -> str:
     return name[len(fam.prefix):] if name.startswith(fam.prefix) else name
-
-
-def _param_shapes(spec: str) -> dict[str, tuple[int, ...]]:
-    from attndsl.frontend import build
-    graph = build(spec)
-    return {name: tuple(int(d.as_int()) for d in graph.nodes[nid].type.shape)
-            for name, nid in graph.params.items()}
 
 
 def import_hf(directory: str | Path, out: str | Path) -> Path:
@@ -602,8 +606,8 @@ def import_hf(directory: str | Path, out: str | Path) -> Path:
 
 def from_hf(directory: str | Path, backend: str = "numpy", **options: Any) -> Model:
     """A compiled Model of a Hugging Face model directory (no files written)."""
-    spec, weights, _ = convert(directory)
-    model = compile_spec(spec, backend=backend, **options)
+    _, graph, weights, _ = _convert(Path(directory))
+    model = compile_spec(graph, backend=backend, **options)
     model.load_state_dict(weights)
     return model
 

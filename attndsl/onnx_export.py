@@ -48,8 +48,11 @@ def _modules() -> tuple[Any, Any, Any]:
 
 def _symbol(d: Dim) -> str | None:
     """The name of a dimension that is a plain size symbol (`T`), else None."""
-    text = str(d)
-    return text if text.isidentifier() else None
+    names = d.symbols()
+    if len(names) != 1:
+        return None
+    (name,) = names
+    return name if d == Dim.symbol(name) else None
 
 
 def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = None,
@@ -86,8 +89,9 @@ def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = N
 
     dims = {s: torch.export.Dim(s, min=2, max=bounds[s]) if s in bounds else
             torch.export.Dim(s, min=2) for s in symbols}
-    dynamic = {n: {i: dims[s] for i, d in enumerate(graph.nodes[nid].type.shape)
-                   if (s := _symbol(d)) in dims} for n, nid in graph.inputs.items()}
+    axes = {n: {i: s for i, d in enumerate(graph.nodes[nid].type.shape)
+                if (s := _symbol(d)) in dims} for n, nid in graph.inputs.items()}   # symbols
+    dynamic = {n: {i: dims[s] for i, s in ax.items()} for n, ax in axes.items()}
     example = random_inputs(graph, sizes, 0)
     args = tuple(torch.as_tensor(example[n]) for n in names)
     path = Path(path)
@@ -113,9 +117,7 @@ def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = N
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
-    return ExportReport(path, names, outputs,
-                        {n: [str(_symbol(graph.nodes[graph.inputs[n]].type.shape[i]))
-                             for i in sorted(ax)] for n, ax in dynamic.items()},
+    return ExportReport(path, names, outputs, {n: list(ax.values()) for n, ax in axes.items()},
                         err, {n: tuple(feed[n].shape) for n in names})
 
 

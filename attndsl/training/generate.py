@@ -176,10 +176,10 @@ def generate_from_cli(args: argparse.Namespace) -> int:
     sequence, greedily or with `--beam N`."""
     from attndsl.cli import parse_sets
     from attndsl.training.checkpoint import model_from_source
-    from attndsl.training.tokenizers import ByteTokenizer, tokenizer_from_json
+    from attndsl.training.tokenizers import tokenizer_of
     model, state = model_from_source(Path(args.source), args.backend, parse_sets(args.set),
                                      args.seed, args.weights)
-    tokenizer: Any = tokenizer_from_json(state["tokenizer"]) if state else ByteTokenizer()
+    tokenizer = tokenizer_of(state)
     optional = model.graph.meta.get("input_defaults", {})   # e.g. an attention mask
     inputs = {n: nid for n, nid in model.graph.inputs.items() if n not in optional}
     if len(inputs) not in (1, 2) or any(model.graph.nodes[nid].type.dtype != "int"

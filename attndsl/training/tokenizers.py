@@ -184,3 +184,11 @@ def make_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Token
     raise ValueError(
         f"unknown tokenizer kind {kind!r}; expected one of {', '.join(TOKENIZER_KINDS)}"
     )
+
+
+def tokenizer_of(state: dict[str, Any] | None) -> Tokenizer:
+    """A training run's tokenizer (from its state.json), else the byte tokenizer (a spec
+    file, or a run trained on arrays)."""
+    if state and "tokenizer" in state:
+        return tokenizer_from_json(state["tokenizer"])
+    return ByteTokenizer()
