@@ -56,8 +56,6 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
     live = _ancestors(graph, out_id)
     order = [n for n in graph.topological_order() if n in live]
 
-    if rng is not None:
-        check_trainable(graph)
     values: dict[int, Any] = {}
     attrs: dict[int, dict[str, Any]] = {}
     drawn: dict[int, Any] = {}        # training: dropout keep-masks, LayerDrop coin flips
@@ -75,6 +73,8 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
             drawn[nid] = bool(rng.random() < node.attr("p"))          # True: skip the layer
             values[nid] = values[node.inputs[0 if drawn[nid] else 1]]
         else:
+            if rng is not None:
+                _check_trainable_node(node)
             attrs[nid] = kernel_attrs(node, env)
             values[nid] = ops[f"op_{node.op}"](*(values[i] for i in node.inputs), **attrs[nid])
 
@@ -105,13 +105,18 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
 
 
 def check_trainable(graph: Graph) -> None:
-    """NumPy training draws dropout and LayerDrop; attention dropout it does not have."""
+    """NumPy training draws dropout and LayerDrop; attention dropout it does not have (an
+    error before any work; the interpreter checks each node it runs as well)."""
     for node in graph.nodes.values():
-        if node.op in ("attention", "attention_weights") and (node.attr("dropout") or 0) > 0:
-            raise TrainingError(
-                f"attention dropout ({node.attr('dropout')}) is not implemented for NumPy "
-                "training", node.span, "set the attention's dropout= to 0 (e.g. --dropout 0, "
-                "or --set for the spec's constant), or train with --backend torch")
+        _check_trainable_node(node)
+
+
+def _check_trainable_node(node: Any) -> None:
+    if node.op in ("attention", "attention_weights") and (node.attr("dropout") or 0) > 0:
+        raise TrainingError(
+            f"attention dropout ({node.attr('dropout')}) is not implemented for NumPy "
+            "training", node.span, "set the attention's dropout= to 0 (e.g. --dropout 0, "
+            "or --set for the spec's constant), or train with --backend torch")
 
 
 def _convert(value: np.ndarray, declared: str, fdtype: np.dtype) -> np.ndarray:

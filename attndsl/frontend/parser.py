@@ -382,7 +382,8 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, parser: lark.Lark, text: s
         message = f"{message}: {label}"
     expected = sorted({TOKEN_NAMES.get(t, repr(t.strip('"').lower()) if t.isupper() else t)
                        for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())
-                       if not t.startswith("__")})
+                       if not t.startswith("__")},
+                      key=lambda x: (x.startswith("'"), x))   # "a name" before keywords
     hint = f"expected {', '.join(expected[:8])}" if expected else None
     return SyntaxError_(message, span, hint)
 

@@ -139,9 +139,11 @@ def _params_off_the_loss(model: Model, output: str) -> list[str]:
 
 class ArrayEngine:
     def __init__(self, model: Model, cfg: Any):
+        from attndsl.backends.numpy_autodiff import check_trainable
         from attndsl.training.array_optim import ArrayOptimizer
         if cfg.amp:
             raise TrainingError("--amp (bf16 autocast) is for the torch backend", None)
+        check_trainable(model.graph)                     # before any work
         self.model, self.cfg = model, cfg
         self.program = model.program
         model._materialize()
@@ -152,8 +154,6 @@ class ArrayEngine:
         self.rng = np.random.default_rng(cfg.seed + DROPOUT_SEED_OFFSET)
         self.grads: dict[str, Any] | None = None
         self.loss = loss_spec(model.graph)
-        from attndsl.backends.numpy_autodiff import check_trainable
-        check_trainable(model.graph)
 
     @property
     def lr(self) -> float:

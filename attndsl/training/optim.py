@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from attndsl.training.array_optim import decay_groups
+
 OPTIMIZER_KINDS = ("sgd", "adam", "adamw")
 
 
@@ -29,18 +31,13 @@ def param_groups(
     included once. Order: decayed group first, then the others, each in
     ``named_params`` order.
     """
-    seen: set[int] = set()
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for p in named_params.values():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    first: dict[int, str] = {}
+    for name, p in named_params.items():
+        if p.requires_grad:
+            first.setdefault(id(p), name)
+    unique = {name: named_params[name] for name in first.values()}
+    return [{**g, "params": [unique[n] for n in g["params"]]}
+            for g in decay_groups(unique, weight_decay)]
 
 
 def make_optimizer(
