@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the resumed run's, else the spec's, else 64")
     p.add_argument("--lr", type=number(float, 0.0, low_open=True),
                    help="peak learning rate (default: the spec's)")
-    p.add_argument("--schedule", choices=("constant", "cosine", "linear", "noam"),
+    p.add_argument("--schedule", choices=("constant", "cosine", "linear", "noam",
+                                          "cosine_restarts", "exponential"),
                    help="learning-rate schedule (default: the spec's train section)")
     p.add_argument("--warmup", type=count, help="warm-up steps of the schedule")
     p.add_argument("--tokenizer", default="char", choices=("char", "byte", "bpe"))

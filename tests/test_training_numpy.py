@@ -99,7 +99,10 @@ def test_numpy_and_torch_losses_agree_for_50_steps(spec, tmp_path) -> None:
 @pytest.mark.parametrize("options", [
     dict(optimizer="sgd", lr=0.05, momentum=0.9), dict(optimizer="adam", weight_decay=0.01),
     dict(optimizer="adamw", grad_accum=3, clip=0.05), dict(schedule="noam", warmup=4, noam_scale=0.2),
-    dict(schedule="linear", clip=0.0)])
+    dict(schedule="linear", clip=0.0), dict(optimizer="radam", lr=3e-3),
+    dict(optimizer="lion", lr=3e-4, weight_decay=0.1, schedule="exponential"),
+    dict(optimizer="sophia", lr=3e-4, betas=(0.965, 0.99), hessian_interval=3,
+         schedule="cosine_restarts", period=4, mult=2)])
 def test_every_optimizer_and_option_matches_torch(options) -> None:
     config = TEXT_SPECS["nanogpt"]
     ours, ref = (np.array(curve("specs/nanogpt.attn", b, 12, config, **options))
@@ -107,15 +110,17 @@ def test_every_optimizer_and_option_matches_torch(options) -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
 
 
-@pytest.mark.parametrize("first, second", [("numpy", "torch"), ("torch", "numpy")])
-def test_a_checkpoint_resumes_on_the_other_backend(tmp_path, first, second) -> None:
+@pytest.mark.parametrize("first, second, options", [
+    ("numpy", "torch", {}), ("torch", "numpy", {}),
+    ("torch", "numpy", dict(optimizer="sophia", lr=3e-4, hessian_interval=2))])
+def test_a_checkpoint_resumes_on_the_other_backend(tmp_path, first, second, options) -> None:
     config = TEXT_SPECS["nanogpt"]
-    straight = curve("specs/nanogpt.attn", second, 10, config)
-    head = make("specs/nanogpt.attn", first, 10, config)
+    straight = curve("specs/nanogpt.attn", second, 10, config, **options)
+    head = make("specs/nanogpt.attn", first, 10, config, **options)
     for _ in range(5):
         head.train_step()
     head.save(tmp_path, {})
-    tail = make("specs/nanogpt.attn", second, 10, config)
+    tail = make("specs/nanogpt.attn", second, 10, config, **options)
     tail.restore(tmp_path)
     assert tail.step == 5
     losses = [row["loss"] for row in tail.run(progress=False).history]

@@ -297,8 +297,9 @@ def test_make_optimizer_kinds():
     adam = make_optimizer("adam", named, lr=0.1)
     assert isinstance(adam, torch.optim.Adam) and not isinstance(adam, torch.optim.AdamW)
     assert all(g["weight_decay"] == 0.0 for g in adam.param_groups)
-    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
-        make_optimizer("lion", named, lr=0.1)
+    assert isinstance(make_optimizer("radam", named, lr=0.1), torch.optim.RAdam)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        make_optimizer("lamb", named, lr=0.1)
 
 
 @pytest.mark.parametrize(
@@ -307,6 +308,9 @@ def test_make_optimizer_kinds():
         ("adamw", {"weight_decay": 0.1, "betas": (0.8, 0.95)}),
         ("adam", {"weight_decay": 0.01}),
         ("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+        ("radam", {"weight_decay": 0.01}),
+        ("lion", {"weight_decay": 0.1}),
+        ("sophia", {"rho": 0.05}),
     ],
 )
 def test_optimizer_state_round_trip(tmp_path, kind, kwargs):

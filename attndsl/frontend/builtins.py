@@ -548,22 +548,48 @@ def sgd(b: Any, span: Span, lr: float = 0.1, momentum: float = 0.9,
                     weight_decay=number(weight_decay, span, "weight_decay"))
 
 
-def _adam(name: str) -> None:
+def _betas(betas: Any, span: Span) -> tuple[float, float]:
+    if not isinstance(betas, tuple) or len(betas) != 2:
+        raise TypeError_("betas must be a pair like (0.9, 0.999)", span)
+    values = tuple(number(x, span, "beta") for x in betas)
+    if not all(0.0 <= x < 1.0 for x in values):
+        raise ArgumentError(f"betas must lie in [0, 1), got {values}", span)
+    return values  # type: ignore[return-value]
+
+
+def _adam(name: str, doc: str) -> None:
     def fn(b: Any, span: Span, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
            weight_decay: float = 0.0) -> dict[str, Any]:
-        if not isinstance(betas, tuple) or len(betas) != 2:
-            raise TypeError_("betas must be a pair like (0.9, 0.999)", span)
         return _setting("optimizer", name, lr=number(lr, span, "lr"),
-                        betas=tuple(number(x, span, "beta") for x in betas),
-                        eps=number(eps, span, "eps"),
+                        betas=_betas(betas, span), eps=number(eps, span, "eps"),
                         weight_decay=number(weight_decay, span, "weight_decay"))
 
-    fn.__doc__ = f"{name} optimizer" + (" (decoupled weight decay)" if name == "adamw" else "")
+    fn.__doc__ = doc
     builtin(name, table=TRAIN_BUILTINS)(fn)
 
 
-_adam("adam")
-_adam("adamw")
+_adam("adam", "Adam optimizer (coupled L2 weight decay)")
+_adam("adamw", "AdamW optimizer (decoupled weight decay)")
+_adam("radam", "Rectified Adam (Liu et al. 2020), as torch.optim.RAdam")
+
+
+@builtin("lion", table=TRAIN_BUILTINS)
+def lion(b: Any, span: Span, lr: float = 1e-4, betas: tuple = (0.9, 0.99),
+         weight_decay: float = 0.0) -> dict[str, Any]:
+    """Lion (Chen et al. 2023): sign of an interpolated momentum, decoupled weight decay."""
+    return _setting("optimizer", "lion", lr=number(lr, span, "lr"), betas=_betas(betas, span),
+                    weight_decay=number(weight_decay, span, "weight_decay"))
+
+
+@builtin("sophia", table=TRAIN_BUILTINS)
+def sophia(b: Any, span: Span, lr: float = 1e-4, betas: tuple = (0.965, 0.99), rho: float = 0.04,
+           weight_decay: float = 0.1, interval: int = 10) -> dict[str, Any]:
+    """Sophia (Liu et al. 2023) with the Gauss-Newton-Bartlett Hessian estimate every
+    `interval` steps."""
+    return _setting("optimizer", "sophia", lr=number(lr, span, "lr"), betas=_betas(betas, span),
+                    rho=number(rho, span, "rho"),
+                    weight_decay=number(weight_decay, span, "weight_decay"),
+                    interval=integer(interval, span, "interval"))
 
 
 @builtin("constant", table=TRAIN_BUILTINS)
@@ -591,6 +617,28 @@ def cosine(b: Any, span: Span, warmup: int = 0, min_lr: float = 0.0) -> dict[str
 def linear_decay(b: Any, span: Span, warmup: int = 0, min_lr: float = 0.0) -> dict[str, Any]:
     """Linear warm-up, then linear decay to min_lr at the last step."""
     return _setting("schedule", "linear", warmup=integer(warmup, span, "warmup", positive=False),
+                    min_lr=number(min_lr, span, "min_lr"))
+
+
+@builtin("cosine_restarts", table=TRAIN_BUILTINS)
+def cosine_restarts(b: Any, span: Span, period: int, mult: int = 1, warmup: int = 0,
+                    min_lr: float = 0.0) -> dict[str, Any]:
+    """SGDR: cosine decay to min_lr over `period` steps, restarting; cycles grow by `mult`."""
+    return _setting("schedule", "cosine_restarts", period=integer(period, span, "period"),
+                    mult=integer(mult, span, "mult"),
+                    warmup=integer(warmup, span, "warmup", positive=False),
+                    min_lr=number(min_lr, span, "min_lr"))
+
+
+@builtin("exponential", table=TRAIN_BUILTINS)
+def exponential(b: Any, span: Span, gamma: float, warmup: int = 0, min_lr: float = 0.0
+                ) -> dict[str, Any]:
+    """lr * gamma^(step - warmup) after a linear warm-up, never below min_lr."""
+    g = number(gamma, span, "gamma")
+    if not 0.0 < g <= 1.0:
+        raise ArgumentError(f"gamma must lie in (0, 1], got {g}", span)
+    return _setting("schedule", "exponential", gamma=g,
+                    warmup=integer(warmup, span, "warmup", positive=False),
                     min_lr=number(min_lr, span, "min_lr"))
 
 

@@ -41,7 +41,7 @@ class TorchEngine:
         self.named = self.module._params()                 # the spec's parameter names
         self.optimizer = make_optimizer(cfg.optimizer, self.named, lr=cfg.lr,
                                         weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                        eps=cfg.eps, momentum=cfg.momentum)
+                                        eps=cfg.eps, momentum=cfg.momentum, rho=cfg.rho)
         torch.manual_seed(cfg.seed)
         self.ddp = None
         self.loss_spec = loss_spec(model.graph)
@@ -85,6 +85,13 @@ class TorchEngine:
         return float(value)
 
     def discard(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def update_hessian(self, inputs: dict[str, Any], sampled: np.ndarray, tokens: int) -> None:
+        """Sophia: the Hessian estimate from the gradient of the loss on sampled labels."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accumulate(inputs, sampled, 1.0)
+        self.optimizer.update_hessian(tokens)
         self.optimizer.zero_grad(set_to_none=True)
 
     def apply(self, clip: float) -> None:
@@ -150,7 +157,7 @@ class ArrayEngine:
         self.params = self.program.params                 # name -> array, updated in place
         self.optimizer = ArrayOptimizer(cfg.optimizer, self.params, lr=cfg.lr,
                                         weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                        eps=cfg.eps, momentum=cfg.momentum)
+                                        eps=cfg.eps, momentum=cfg.momentum, rho=cfg.rho)
         self.rng = np.random.default_rng(cfg.seed + DROPOUT_SEED_OFFSET)
         self.grads: dict[str, Any] | None = None
         self.loss = loss_spec(model.graph)
@@ -174,6 +181,12 @@ class ArrayEngine:
 
     def discard(self) -> None:
         self.grads = None
+
+    def update_hessian(self, inputs: dict[str, Any], sampled: np.ndarray, tokens: int) -> None:
+        """Sophia: the Hessian estimate from the gradient of the loss on sampled labels."""
+        xs = self.model.validate_inputs(inputs)
+        _, grads = self.program.value_and_grad(xs, sampled, self.loss, rng=self.rng)
+        self.optimizer.update_hessian(grads, tokens)
 
     def apply(self, clip: float) -> None:
         grads = self.grads or {}

@@ -15,9 +15,77 @@ from typing import Any
 import numpy as np
 import torch
 
-from attndsl.training.array_optim import decay_groups
+from attndsl.training.array_optim import OPTIMIZER_KINDS, decay_groups
 
-OPTIMIZER_KINDS = ("sgd", "adam", "adamw")
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Alg. 2):
+    p <- p (1 - lr wd) - lr sign(b1 m + (1 - b1) g);  m <- b2 m + (1 - b2) g."""
+
+    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas),
+                                  "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                m = state["exp_avg"]
+                p.mul_(1 - lr * wd)
+                p.add_(torch.sign(m * beta1 + p.grad * (1 - beta1)), alpha=-lr)
+                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+
+
+class Sophia(torch.optim.Optimizer):
+    """Sophia with the Gauss-Newton-Bartlett Hessian estimate (Liu et al. 2023, "Sophia: A
+    Scalable Stochastic Second-order Optimizer", Alg. 3 with Alg. 2):
+    m <- b1 m + (1 - b1) g;  p <- p (1 - lr wd) - lr clip(m / max(rho h, 1e-15), 1), and every
+    k steps `update_hessian(tokens)` with the gradients (`.grad`) of the loss on labels
+    sampled from the model: h <- b2 h + (1 - b2) B g*g, B the number of label positions."""
+
+    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.965, 0.99),
+                 rho: float = 0.04, weight_decay: float = 0.1):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "rho": rho,
+                                  "weight_decay": weight_decay})
+
+    def _state(self, p: torch.Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if "exp_avg" not in state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["hessian"] = torch.zeros_like(p)
+        return state
+
+    @torch.no_grad()
+    def update_hessian(self, tokens: int) -> None:
+        for group in self.param_groups:
+            beta2 = group["betas"][1]
+            for p in group["params"]:
+                if p.grad is not None:
+                    h = self._state(p)["hessian"]
+                    h.mul_(beta2).addcmul_(p.grad, p.grad, value=(1 - beta2) * tokens)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            lr, wd, beta1 = group["lr"], group["weight_decay"], group["betas"][0]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                state["step"] += 1
+                m = state["exp_avg"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                p.mul_(1 - lr * wd)
+                ratio = (m.abs() / (group["rho"] * state["hessian"] + 1e-15)).clamp(max=1.0)
+                p.addcmul_(torch.sign(m), ratio, value=-lr)
 
 
 def param_groups(
@@ -48,16 +116,24 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.0,
+    rho: float = 0.04,
 ) -> torch.optim.Optimizer:
     """Build an optimizer over :func:`param_groups` (decay only on ``ndim >= 2``).
 
     - ``"sgd"``: SGD with ``momentum``; ``weight_decay`` is coupled L2.
-    - ``"adam"``: Adam; ``weight_decay`` (default 0, i.e. none) is coupled L2.
+    - ``"adam"``, ``"radam"``: Adam, rectified Adam; ``weight_decay`` is coupled L2.
     - ``"adamw"``: AdamW with decoupled ``weight_decay``.
+    - ``"lion"``, ``"sophia"``: :class:`Lion`, :class:`Sophia` (decoupled decay).
     """
     groups = param_groups(named_params, weight_decay)
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if kind == "radam":
+        return torch.optim.RAdam(groups, lr=lr, betas=betas, eps=eps)
+    if kind == "lion":
+        return Lion(groups, lr=lr, betas=betas)
+    if kind == "sophia":
+        return Sophia(groups, lr=lr, betas=betas, rho=rho)
     fused = all(p.is_floating_point() for g in groups for p in g["params"])  # one kernel
     if kind == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, fused=fused)

@@ -98,18 +98,68 @@ class WarmupLinear:
         return self.lr + ratio * (self.min_lr - self.lr)
 
 
-Schedule = Constant | Noam | WarmupCosine | WarmupLinear
+@dataclass(frozen=True)
+class CosineRestarts:
+    """SGDR (Loshchilov & Hutter 2017), as torch's ``CosineAnnealingWarmRestarts``, after a
+    linear warm-up; steps from 0. Cycle ``i`` lasts ``period * mult**i`` steps and decays from
+    ``lr`` to ``min_lr`` along a half cosine, then the rate jumps back to ``lr``."""
+
+    lr: float
+    period: int
+    mult: int = 1
+    warmup: int = 0
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.period < 1 or self.mult < 1 or self.warmup < 0:
+            raise ValueError(f"CosineRestarts needs period >= 1, mult >= 1 and warmup >= 0, "
+                             f"got {self.period}, {self.mult}, {self.warmup}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / (self.warmup + 1)
+        t, length = step - self.warmup, self.period
+        while t >= length:
+            t, length = t - length, length * self.mult
+        coeff = 0.5 * (1.0 + math.cos(math.pi * t / length))
+        return self.min_lr + coeff * (self.lr - self.min_lr)
+
+
+@dataclass(frozen=True)
+class Exponential:
+    """``max(lr * gamma**(step - warmup), min_lr)`` after a linear warm-up, steps from 0 (as
+    torch's ``ExponentialLR`` stepped once per optimizer step)."""
+
+    lr: float
+    gamma: float
+    warmup: int = 0
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gamma <= 1.0 or self.warmup < 0:
+            raise ValueError(f"Exponential needs 0 < gamma <= 1 and warmup >= 0, got "
+                             f"gamma={self.gamma}, warmup={self.warmup}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / (self.warmup + 1)
+        return max(self.lr * self.gamma ** (step - self.warmup), self.min_lr)
+
+
+Schedule = Constant | Noam | WarmupCosine | WarmupLinear | CosineRestarts | Exponential
 
 SCHEDULES: dict[str, type] = {
     "constant": Constant,
     "noam": Noam,
     "cosine": WarmupCosine,
     "linear": WarmupLinear,
+    "cosine_restarts": CosineRestarts,
+    "exponential": Exponential,
 }
 
 
 def make_schedule(name: str, **kwargs: Any) -> Schedule:
-    """Build the schedule called ``name`` ("constant", "noam", "cosine", "linear")."""
+    """Build the schedule called ``name`` (a key of :data:`SCHEDULES`)."""
     cls = SCHEDULES.get(name)
     if cls is None:
         raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")

@@ -81,11 +81,16 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     momentum: float = 0.9
+    rho: float = 0.04               # sophia only
+    hessian_interval: int = 10      # sophia only: steps between Hessian estimates
     schedule: str = "cosine"
     warmup: int = 100
     min_lr: float = 1e-4
     d_model: int = 512          # noam only
     noam_scale: float = 1.0     # noam only
+    period: int = 0             # cosine_restarts: first cycle (0: a quarter of the run)
+    mult: int = 1               # cosine_restarts: cycle growth
+    gamma: float = 0.0          # exponential (0: reach min_lr at the last step)
     clip: float = 1.0
     grad_accum: int = 1
     eval_every: int = 100
@@ -100,9 +105,10 @@ class TrainConfig:
         opt = train.get("optimizer")
         if opt:
             cfg.optimizer = opt["name"]
-            for key in ("lr", "eps", "weight_decay", "momentum"):
+            for key in ("lr", "eps", "weight_decay", "momentum", "rho"):
                 if key in opt:
                     setattr(cfg, key, opt[key])
+            cfg.hessian_interval = opt.get("interval", cfg.hessian_interval)
             if "betas" in opt:
                 cfg.betas = tuple(opt["betas"])  # type: ignore[assignment]
         sched = train.get("schedule")
@@ -112,6 +118,8 @@ class TrainConfig:
             cfg.min_lr = sched.get("min_lr", cfg.min_lr)
             cfg.d_model = sched.get("d_model", cfg.d_model)
             cfg.noam_scale = sched.get("scale", cfg.noam_scale)
+            for key in ("period", "mult", "gamma"):
+                setattr(cfg, key, sched.get(key, getattr(cfg, key)))
         for key in ("clip", "grad_accum", "steps", "batch", "seq", "warmup"):
             if key in train and not isinstance(train[key], dict):
                 setattr(cfg, key, train[key])
@@ -127,7 +135,17 @@ class TrainConfig:
         if self.schedule == "noam":
             return make_schedule("noam", d_model=self.d_model, warmup=self.warmup,
                                  scale=self.noam_scale)
-        return make_schedule(self.schedule, lr=self.lr, warmup=min(self.warmup, max(self.steps - 1, 0)),
+        warmup = min(self.warmup, max(self.steps - 1, 0))
+        if self.schedule == "cosine_restarts":
+            return make_schedule("cosine_restarts", lr=self.lr, warmup=warmup,
+                                 period=self.period or max(1, (self.steps - warmup) // 4),
+                                 mult=self.mult, min_lr=self.min_lr)
+        if self.schedule == "exponential":
+            floor = self.min_lr if 0 < self.min_lr < self.lr else self.lr * 1e-2
+            gamma = self.gamma or (floor / self.lr) ** (1 / max(1, self.steps - warmup))
+            return make_schedule("exponential", lr=self.lr, warmup=warmup, gamma=gamma,
+                                 min_lr=self.min_lr)
+        return make_schedule(self.schedule, lr=self.lr, warmup=warmup,
                              total=self.steps, min_lr=self.min_lr)
 
 
@@ -280,8 +298,27 @@ class Trainer:
                 "(the last checkpoint, if any, holds finite weights)", None,
                 f"lower the learning rate (now {lr:.3g}) or clip gradients (--clip)")
         self.engine.apply(self.cfg.clip)
+        k = self.cfg.hessian_interval
+        if self.cfg.optimizer == "sophia" and self.step % k == k - 1:
+            self.hessian_step(inputs, y)
         self.step += 1
         return total
+
+    def hessian_step(self, inputs: dict[str, Any], targets: np.ndarray) -> None:
+        """Sophia's Gauss-Newton-Bartlett estimate (Liu et al. 2023, Alg. 2): labels sampled
+        from the model's own distribution (seeded by the step, so a resumed run samples the
+        same), the gradient of the loss on them, h <- b2 h + (1 - b2) B g*g."""
+        ignore = self.loss_spec["ignore_index"]
+        with self.engine.evaluating():
+            logits = self.model.to_numpy(self.model(**inputs))[self.loss_spec["output"]]
+        z = logits.astype(np.float64).reshape(-1, logits.shape[-1])     # (N, C)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        cdf = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+        u = np.random.default_rng([self.cfg.seed, 3, self.step]).random((len(z), 1))
+        sampled = np.minimum((cdf < u).sum(axis=1), z.shape[1] - 1).reshape(targets.shape)
+        sampled = np.where(np.asarray(targets) == ignore, ignore, sampled).astype(np.int64)
+        tokens = int((sampled != ignore).sum()) * self.world
+        self.engine.update_hessian(inputs, sampled, tokens)
 
     def run(self, progress: bool = True, checkpoint_dir: str | Path | None = None,
             save_every: int = 0, extra_state: dict[str, Any] | None = None) -> TrainResult:
