@@ -303,6 +303,20 @@ def _linear(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any])
     return dx, dw
 
 
+@vjp("linear_int8")
+def _linear_int8(g: Array, out: Array, ins: tuple[Array, ...],
+                 attrs: dict[str, Any]) -> Cotangents:
+    """y = (x Q^T) s + b with int Q (out, in): no gradient for Q (quantized weights are
+    frozen); x, the scales s (out,) and b get theirs."""
+    x, q, s = ins[0], ins[1], ins[2]
+    w = q.astype(g.dtype)                                   # (out, in)
+    g2 = g.reshape(-1, q.shape[0])                          # (N, out)
+    x2 = x.reshape(-1, q.shape[1])                          # (N, in)
+    dx = np.matmul(g2 * s, w).reshape(x.shape)
+    ds = np.sum(g2 * np.matmul(x2, w.T), axis=0)            # (out,)
+    return (dx, None, ds, np.sum(g2, axis=0)) if len(ins) == 4 else (dx, None, ds)
+
+
 # -- shape ops ------------------------------------------------------------------------------
 
 @vjp("transpose")

@@ -137,8 +137,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_memory(compute_stats(graph).params * itemsize, args.max_memory, "run")
     wanted = [n.strip() for n in args.outputs.split(",") if n.strip()] if args.outputs else None
     model = attndsl.compile(graph, backend=args.backend, seed=args.seed, dtype=args.dtype,
-                            weights=args.weights, outputs=wanted, attention=args.attention,
-                            opt_level=args.opt_level)
+                            weights=None if args.quantize else args.weights, outputs=wanted,
+                            attention=args.attention, opt_level=args.opt_level)
+    if args.quantize:
+        from attndsl.quantize import quantized_model
+        model = quantized_model(model, args.quantize, args.weights)
+        print(model.quantize_report, file=sys.stderr)
     if args.input:
         inputs = load_inputs(args.input)
         model.validate_inputs(inputs)                          # binds the sizes for the estimate
@@ -158,6 +162,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         atomic_write(args.output, lambda f: np.savez(f, **outputs))
         print(f"wrote {args.output}")
     return 0
+
+
+def add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8 weight-only quantization of the linear layers (per output "
+                   "channel); --weights may be float or an int8 file saved from a quantized "
+                   "model")
 
 
 def check_output_file(path: str | None) -> None:
@@ -426,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--weights", help="a safetensors file to load")
+    add_quantize(p)
     p.add_argument("-o", "--output", help="write outputs to this .npz")
     p.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                    help="refuse to run if weights + peak activations exceed this (e.g. 8GB; "
@@ -502,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--backend", default="torch", choices=("torch", "numpy"))
     p.add_argument("--weights", help="with a spec: a safetensors file to load")
+    add_quantize(p)
     p.add_argument("--beam", type=positive_int, default=1,
                    help="encoder-decoder specs: beam width (1 = greedy)")
     p.add_argument("--bos", type=count, help="encoder-decoder: start token id (default: a "

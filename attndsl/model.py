@@ -248,8 +248,8 @@ class Model:
                        where: str, converted: dict[str, str]) -> tuple[list[str], LoadReport]:
         """Validate (shape, dtype name) per name against the model: the names to load and
         the report (warned about when not strict and something is missing or unexpected)."""
-        expected = {name: tuple(int(d.as_int()) for d in t.shape)
-                    for name, t in self.graph.param_types().items()}
+        types = self.graph.param_types()
+        expected = {name: tuple(int(d.as_int()) for d in t.shape) for name, t in types.items()}
         missing = [n for n in expected if n not in found]
         extra = [n for n in found if n not in expected]
         if strict and (missing or extra):
@@ -268,6 +268,11 @@ class Model:
             if tuple(shape) != expected[name]:
                 raise WeightsError(f"parameter '{name}' in {where} has shape {tuple(shape)}, "
                                    f"the model needs {expected[name]}", None)
+            if types[name].dtype == "int":                    # quantized weights
+                if dtype not in ("int8", "I8"):
+                    raise WeightsError(f"parameter '{name}' in {where} is {dtype}; this "
+                                       "quantized model needs int8", None)
+                continue
             if dtype not in FLOAT_DTYPES:
                 raise WeightsError(f"parameter '{name}' in {where} is {dtype}, not floating "
                                    "point", None,
@@ -283,7 +288,8 @@ class Model:
     def save(self, path: str | Path) -> None:
         """Write the weights to a safetensors file atomically (a failed save keeps the old file)."""
         from attndsl.training.checkpoint import atomic_save_safetensors
-        atomic_save_safetensors({k: np.ascontiguousarray(v, dtype=np.float32)
+        atomic_save_safetensors({k: np.ascontiguousarray(v, dtype=v.dtype if v.dtype == np.int8
+                                                         else np.float32)
                                  for k, v in self.state_dict().items()}, str(path),
                                 {"attndsl_spec": str(self.graph.meta.get("name", ""))})
 

@@ -112,6 +112,10 @@ def check_trainable(graph: Graph) -> None:
 
 
 def _check_trainable_node(node: Any) -> None:
+    if node.op == "param" and node.type.dtype == "int":
+        raise TrainingError(f"parameter '{node.attr('name')}' is quantized (int8): a "
+                            "quantized model is for inference", node.span,
+                            "train the float model, then quantize it")
     if node.op in ("attention", "attention_weights") and (node.attr("dropout") or 0) > 0:
         raise TrainingError(
             f"attention dropout ({node.attr('dropout')}) is not implemented for NumPy "

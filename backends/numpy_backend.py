@@ -109,6 +109,8 @@ class NumpyProgram(Program):
         self.namespaces: dict[bool, dict[str, Any]] = {}
         self.float_inputs = {name for name, nid in graph.inputs.items()
                              if graph.nodes[nid].type.dtype == "float"}
+        self.int_params = {name for name, t in graph.param_types().items()
+                           if t.dtype == "int"}                       # int8 (quantized)
         self.params: dict[str, Any] = {}
         self._folded: dict[str, Any] | None = None        # params + fold(params), lazily
         self.set_params(params)
@@ -159,8 +161,8 @@ class NumpyProgram(Program):
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
-        self.params.update({k: self.xp.asarray(np.asarray(v, dtype=self.dtype))
-                            for k, v in params.items()})
+        self.params.update({k: self.xp.asarray(np.asarray(
+            v, dtype=np.int8 if k in self.int_params else self.dtype)) for k, v in params.items()})
         self._folded = None
 
     def to_numpy(self, value: Any) -> np.ndarray:

@@ -224,6 +224,14 @@ def op_linear(x, w, b=None, *, has_bias):
     return y.reshape(x.shape[:-1] + (w.shape[0],))
 
 
+def op_linear_int8(x, w, scale, b=None, *, has_bias):
+    y = np.matmul(x.reshape(-1, x.shape[-1]), w.T.astype(x.dtype))   # (N, out), W dequantized
+    y *= scale                                                        # per output channel
+    if b is not None:
+        y += b
+    return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
 def op_transpose(x, *, perm):
     return np.transpose(x, perm)
 

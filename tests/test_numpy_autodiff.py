@@ -87,6 +87,10 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
     ("linear", "linear", (randn(2, 3, 4), randn(5, 4), randn(5)), {"has_bias": True}),
     ("linear-nobias", "linear", (randn(2, 3, 4), randn(5, 4)), {"has_bias": False}),
     ("linear-vector", "linear", (randn(4), randn(5, 4), randn(5)), {"has_bias": True}),
+    ("linear_int8", "linear_int8", (randn(2, 3, 4), R.integers(-127, 128, (5, 4)).astype(np.int8),
+                                    positive(5), randn(5)), {"has_bias": True}),
+    ("linear_int8-nobias", "linear_int8", (randn(3, 4), R.integers(-127, 128, (5, 4)).astype(
+        np.int8), positive(5)), {"has_bias": False}),
     ("transpose", "transpose", (randn(2, 3, 4),), {"perm": (2, 0, 1)}),
     ("reshape", "reshape", (randn(2, 3, 4),), {"shape": (6, 4)}),
     *[(f"{op}-{axes}-{keep}", op, (randn(2, 3, 4),), {"axes": axes, "keepdims": keep})

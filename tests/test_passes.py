@@ -19,6 +19,7 @@ from attndsl.passes.explain import explain
 from attndsl.passes.fuse_attention import fuse_attention
 from attndsl.passes.fuse_projections import fuse_projections
 from attndsl.passes.manager import GraphInvariantError, PassResult
+from attndsl.passes.quantize_weights import quantize_weights
 
 
 def ir(text: str) -> str:
@@ -221,6 +222,52 @@ def test_fuse_projections_leaves_different_inputs_and_shared_weights_alone():
         a = linear(x, 8)
         output y = a + linear(x, 8, tie="a") }""")
     assert not fuse_projections(tied).modified          # one weight twice: nothing to join
+
+
+def test_quantize_weights_turns_linear_weights_into_int8_and_scales():
+    before = fuse_projections(attndsl.build("""model m { input x: float[B, 8]
+        e = embedding(cast(x[:, :2], "int"), 8, 8)
+        a = linear(x, 4)
+        b = linear(x, 2)
+        c = linear(x, 8, bias=false, tie="e")
+        output y = relu(a) + b[:, :1] + c[:, :1] + sum(e, 1)[:, :1] }""")).graph
+    result = quantize_weights(before)
+    assert result.modified
+    assert print_graph(result.graph) == ir("""
+        %0 = input() {name='x'} : float[B, 8]
+        %1 = index(%0) {index=[[None, None], [None, 2]]} : float[B, 2]
+        %2 = cast(%1) {dtype='int'} : int[B, 2]
+        %3 = param() {init='normal', name='e.weight', std=0.02} : float[8, 8]
+        %4 = embedding(%3, %2) : float[B, 2, 8]
+        %5 = param() {init='normal', name='a.weight', std=0.02} : int[4, 8]
+        %6 = param() {init='zeros', name='a.bias', std=0.02} : float[4]
+        %7 = param() {init='normal', name='b.weight', std=0.02} : int[2, 8]
+        %8 = param() {init='zeros', name='b.bias', std=0.02} : float[2]
+        %9 = linear(%0, %3) {has_bias=false} : float[B, 8]
+        %10 = index(%9) {index=[[None, None], [None, 1]]} : float[B, 1]
+        %11 = sum(%4) {axes=[1], keepdims=false} : float[B, 8]
+        %12 = index(%11) {index=[[None, None], [None, 1]]} : float[B, 1]
+        %13 = concat(%5, %7) {axis=0} : int[6, 8]
+        %14 = concat(%6, %8) {axis=0} : float[6]
+        %15 = param() {init='ones', name='a.weight_scale', std=0.0} : float[4]
+        %16 = param() {init='ones', name='b.weight_scale', std=0.0} : float[2]
+        %17 = concat(%15, %16) {axis=0} : float[6]
+        %18 = linear_int8(%0, %13, %17, %14) {has_bias=true} : float[B, 6]
+        %19 = index(%18) {index=[[None, None], [0, 4]]} : float[B, 4]
+        %20 = index(%18) {index=[[None, None], [4, 6]]} : float[B, 2]
+        %21 = relu(%19) : float[B, 4]
+        %22 = index(%20) {index=[[None, None], [None, 1]]} : float[B, 1]
+        %23 = add(%21, %22) : float[B, 4]
+        %24 = add(%23, %10) : float[B, 4]
+        %25 = add(%24, %12) : float[B, 4]
+        output y = %25
+        """)
+    verify(result.graph)
+    assert list(result.graph.params) == ["e.weight", "a.weight", "a.weight_scale", "a.bias",
+                                         "b.weight", "b.weight_scale", "b.bias"]
+    assert not quantize_weights(attndsl.build(          # only a tied weight: nothing to do
+        'model m { input x: int[B, T]  e = embedding(x, 8, 4)\n'
+        'output y = linear(e, 8, bias=false, tie="e") }')).modified
 
 
 def test_every_spec_computes_the_same_at_every_opt_level(spec_path):

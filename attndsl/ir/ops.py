@@ -48,7 +48,8 @@ OPS: dict[str, OpDef] = {}
 # frontend, so kernels only ever combine floats with floats.
 NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention": (3,),
                                                   "attention_weights": (3,), "where": (0,),
-                                                  "gather": (1,), "one_hot": (0,)}
+                                                  "gather": (1,), "one_hot": (0,),
+                                                  "linear_int8": (1,)}
 
 
 def numel(shape: tuple[Dim, ...]) -> Dim:
@@ -235,6 +236,20 @@ def _linear(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
 register("linear", "composite", _linear,
          lambda ins, out, a: numel(out.shape) * ins[1].shape[1] * 2,
          attrs=("has_bias",), doc="y = x @ W^T + b with W: [out, in] (matmul, transpose, add).")
+
+
+def _linear_int8(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, w, scale = ins[0], ins[1], ins[2]
+    if w.dtype != "int" or scale.dtype != "float" or scale.shape != w.shape[:1]:
+        raise TypeError_(f"linear_int8 needs int weights [out, in] and float scales [out], "
+                         f"got {w} and {scale}")
+    return _linear([x, w], attrs)
+
+
+register("linear_int8", "composite", _linear_int8,
+         lambda ins, out, a: numel(out.shape) * ins[1].shape[1] * 2, attrs=("has_bias",),
+         doc="y = (x @ W^T) * scale + b with W: int8 [out, in] and one scale per output "
+             "channel (weight-only quantization; dequantize, matmul, mul, add).")
 
 
 # -- shape ops ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ ELEMENTWISE = frozenset({
     "where", "neg", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "gelu", "silu",
     "cast", "dropout", "layer_drop", "sin", "cos", "softplus", "sign", "clip", "logical_and",
     "logical_or", "logical_not"})
-FEATURE_OPS = frozenset({"linear", "layer_norm", "rms_norm"})   # read the last axis whole
+FEATURE_OPS = frozenset({"linear", "linear_int8", "layer_norm", "rms_norm"})  # last axis whole
 REDUCTIONS = frozenset({"sum", "mean", "max", "min"})
 
 

@@ -276,11 +276,17 @@ def set_torch_rng_state(state: list[int]) -> None:
 
 
 def model_from_source(source: Path, backend: str, config: dict[str, Any], seed: int = 0,
-                      weights: str | None = None) -> tuple[Any, dict[str, Any] | None]:
+                      weights: str | None = None, quantize: str | None = None
+                      ) -> tuple[Any, dict[str, Any] | None]:
     """(model, training state) of a run directory written by `attndsl train` (its spec and
-    latest weights), or (model, None) of a spec file with `weights` or seeded weights."""
+    latest weights), or (model, None) of a spec file with `weights` or seeded weights;
+    with `quantize` ("int8"), the quantized model (`attndsl.quantize`)."""
     import attndsl
     if not source.is_dir():
+        if quantize:
+            from attndsl.quantize import quantized_model
+            model = attndsl.compile(source, backend=backend, config=config, seed=seed)
+            return quantized_model(model, quantize, weights), None
         return attndsl.compile(source, backend=backend, config=config, seed=seed,
                                weights=weights), None
     if weights:
@@ -292,4 +298,6 @@ def model_from_source(source: Path, backend: str, config: dict[str, Any], seed: 
     model = attndsl.compile(spec_text if "\n" in spec_text else spec_text + "\n",
                             backend=backend, config={**state.get("spec_config", {}), **config})
     model.load_state_dict(tensors)
+    if quantize:
+        model = attndsl.quantize(model, quantize)
     return model, state

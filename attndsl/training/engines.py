@@ -224,6 +224,9 @@ class ArrayEngine:
 
 
 def make_engine(model: Model, cfg: Any) -> TorchEngine | ArrayEngine:
+    if model.graph.meta.get("quantized"):
+        raise TrainingError("a quantized model is for inference: its int8 weights get no "
+                            "gradient", None, "train the float model, then quantize it")
     if model.backend.name == "torch":
         return TorchEngine(model, cfg)
     if model.backend.name == "numpy":

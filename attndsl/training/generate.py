@@ -178,7 +178,7 @@ def generate_from_cli(args: argparse.Namespace) -> int:
     from attndsl.training.checkpoint import model_from_source
     from attndsl.training.tokenizers import tokenizer_of
     model, state = model_from_source(Path(args.source), args.backend, parse_sets(args.set),
-                                     args.seed, args.weights)
+                                     args.seed, args.weights, args.quantize)
     tokenizer = tokenizer_of(state)
     optional = model.graph.meta.get("input_defaults", {})   # e.g. an attention mask
     inputs = {n: nid for n, nid in model.graph.inputs.items() if n not in optional}
