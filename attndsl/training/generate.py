@@ -179,6 +179,8 @@ def generate_from_cli(args: argparse.Namespace) -> int:
     from attndsl.training.tokenizers import tokenizer_of
     model, state = model_from_source(Path(args.source), args.backend, parse_sets(args.set),
                                      args.seed, args.weights, args.quantize)
+    if args.quantize:
+        print(model.quantize_report, file=sys.stderr)
     tokenizer = tokenizer_of(state)
     optional = model.graph.meta.get("input_defaults", {})   # e.g. an attention mask
     inputs = {n: nid for n, nid in model.graph.inputs.items() if n not in optional}
