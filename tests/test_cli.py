@@ -64,7 +64,8 @@ def test_compile_emit(capsys, gpt_spec, tiny_args, emit: str) -> None:
         "graph": ["input()", "embedding(", "attention(", "float[B, T, 97]"],
         "dot": ["digraph", "->", "}"],
         "numpy": ["import numpy as np", "def op_attention(", "def forward(p, inputs"],
-        "torch": ["import torch", "class GeneratedModel(nn.Module)", "'wte.weight': (97, 32)"],
+        "torch": ["import torch", "class GeneratedModel(nn.Module)",
+                  "'wte.weight': ((97, 32), 'float')"],
     }[emit]
     for fragment in expected:
         assert fragment in out, f"--emit {emit} lacks {fragment!r}"
