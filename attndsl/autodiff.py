@@ -26,8 +26,13 @@ import numpy as np
 from attndsl.backends.numpy_kernels import (
     BLOCK,
     TILE_ELEMENTS,
+    _causal_product,
     _erf,
     _grouped,
+    _linear_den,
+    _linear_numden,
+    _linear_operands,
+    _phi_vjp,
     _relative_index,
     _rope,
     _t5_buckets,
@@ -315,6 +320,51 @@ def _linear_int8(g: Array, out: Array, ins: tuple[Array, ...],
     dx = np.matmul(g2 * s, w).reshape(x.shape)
     ds = np.sum(g2 * np.matmul(x2, w.T), axis=0)            # (out,)
     return (dx, None, ds, np.sum(g2, axis=0)) if len(ins) == 4 else (dx, None, ds)
+
+
+@vjp("linear_attention")
+def _linear_attention(g: Array, out: Array, ins: tuple[Array, ...],
+                      attrs: dict[str, Any]) -> Cotangents:
+    """out = N[:, :Dv] / (N[:, Dv] + eps) with N_t = phi(q_t) . sum_j phi(k_j) [v_j, 1]^T
+    (j <= t when causal). With a = phi(q), b = phi(k), c = [v, 1] and dN from the quotient:
+    da = dN (sum c b^T), db_j = sum_t (dN_t . c_j) a_t, dc_j = sum_t (a_t . b_j) dN_t, over
+    t >= j when causal — the same chunked prefix product, run backwards in time. Memory
+    O(T) like the forward: nothing of size T x T."""
+    q, k, v = ins[:3]
+    pad = ins[3] if attrs["has_padding"] else None
+    fmap, scale, causal = attrs["feature_map"], attrs["scale"], attrs["causal"]
+    a, b, c, pq, pk, w = _linear_operands(q, k, v, pad, fmap, scale)
+    n, _ = _linear_numden(a, b, c, causal)
+    den = _linear_den(n, fmap)                                        # (B, Hk, G, Tq, 1)
+    gg = g.reshape(a.shape[:-1] + (g.shape[-1],))                      # (B, Hk, G, Tq, Dv)
+    dn = np.concatenate([gg / den, -np.sum(gg * n[..., :-1], axis=-1, keepdims=True)
+                         / (den * den)], axis=-1)                      # (B, Hk, G, Tq, Dv + 1)
+    if causal:
+        off = b.shape[-2] - a.shape[-2]
+        bs, cs = b[..., off:, :], c[..., off:, :]
+        prefix = np.matmul(_swap(c[..., :off, :]), b[..., :off, :]) if off else None
+        da, _ = _causal_product(dn, cs, bs, prefix)
+
+        def rev(x: Array) -> Array:
+            return x[..., ::-1, :]
+
+        db = rev(_causal_product(rev(cs), rev(dn), rev(a))[0])
+        dc = rev(_causal_product(rev(bs), rev(a), rev(dn))[0])
+        if off:                                       # keys before every query
+            m = np.matmul(_swap(dn), a)                                # (..., Dv + 1, m)
+            db = np.concatenate([np.matmul(c[..., :off, :], m), db], axis=-2)
+            dc = np.concatenate([np.matmul(b[..., :off, :], _swap(m)), dc], axis=-2)
+    else:
+        da = np.matmul(dn, _swap(np.matmul(_swap(b), c)))
+        m = np.matmul(_swap(dn), a)                                    # (..., Dv + 1, m)
+        db, dc = np.matmul(c, m), np.matmul(b, _swap(m))
+    db, dc = db.sum(axis=2), dc.sum(axis=2)                            # over query groups
+    if pad is not None:
+        db = db * pad[:, None, :, None]
+    dq = _phi_vjp(q, pq, w, da.reshape(pq.shape), fmap, scale, True)
+    dk = _phi_vjp(k, pk, w, unbroadcast(db, pk.shape), fmap, scale, False)
+    dv = unbroadcast(dc[..., :-1], v.shape)
+    return (dq, dk, dv) + ((None,) if pad is not None else ())
 
 
 # -- shape ops ------------------------------------------------------------------------------

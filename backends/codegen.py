@@ -272,15 +272,23 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
         kwargs.append("training=training")
     if node.op in opts.context_ops:
         kwargs += ["device=device", "fdtype=fdtype"]
-    if opts.cached and node.op == "attention" and node.inputs[1] in growing:
+    if opts.cached and node.op in ("attention", "linear_attention") and node.inputs[1] in growing:
         # self-attention while decoding: attend over cached keys/values plus the new ones
-        return f"op_attention_cached(cache, {nid}, {', '.join(args + kwargs)})"
+        # (linear attention: update its recurrent state)
+        return f"op_{node.op}_cached(cache, {nid}, {', '.join(args + kwargs)})"
     return f"op_{node.op}({', '.join(args + kwargs)})"
 
 
 @dataclass(frozen=True)
 class _Raw:
     text: str
+
+
+def cached_kernel_names(graph: Graph) -> list[str]:
+    """The decoding-step kernels (`op_<op>_cached`) of the self-attentions a graph has."""
+    ops = {node.op for node in graph.nodes.values()}
+    return ["op_attention_cached"] + (["op_linear_attention_cached"]
+                                      if "linear_attention" in ops else [])
 
 
 def kernel_names(graph: Graph) -> list[str]:

@@ -753,3 +753,125 @@ def attention_choice(impl, b, h, hk, tq, tk, d, dv, itemsize, layout, masked, su
         return impl if supported else "dense"
     costs = attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported)
     return min(costs, key=lambda name: (costs[name][2], costs[name][1]))
+
+
+# -- linear (kernelized) attention: feature maps, chunked prefix sums -------------------------
+
+LINEAR_CHUNK = 64              # causal form: queries per chunk (ops.LINEAR_ATTENTION_CHUNK)
+LINEAR_EPS = 1e-6              # added to the normalizer phi(q) . sum phi(k)
+
+
+def _favor_matrix(m, d, seed):
+    """Performer's orthogonal random features (m, D), float64 NumPy on every backend:
+    blocks of D orthonormal rows (QR of a Gaussian matrix), each row scaled to the norm of
+    a Gaussian D-vector."""
+    import numpy as host  # NumPy's generator even where `np` is CuPy
+    rng = host.random.default_rng(seed)
+    blocks = [host.linalg.qr(rng.standard_normal((d, d)))[0].T for _ in range(-(-m // d))]
+    w = host.concatenate(blocks)[:m]
+    return w * host.linalg.norm(rng.standard_normal((m, d)), axis=1)[:, None]
+
+
+def _phi(x, fmap, scale, query):
+    """Feature map of queries or keys (..., T, D) -> (..., T, m), and the favor matrix.
+    favor keys: exp(-|w_i - x'|^2 / 2) / sqrt(m) = exp(w_i.x' - |x'|^2/2 - |w_i|^2/2) / sqrt(m);
+    favor queries: exp(w_i.q' + |w_i|^2/2 - max_i) / sqrt(m): the per-query constants cancel
+    in the normalized output, so phi(q).phi(k) is exp(scale q.k) up to them."""
+    if fmap[0] == "elu_plus_one":
+        return np.where(x > 0, x + 1, np.exp(np.minimum(x, 0))), None
+    w = np.asarray(_favor_matrix(fmap[1], x.shape[-1], fmap[2])).astype(x.dtype)   # (m, D)
+    xs = x * x.dtype.type(math.sqrt(scale))
+    a = np.matmul(xs, w.T)                                                       # (..., T, m)
+    half = 0.5 * np.sum(w * w, axis=1)
+    if query:
+        a += half
+        a -= np.max(a, axis=-1, keepdims=True)
+    else:
+        a -= half
+        a -= 0.5 * np.sum(xs * xs, axis=-1, keepdims=True)
+    return np.exp(a) / x.dtype.type(math.sqrt(fmap[1])), w
+
+
+def _phi_vjp(x, phi, w, g, fmap, scale, query):
+    """The cotangent of x given phi's (the favor queries' max is a constant: it cancels)."""
+    if fmap[0] == "elu_plus_one":
+        return g * np.where(x > 0, 1, phi)
+    gp = g * phi                                                                 # (..., T, m)
+    dxs = np.matmul(gp, w)
+    if not query:
+        dxs -= x * x.dtype.type(math.sqrt(scale)) * np.sum(gp, axis=-1, keepdims=True)
+    return dxs * x.dtype.type(math.sqrt(scale))
+
+
+def _swap(x):
+    return np.swapaxes(x, -1, -2)
+
+
+def _causal_product(a, b, c, state=None):
+    """out[t] = a[t] . (state + sum_{j <= t} b[j] c[j]^T) along axis -2, in chunks of
+    LINEAR_CHUNK (extra memory O(T * chunk)); a (..., T, m), b (..., T, m), c (..., T, n),
+    leading axes broadcast. Returns out (..., T, n) and the final state (..., m, n)."""
+    t = a.shape[-2]
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2], c.shape[:-2])
+    out = np.empty(lead + (t, c.shape[-1]), dtype=np.result_type(a, c))
+    for s in range(0, t, LINEAR_CHUNK):
+        ac, bc, cc = a[..., s:s + LINEAR_CHUNK, :], b[..., s:s + LINEAR_CHUNK, :], \
+            c[..., s:s + LINEAR_CHUNK, :]
+        o = np.matmul(np.tril(np.matmul(ac, _swap(bc))), cc)                   # (..., C, n)
+        if state is not None:
+            o = o + np.matmul(ac, state)
+        out[..., s:s + LINEAR_CHUNK, :] = o
+        update = np.matmul(_swap(bc), cc)                                      # (..., m, n)
+        state = update if state is None else state + update
+    return out, state
+
+
+def _linear_operands(q, k, v, pad, fmap, scale):
+    """phi(q) grouped (B, Hk, G, Tq, m), phi(k) (B, Hk, 1, Tk, m) with padded keys zeroed,
+    [v, 1] (B, Hk, 1, Tk, Dv + 1), plus the raw features and the favor matrix."""
+    hk = k.shape[1]
+    pq, w = _phi(q, fmap, scale, True)
+    pk, _ = _phi(k, fmap, scale, False)
+    pkm = pk if pad is None else pk * pad[:, None, :, None]
+    v1 = np.concatenate([v, np.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
+    a = pq.reshape(pq.shape[0], hk, pq.shape[1] // hk, *pq.shape[2:])
+    return a, pkm[:, :, None], v1[:, :, None], pq, pk, w
+
+
+def _linear_numden(a, b, c, causal, state=None):
+    """[numerator, normalizer] (B, Hk, G, Tq, Dv + 1) and the final key state; causal
+    queries are the last Tq of the Tk positions."""
+    if not causal:
+        return np.matmul(a, np.matmul(_swap(b), c)), None
+    off = b.shape[-2] - a.shape[-2]
+    if off:
+        pre = np.matmul(_swap(b[..., :off, :]), c[..., :off, :])
+        state = pre if state is None else state + pre
+    return _causal_product(a, b[..., off:, :], c[..., off:, :], state)
+
+
+def _linear_den(n, fmap):
+    """The normalizer (..., 1): + LINEAR_EPS for elu+1 (Katharopoulos et al.); favor's has
+    an arbitrary per-query scale (its stabilizer), so no eps — a row whose keys all vanish
+    (padding, underflow) divides by 1 and, its numerator being 0, gives 0."""
+    if fmap[0] == "elu_plus_one":
+        return n[..., -1:] + LINEAR_EPS
+    den = n[..., -1:]
+    return np.where(den > 0, den, 1)
+
+
+def op_linear_attention(q, k, v, key_padding=None, *, feature_map, causal, scale, has_padding):
+    a, b, c, _, _, _ = _linear_operands(q, k, v, key_padding, feature_map, scale)
+    n, _ = _linear_numden(a, b, c, causal)
+    out = n[..., :-1] / _linear_den(n, feature_map)                   # (B, Hk, G, Tq, Dv)
+    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
+def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature_map, causal,
+                               scale, has_padding):
+    """Decoding step of causal linear attention: the recurrent state (sum of phi(k) [v, 1]^T
+    over past keys, (B, Hk, 1, m, Dv + 1)) replaces a KV cache; O(1) memory per step."""
+    a, b, c, _, _, _ = _linear_operands(q, k, v, key_padding, feature_map, scale)
+    n, cache[key] = _causal_product(a, b, c, cache.get(key))
+    out = n[..., :-1] / _linear_den(n, feature_map)
+    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])

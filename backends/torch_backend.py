@@ -12,6 +12,7 @@ import numpy as np
 from attndsl.backends import Backend, Program
 from attndsl.backends.codegen import (
     EmitOptions,
+    cached_kernel_names,
     emit_fold,
     emit_forward,
     folded_nodes,
@@ -115,7 +116,7 @@ def emit_module(graph: Graph, checkpointing: bool | int = False) -> str:
     first k) those iterations run under `torch.utils.checkpoint` while training (their
     activations are recomputed in backward)."""
     here = Path(__file__).parent
-    names = kernel_names(graph) + ["op_attention_cached"]
+    names = kernel_names(graph) + cached_kernel_names(graph)
     extra = ("training", "device", "fdtype")
     layers = tuple(tuple(r) for r in graph.meta.get("layers", ()))
     segments = layers if checkpointing is True else layers[:int(checkpointing)]

@@ -10,7 +10,13 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from attndsl.backends.numpy_kernels import BLOCK, TILE_ELEMENTS, attention_costs, blocked_plan
+from attndsl.backends.numpy_kernels import (
+    BLOCK,
+    TILE_ELEMENTS,
+    _favor_matrix,
+    attention_costs,
+    blocked_plan,
+)
 
 CAUSAL = "(k <= q)"
 _MASKS: dict = {}
@@ -599,3 +605,88 @@ def _blocked_attention(q, k, v, ex, pattern, layout, scale, bias, p, gather):
             outs.append(o.reshape(o.shape[0], h, -1, dv))
             positions.append(qpos.reshape(-1))
     return _assemble(outs, positions, q, v, tq)
+
+
+# -- linear (kernelized) attention: the NumPy kernels' algorithm in torch (autograd) ----------
+
+LINEAR_CHUNK = 64
+LINEAR_EPS = 1e-6
+
+
+def _phi(x, fmap, scale, query):
+    """Feature map (..., T, D) -> (..., T, m), as the NumPy kernel's `_phi` (the favor
+    matrix from the same NumPy generator; the queries' max is a constant, detached)."""
+    if fmap[0] == "elu_plus_one":
+        return F.elu(x) + 1
+    w = torch.as_tensor(_favor_matrix(fmap[1], x.shape[-1], fmap[2]), dtype=x.dtype,
+                        device=x.device)                                         # (m, D)
+    xs = x * math.sqrt(scale)
+    a = xs @ w.T
+    half = 0.5 * (w * w).sum(1)
+    if query:
+        a = a + half
+        a = a - a.amax(dim=-1, keepdim=True).detach()
+    else:
+        a = a - half - 0.5 * (xs * xs).sum(-1, keepdim=True)
+    return torch.exp(a) / math.sqrt(fmap[1])
+
+
+def _causal_product(a, b, c, state=None):
+    """out[t] = a[t] . (state + sum_{j <= t} b[j] c[j]^T), in chunks of LINEAR_CHUNK. Traced
+    for export (`torch.compiler.is_compiling()`) a loop over T would fix T, so it is one
+    masked T x T product there (dynamic T; quadratic memory in the exported graph)."""
+    if torch.compiler.is_compiling():
+        out = torch.tril(a @ b.transpose(-1, -2)) @ c
+        if state is not None:
+            out = out + a @ state
+        update = b.transpose(-1, -2) @ c
+        return out, update if state is None else state + update
+    outs = []
+    for s in range(0, a.shape[-2], LINEAR_CHUNK):
+        ac, bc, cc = a[..., s:s + LINEAR_CHUNK, :], b[..., s:s + LINEAR_CHUNK, :], \
+            c[..., s:s + LINEAR_CHUNK, :]
+        o = torch.tril(ac @ bc.transpose(-1, -2)) @ cc
+        if state is not None:
+            o = o + ac @ state
+        outs.append(o)
+        update = bc.transpose(-1, -2) @ cc
+        state = update if state is None else state + update
+    return torch.cat(outs, dim=-2), state
+
+
+def _linear_operands(q, k, v, pad, fmap, scale):
+    hk = k.shape[1]
+    pq, pk = _phi(q, fmap, scale, True), _phi(k, fmap, scale, False)
+    if pad is not None:
+        pk = pk * pad[:, None, :, None].to(pk.dtype)
+    v1 = torch.cat([v, torch.ones(v.shape[:-1] + (1,), dtype=v.dtype, device=v.device)], -1)
+    a = pq.reshape(pq.shape[0], hk, pq.shape[1] // hk, *pq.shape[2:])
+    return a, pk[:, :, None], v1[:, :, None]
+
+
+def _linear_den(n, fmap):
+    if fmap[0] == "elu_plus_one":
+        return n[..., -1:] + LINEAR_EPS
+    den = n[..., -1:]
+    return torch.where(den > 0, den, torch.ones_like(den))
+
+
+def op_linear_attention(q, k, v, key_padding=None, *, feature_map, causal, scale, has_padding):
+    a, b, c = _linear_operands(q, k, v, key_padding, feature_map, scale)
+    if causal:
+        off = b.shape[-2] - a.shape[-2]
+        state = b[..., :off, :].transpose(-1, -2) @ c[..., :off, :] if off else None
+        n, _ = _causal_product(a, b[..., off:, :], c[..., off:, :], state)
+    else:
+        n = a @ (b.transpose(-1, -2) @ c)
+    out = n[..., :-1] / _linear_den(n, feature_map)
+    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
+def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature_map, causal,
+                               scale, has_padding):
+    """Decoding step: the recurrent state replaces a KV cache (O(1) memory per step)."""
+    a, b, c = _linear_operands(q, k, v, key_padding, feature_map, scale)
+    n, cache[key] = _causal_product(a, b, c, cache.get(key))
+    out = n[..., :-1] / _linear_den(n, feature_map)
+    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])

@@ -26,6 +26,8 @@ TINY_CONFIGS: dict[str, dict[str, int]] = {
     "alibi_gpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
     "t5": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
     "bahdanau": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "linear_transformer": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64),
+    "performer": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64, features=16),
 }
 
 # Specs with a causal stream: (input whose future positions must not leak, output).
@@ -37,6 +39,8 @@ CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
     "alibi_gpt": ("tokens", "logits"),
     "t5": ("tgt", "logits"),
     "bahdanau": ("tgt", "logits"),
+    "linear_transformer": ("tokens", "logits"),
+    "performer": ("tokens", "logits"),
 }
 
 

@@ -91,6 +91,16 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
                                     positive(5), randn(5)), {"has_bias": True}),
     ("linear_int8-nobias", "linear_int8", (randn(3, 4), R.integers(-127, 128, (5, 4)).astype(
         np.int8), positive(5)), {"has_bias": False}),
+    *[(f"linear_attention-{fm[0]}-{tag}", "linear_attention", ins,
+       {"feature_map": fm, "causal": causal, "scale": 0.5, "has_padding": len(ins) == 4})
+      for fm in (("elu_plus_one",), ("favor", 6, 1))
+      for tag, causal, ins in (
+          ("full", False, (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3))),
+          ("causal-gqa", True, (randn(2, 4, 70, 4), randn(2, 2, 70, 4), randn(2, 2, 70, 3))),
+          ("causal-last-queries-padded", True,
+           (randn(2, 2, 3, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), PAD_FIRST)),
+          ("full-padded", False, (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), PAD)),
+      )],
     ("transpose", "transpose", (randn(2, 3, 4),), {"perm": (2, 0, 1)}),
     ("reshape", "reshape", (randn(2, 3, 4),), {"shape": (6, 4)}),
     *[(f"{op}-{axes}-{keep}", op, (randn(2, 3, 4),), {"axes": axes, "keepdims": keep})

@@ -110,16 +110,29 @@ def bahdanau_params(vocab: int = 8000, d_model: int = 256, heads: int = 4, layer
     return 2 * vocab * d_model + layers * (enc + dec) + linear(d_model, vocab)
 
 
+def linear_transformer_params(vocab: int = 256, ctx: int = 4096, d_model: int = 512,
+                              layers: int = 6, d_ff: int | None = None, **_: Any) -> int:
+    """Token and position tables, pre-LN layers, an untied head with bias; kernelized
+    attention (elu+1 or FAVOR+ random features) adds no parameters."""
+    d_ff = d_ff or 4 * d_model
+    layer = 2 * layer_norm(d_model) + attention(d_model) + ffn(d_model, d_ff)
+    return ((vocab + ctx) * d_model + layers * layer + layer_norm(d_model)
+            + linear(d_model, vocab))
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
             "vit": vit_params, "nanogpt": nanogpt_params, "llama": llama_params,
-            "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params}
+            "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params,
+            "linear_transformer": linear_transformer_params,
+            "performer": linear_transformer_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
          "nanogpt": 809_856,  # nanoGPT prints 0.80M (without wpe)
          "t5": 60_506_624,    # Hugging Face t5-small
          "alibi_gpt": 124_439_808 - 1024 * 768,   # GPT-2 small without wpe
-         "llama": 124_668_672, "bahdanau": 9_854_912}
+         "llama": 124_668_672, "bahdanau": 9_854_912,
+         "linear_transformer": 21_274_880, "performer": 21_274_880}   # summed by hand
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -134,6 +147,8 @@ OVERRIDES = {
     "alibi_gpt": [{"layers": 2, "vocab": 1000}],
     "t5": [{"layers": 1, "heads": 4}, {"d_model": 64, "heads": 2, "d_ff": 128, "vocab": 500}],
     "bahdanau": [{"layers": 1, "heads": 8}],
+    "linear_transformer": [{"layers": 2, "d_model": 64, "heads": 4, "ctx": 128}],
+    "performer": [{"layers": 1, "features": 32}],
 }
 
 

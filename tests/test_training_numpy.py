@@ -36,6 +36,8 @@ TEXT_SPECS = {
     "gpt": dict(TINY, ctx=32, d_ff=64),
     "llama": dict(TINY, ctx=32, kv_heads=2, d_ff=48),
     "alibi_gpt": dict(TINY, ctx=32, d_ff=64),
+    "linear_transformer": dict(TINY, ctx=32, d_ff=64),
+    "performer": dict(TINY, ctx=32, d_ff=64, features=16),
     "bert": dict(TINY, vocab=TOK.vocab_size + 1, max_pos=32, d_ff=64, dropout_p=0.0),
 }
 

@@ -9,6 +9,9 @@ Every variant stays one `attention` node whose attributes declare it (FlexAttent
 - `rope=rope(...)` rotary positions on queries and keys (`attndsl.ir.rope`);
 - `kv_heads=` grouped-query attention (K/V projections with fewer heads);
 - `weights="name"` the probabilities as an optional model output.
+
+`kernel=elu_plus_one | favor(m, seed)` makes it a `linear_attention` node instead: kernelized
+attention (`attndsl.ir.kernels`), full or causal, without the softmax-only keywords.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from attndsl.frontend.builtins import (
 )
 from attndsl.frontend.values import Tensor, describe
 from attndsl.ir import biases as bs
+from attndsl.ir import kernels as kn
 from attndsl.ir import patterns as pat
 from attndsl.ir.ops import attention_attrs
 from attndsl.ir.rope import LAYOUTS, Rope, RopeScaling
@@ -163,6 +167,34 @@ def attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern:
     return out
 
 
+def linear_attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any,
+                          scale: Any, key_padding: Any, kernel: Any, **softmax_only: Any
+                          ) -> Tensor:
+    """A `linear_attention` node (kernel= given): pattern full or causal; the keywords that
+    only softmax attention has are refused by name."""
+    if not isinstance(kernel, kn.FeatureMap):
+        raise TypeError_(f"kernel must be elu_plus_one or favor(m=..., seed=...), got "
+                         f"{describe(kernel)}", span)
+    given = [name for name, value in softmax_only.items()
+             if value is not None and value != 0 and str(value) != "scaled"]
+    if given:
+        raise ArgumentError(f"kernel= attention has no {', '.join(f'{n}=' for n in given)} "
+                            "(linear attention has no score matrix to bias, rotate, drop or "
+                            "show)", span, "remove it, or drop kernel= for softmax attention")
+    pattern = _pattern(pattern, span)
+    if pattern not in (pat.FULL, pat.CAUSAL):
+        raise ArgumentError(f"kernel= attention is full or causal, not {pattern}", span,
+                            "sparse patterns need softmax attention (drop kernel=)")
+    hd = q.type.shape[-1].as_int()
+    scale_v = 1.0 / math.sqrt(hd) if scale is None else number(scale, span, "scale")
+    inputs = [q, k, v]
+    if key_padding is not None:
+        inputs.append(tensor(b, key_padding, span, "key_padding", rank=2, dtype="bool"))
+    return b.add("linear_attention", inputs,
+                 {"feature_map": kernel, "causal": pattern == pat.CAUSAL, "scale": scale_v,
+                  "has_padding": key_padding is not None}, span)
+
+
 def _expose_weights(b: Any, span: Span, name: Any, inputs: list[Tensor],
                     attrs: dict[str, Any]) -> None:
     """Add an `attention_weights` node as the optional output `<outer scope>.<name>`."""
@@ -181,10 +213,10 @@ def _expose_weights(b: Any, span: Span, name: Any, inputs: list[Tensor],
 def attention(b: Any, span: Span, x: Tensor, heads: int, pattern: Any = pat.FULL,
               kv: Any = None, key_padding: Any = None, bias: Any = None, dropout: float = 0.0,
               scale: Any = None, kv_heads: Any = None, score: Any = "scaled", rope: Any = None,
-              weights: Any = None, proj_bias: bool = True) -> Tensor:
+              weights: Any = None, proj_bias: bool = True, kernel: Any = None) -> Tensor:
     """Multi-head attention on x: [B, T, d]; projections `q`, `o` (d x d) and `k`, `v`
     (kv_heads * d/heads x d; kv_heads defaults to heads). kv: [B, S, d_kv] for
-    cross-attention. See docs/language.md for score=, bias=, rope= and weights=."""
+    cross-attention. See docs/language.md for score=, bias=, rope=, weights= and kernel=."""
     x = tensor(b, x, span, "attention input", rank=3)
     heads = integer(heads, span, "heads")
     src = x if kv is None else tensor(b, kv, span, "kv", rank=3)
@@ -206,8 +238,13 @@ def attention(b: Any, span: Span, x: Tensor, heads: int, pattern: Any = pat.FULL
     q = split_heads(b, proj("q", x, d), heads, span)               # (B, H, T, hd)
     k = split_heads(b, proj("k", src, kvh * hd), kvh, span)        # (B, Hk, S, hd)
     v = split_heads(b, proj("v", src, kvh * hd), kvh, span)        # (B, Hk, S, hd)
-    a = attention_node(b, span, q, k, v, pattern, scale, key_padding, dropout, score, bias,
-                       rope, weights)                              # (B, H, T, hd)
+    if kernel is not None:                                         # (B, H, T, hd)
+        a = linear_attention_node(b, span, q, k, v, pattern, scale, key_padding, kernel,
+                                  dropout=dropout, score=score, bias=bias, rope=rope,
+                                  weights=weights)
+    else:
+        a = attention_node(b, span, q, k, v, pattern, scale, key_padding, dropout, score, bias,
+                           rope, weights)
     with b.in_scope([b.claim_name("o")]):
         return linear_layer(b, span, merge_heads(b, a, span), d, bias=proj_bias)
 
@@ -215,13 +252,29 @@ def attention(b: Any, span: Span, x: Tensor, heads: int, pattern: Any = pat.FULL
 @builtin("sdpa", layer=True)
 def sdpa(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any = pat.FULL,
          scale: Any = None, key_padding: Any = None, dropout: float = 0.0,
-         score: Any = "scaled", bias: Any = None, rope: Any = None, weights: Any = None
-         ) -> Tensor:
+         score: Any = "scaled", bias: Any = None, rope: Any = None, weights: Any = None,
+         kernel: Any = None) -> Tensor:
     """Attention on q [B, H, T, D], k/v [B, Hk, S, D] (Hk divides H: grouped-query), no
-    projections; the same score=, bias=, rope= and weights= as `attention`."""
+    projections; the same score=, bias=, rope=, weights= and kernel= as `attention`."""
     q, k, v = (tensor(b, t, span, n, rank=4) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+    if kernel is not None:
+        return linear_attention_node(b, span, q, k, v, pattern, scale, key_padding, kernel,
+                                     dropout=dropout, score=score, bias=bias, rope=rope,
+                                     weights=weights)
     return attention_node(b, span, q, k, v, pattern, scale, key_padding, dropout, score, bias,
                           rope, weights)
+
+
+# -- feature maps of kernelized attention ---------------------------------------------------
+
+BUILTINS["elu_plus_one"] = kn.ELU_PLUS_ONE
+
+
+@builtin("favor")
+def favor(b: Any, span: Span, m: int = 256, seed: int = 0) -> kn.FeatureMap:
+    """Performer FAVOR+ positive orthogonal random features: m of them, drawn from seed."""
+    return kn.FeatureMap("favor", integer(m, span, "m"),
+                         integer(seed, span, "seed", positive=False))
 
 
 # -- score biases ---------------------------------------------------------------------------

@@ -47,6 +47,7 @@ OPS: dict[str, OpDef] = {}
 # conditions). Every other int/bool operand of a float-valued op is cast to float by the
 # frontend, so kernels only ever combine floats with floats.
 NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention": (3,),
+                                                  "linear_attention": (3,),
                                                   "attention_weights": (3,), "where": (0,),
                                                   "gather": (1,), "one_hot": (0,),
                                                   "linear_int8": (1,)}
@@ -518,6 +519,37 @@ register("attention_weights", "composite", _attention_weights,
          attrs=ATTENTION_ATTRS,
          doc="The probabilities [B, H, Tq, Tk] of the attention with the same operands and "
              "attributes (what `weights=` exposes).")
+
+
+def _linear_attention(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """q [B, H, Tq, D], k [B, Hk, Tk, D], v [B, Hk, Tk, Dv], then a bool key padding [B, Tk]
+    when attrs['has_padding']."""
+    return _attention(ins, {"extras": ("key_padding",) if attrs["has_padding"] else ()})
+
+
+def _linear_attention_flops(ins: list[TensorType], out: TensorType,
+                            attrs: dict[str, Any]) -> Dim:
+    """Feature maps (favor: 2 D per feature) of q and k, the key state phi(k)^T [v, 1]
+    (2 m (Dv + 1) per key) and its read-out (2 m (Dv + 1) per query); the causal form adds a
+    masked CHUNK-wide block per query (2 CHUNK (m + Dv + 1))."""
+    q, k, v = ins[:3]
+    d, dv = q.shape[3], v.shape[3] + 1
+    m = d if attrs["feature_map"].kind == "elu_plus_one" else Dim.of(attrs["feature_map"].features)
+    per_map = Dim.of(3) if attrs["feature_map"].kind == "elu_plus_one" else m * d * 2 + m * 3
+    rows_q, rows_k = numel(q.shape[:3]), numel(k.shape[:3])
+    total = rows_q * per_map + rows_k * per_map + rows_k * m * dv * 2 + rows_q * m * dv * 2
+    if attrs["causal"]:
+        total = total + rows_q * (m + dv) * 2 * LINEAR_ATTENTION_CHUNK
+    return total
+
+
+LINEAR_ATTENTION_CHUNK = 64      # causal form: queries per chunk (the kernels' CHUNK)
+
+register("linear_attention", "composite", _linear_attention, _linear_attention_flops,
+         attrs=("feature_map", "causal", "scale", "has_padding"),
+         doc="phi(q) (phi(k)^T v) / (phi(q) (phi(k)^T 1) + eps) on [B, H, T, D] with a "
+             "feature map phi (`attndsl.ir.kernels`); causal: sums over keys j <= i only "
+             "(prefix sums, chunked); padded keys are left out.")
 
 
 def infer(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:

@@ -150,6 +150,8 @@ def _time_axis(graph: Graph, node: Node, ins: list[int | None], symbol: str) -> 
         return _matmul_axis(types, ins, rank)
     if op == "attention":
         return _attention_axis(node, ins)
+    if op == "linear_attention":
+        return _linear_attention_axis(node, ins)
     raise _Unsafe(f"{op} is not known to be position-wise")
 
 
@@ -199,6 +201,19 @@ def _matmul_axis(types: list, ins: list[int | None], rank: int) -> int | None:
         raise _Unsafe("matmul pairs every position with every other (e.g. q @ k.T written out "
                       "by hand)")
     return out.pop() if out else None
+
+
+def _linear_attention_axis(node: Node, ins: list[int | None]) -> int | None:
+    """As attention; growing keys need the causal form (its recurrent state)."""
+    tq, tk, tv = ins[:3]
+    if tq not in (None, 2) or (tk is None) != (tv is None) or tk not in (None, 2):
+        raise _Unsafe("linear attention operands do not carry positions on axis 2 alike")
+    if tk is not None and not node.attr("causal"):
+        raise _Unsafe("non-causal linear self-attention lets earlier positions see later keys")
+    if any(a is not None for a in ins[3:]):
+        raise _Unsafe("linear attention reads a key-padding tensor that grows with the "
+                      "sequence")
+    return tq
 
 
 def _attention_axis(node: Node, ins: list[int | None]) -> int | None:

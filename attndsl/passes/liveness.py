@@ -15,7 +15,9 @@ one step's scores and gathers), on torch nothing of that size for SDPA's full/ca
 paths, three row blocks of scores for biased attention (scores, biased scores,
 probabilities), and the scores twice for the explicit path;
 layer_norm, rms_norm, softmax, sigmoid and silu allocate one temporary of their output's
-size, the exact gelu four, rope a rotated copy of q and k.
+size, the exact gelu four, rope a rotated copy of q and k. Linear attention holds the
+features of q and k, [v, 1], the numerator/normalizer rows and (causal) one chunk's
+[B, H, chunk, chunk] block: O(T), never T x T.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attndsl.ir.graph import Graph, Node
-from attndsl.ir.ops import numel
+from attndsl.ir.ops import LINEAR_ATTENTION_CHUNK, numel
 
 VIEWS = frozenset({"transpose", "expand", "index"})
 TEMPORARY = frozenset({"layer_norm", "rms_norm", "softmax"})
@@ -50,6 +52,8 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
         return _bytes(node, env, itemsize)
     if node.op == "gelu":          # tanh form in place; the exact form's erf: a few temps
         return _bytes(node, env, itemsize) * (0 if node.attr("approximate") == "tanh" else 4)
+    if node.op == "linear_attention":
+        return _linear_attention_workspace(node, graph, env, itemsize)
     if node.op not in ("attention", "attention_weights"):
         return 0
     from attndsl.backends.codegen import block_sources
@@ -122,3 +126,16 @@ def peak_memory(graph: Graph, env: dict[str, int], backend: str = "numpy",
                 if not holders[buf]:
                     alive.pop(buf, None)
     return MemoryReport(naive, peak, largest, resident)
+
+
+def _linear_attention_workspace(node: Node, graph: Graph, env: dict[str, int],
+                                itemsize: int) -> int:
+    q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
+    b, h, tq, d = (int(x.evaluate(env)) for x in q.shape)
+    hk, tk, dv = (int(k.shape[1].evaluate(env)), int(k.shape[2].evaluate(env)),
+                  int(v.shape[3].evaluate(env)))
+    m = node.attr("feature_map").width(d)
+    elements = b * (h * tq * m + hk * tk * m + hk * tk * (dv + 1) + h * tq * (dv + 1))
+    if node.attr("causal"):
+        elements += b * h * LINEAR_ATTENTION_CHUNK * LINEAR_ATTENTION_CHUNK
+    return elements * itemsize
