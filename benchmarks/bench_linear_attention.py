@@ -3,7 +3,7 @@ grows: time and memory should grow linearly in T for linear attention.
 
     python benchmarks/bench_linear_attention.py [--seq 1024 2048 4096 8192 16384]
 
-One attention layer (B=1, d=512, 8 heads of 64, projections included), each configuration
+One attention layer (B=1, d=768, 12 heads of 64, projections included), each configuration
 in a fresh subprocess (bench_attention_variants.measure): median forward time and the peak
 memory the forward adds. Softmax runs as the compiler picks (`auto`: the tiled kernel at
 long T, whose memory is O(T * block)) and, up to --dense-limit GiB of scores, `dense`
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention_variants import measure  # noqa: E402
 
 SPEC = """model bench {{
-    input x: float[B, T, 512]
-    output y = attention(x, 8, pattern=causal{kernel})
+    input x: float[B, T, 768]
+    output y = attention(x, 12, pattern=causal{kernel})
 }}"""
 VARIANTS = {"elu+1": ", kernel=elu_plus_one", "favor m=256": ", kernel=favor(m=256)",
             "softmax": ""}
@@ -43,7 +43,7 @@ def main() -> None:
             r = measure("numpy", seq, SPEC.format(kernel=kernel), args.repeats)
             first.setdefault(name, {**r, "seq": seq})
             cols.append(f"{r['seconds'] * 1e3:.0f} | {r['peak'] / 2**20:.0f}")
-        if 8 * seq * seq * 4 / 2**30 > args.dense_limit:
+        if 12 * seq * seq * 4 / 2**30 > args.dense_limit:
             cols.append("skipped | ")
         else:
             r = measure("numpy", seq, SPEC.format(kernel=""), args.repeats, "dense")
