@@ -32,6 +32,8 @@ from attndsl.backends.numpy_kernels import (
     _linear_den,
     _linear_numden,
     _linear_operands,
+    _moe_gates,
+    _moe_route,
     _phi_vjp,
     _relative_index,
     _rope,
@@ -365,6 +367,85 @@ def _linear_attention(g: Array, out: Array, ins: tuple[Array, ...],
     dk = _phi_vjp(k, pk, w, unbroadcast(db, pk.shape), fmap, scale, False)
     dv = unbroadcast(dc[..., :-1], v.shape)
     return (dq, dk, dv) + ((None,) if pad is not None else ())
+
+
+# -- mixture of experts ----------------------------------------------------------------------
+
+def _picked(rows: Array, row: Any, kept: Any, top_k: int, n: int) -> Array:
+    """(k, N, d): each assignment's dispatch row, zero where it was dropped."""
+    out = rows[np.asarray(row)].reshape(top_k, n, rows.shape[1])
+    return out * np.asarray(kept.reshape(top_k, n))[..., None]
+
+
+@vjp("moe_dispatch")
+def _moe_dispatch(g: Array, out: Array, ins: tuple[Array, ...],
+                  attrs: dict[str, Any]) -> Cotangents:
+    """A gather of token rows: dx[n] = sum of the cotangents of n's kept rows; the routing
+    is discrete (no gradient to the probabilities through it)."""
+    x, probs = ins
+    _, row, _, kept, _ = _moe_route(probs, attrs["top_k"], attrs["capacity_factor"],
+                                    attrs.get("training", False))
+    return _picked(g, row, kept, attrs["top_k"], x.shape[0]).sum(axis=0), None
+
+
+@vjp("moe_combine")
+def _moe_combine(g: Array, out: Array, ins: tuple[Array, ...],
+                 attrs: dict[str, Any]) -> Cotangents:
+    """out[n] = sum_j gate[n, j] y[row(j, n)]: dy at those rows = gate * g[n]; dgate =
+    y[row] . g[n]; gates p_j / sum_i p_i (normalize) give dp_j = (dgate_j - sum_i dgate_i
+    gate_i) / sum_i p_i; dp lands on the chosen experts' columns."""
+    y, probs = ins
+    k, n = attrs["top_k"], probs.shape[0]
+    top, row, _, kept, _ = _moe_route(probs, k, attrs["capacity_factor"],
+                                      attrs.get("training", False))
+    mask = np.asarray(kept.reshape(k, n).T)                           # (N, k)
+    gates = _moe_gates(probs, top, attrs["normalize"])                # (N, k)
+    dy = np.zeros_like(y)
+    dy[np.asarray(row)] = ((gates * mask).T[..., None] * g[None]).reshape(k * n, -1)
+    dgate = np.einsum("knd,nd->nk", _picked(y, row, kept, k, n), g)  # masked already
+    if attrs["normalize"]:
+        p = np.take_along_axis(probs, np.asarray(top), axis=1)
+        dp = (dgate - np.sum(dgate * gates, axis=1, keepdims=True)) / np.sum(p, axis=1,
+                                                                              keepdims=True)
+    else:
+        dp = dgate
+    dprobs = np.zeros_like(probs)
+    np.put_along_axis(dprobs, np.asarray(top), dp, axis=1)
+    return dy, dprobs
+
+
+@vjp("moe_aux")
+def _moe_aux(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """aux = E sum_e f_e mean_n p[n, e] with f (a count) constant: dp[n, e] = E f_e / N."""
+    (probs,) = ins
+    n, e = probs.shape
+    top = _moe_route(probs, attrs["top_k"], 1.0)[0]
+    f = np.asarray(np.bincount(top.reshape(-1), minlength=e) / n)
+    return (np.broadcast_to(g * e * f / n, probs.shape).astype(probs.dtype),)
+
+
+@vjp("moe_counts", "moe_dropped")
+def _moe_discrete(g: Array, out: Array, ins: tuple[Array, ...],
+                  attrs: dict[str, Any]) -> Cotangents:
+    """Counts of a discrete routing: no gradient."""
+    return (None,)
+
+
+@vjp("grouped_linear")
+def _grouped_linear(g: Array, out: Array, ins: tuple[Array, ...],
+                    attrs: dict[str, Any]) -> Cotangents:
+    """Per expert segment: dx = g W_e, dW_e = g^T x, db_e = sum of g over the segment."""
+    x, counts, w = ins[:3]
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    db = np.zeros(w.shape[:2], dtype=w.dtype)
+    start = 0
+    for e, c in enumerate(np.asarray(counts).tolist()):
+        seg = slice(start, start + c)
+        dx[seg] = np.matmul(g[seg], w[e])
+        dw[e] = np.matmul(g[seg].T, x[seg])
+        db[e] = np.sum(g[seg], axis=0)
+        start += c
+    return (dx, None, dw, db) if len(ins) == 4 else (dx, None, dw)
 
 
 # -- shape ops ------------------------------------------------------------------------------

@@ -65,6 +65,12 @@ def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = N
     names = list(graph.inputs)
     if not names:
         raise ExportError("the model has no inputs to export", None)
+    routed = next((n for n in graph.nodes.values() if n.op.startswith("moe_")), None)
+    if routed is not None:
+        raise ExportError("mixture-of-experts routing (top-k, capacity, per-expert row "
+                          "counts) is data-dependent control flow that torch.onnx.export "
+                          "cannot trace here", routed.span,
+                          "export a dense spec, or serve the model with attndsl")
     symbols = sorted({s for nid in graph.inputs.values()
                       for s in map(_symbol, graph.nodes[nid].type.shape) if s})
     bounds = graph.meta.get("dim_bounds", {})

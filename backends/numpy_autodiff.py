@@ -53,7 +53,8 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
     ps = {k: np.asarray(v, dtype=fdtype) for k, v in params.items()}
     env = bind_dims(graph, xs)
     out_id = graph.outputs[loss["output"]]
-    live = _ancestors(graph, out_id)
+    extra = [(coef, graph.outputs[name]) for coef, name in loss.get("extra", [])]
+    live = set().union(*(_ancestors(graph, nid) for nid in [out_id, *(n for _, n in extra)]))
     order = [n for n in graph.topological_order() if n in live]
 
     values: dict[int, Any] = {}
@@ -76,6 +77,8 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
             if rng is not None:
                 _check_trainable_node(node)
             attrs[nid] = kernel_attrs(node, env)
+            if node.op in MOE_TRAINING_OPS:
+                attrs[nid]["training"] = rng is not None      # capacity drops while training
             values[nid] = ops[f"op_{node.op}"](*(values[i] for i in node.inputs), **attrs[nid])
 
     logits = values[out_id]
@@ -86,6 +89,11 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
 
     needs = _needs_grad(graph, order)
     cotangents: dict[int, Any] = {out_id: dlogits} if out_id in needs else {}
+    for coef, nid in extra:                     # + coef * scalar output (an moe's aux loss)
+        value += coef * float(values[nid])
+        if nid in needs:
+            seed = np.full_like(values[nid], coef)
+            cotangents[nid] = seed if nid not in cotangents else cotangents[nid] + seed
     for nid in reversed(order):
         node = graph.nodes[nid]
         if nid not in cotangents or node.op in CONSTANT_LIKE:
@@ -102,6 +110,9 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                 cotangents[src] = gi if src not in cotangents else cotangents[src] + gi
     return value, {name: np.array(cotangents.get(nid, np.zeros_like(ps[name])), dtype=fdtype)
                    for name, nid in graph.params.items()}
+
+
+MOE_TRAINING_OPS = frozenset({"moe_dispatch", "moe_counts", "moe_combine", "moe_dropped"})
 
 
 def check_trainable(graph: Graph) -> None:

@@ -875,3 +875,83 @@ def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature
     n, cache[key] = _causal_product(a, b, c, cache.get(key))
     out = n[..., :-1] / _linear_den(n, feature_map)
     return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
+# -- mixture of experts: routing, dispatch, grouped linear layers, combine --------------------
+
+def _moe_route(probs, top_k, capacity_factor, training=True):
+    """Routing from router probabilities (N, E), computed in NumPy on every backend
+    (capacity applies while training; at inference every assignment is kept):
+    - top (N, k): each token's experts, most probable first (ties: the lower index);
+    - row (k * N,): the dispatch row of assignment a = j * N + n (choice j of token n), and
+      rows, its inverse (the assignment in each row);
+    - kept (k * N,): whether it fits its expert's ceil(capacity_factor * k * N / E) slots
+      (assignments take slots in the order a: first choices of all tokens first);
+    - counts (E,): kept assignments per expert."""
+    import numpy as host
+    p = host.asarray(probs.get() if hasattr(probs, "get") else probs)
+    n, e = p.shape
+    top = host.argsort(-p, axis=1, kind="stable")[:, :top_k]
+    experts = top.T.reshape(-1)                                  # (k N,) in assignment order
+    order = host.argsort(experts, kind="stable")                 # grouped by expert
+    total = host.bincount(experts, minlength=e)
+    rank = host.empty(len(experts), dtype=host.int64)
+    rank[order] = host.arange(len(experts)) - (host.cumsum(total) - total)[experts[order]]
+    kept = rank < (math.ceil(capacity_factor * top_k * n / e) if training else len(rank))
+    rows = host.concatenate([order[kept[order]], order[~kept[order]]])
+    row = host.empty_like(rows)
+    row[rows] = host.arange(len(rows))
+    counts = host.bincount(experts[kept], minlength=e)
+    return top, row, rows, kept, counts
+
+
+def _moe_gates(probs, top, normalize):
+    """(N, k) gates: the top probabilities, renormalized to sum to 1 when `normalize`."""
+    g = np.take_along_axis(probs, np.asarray(top), axis=1)
+    return g / np.sum(g, axis=1, keepdims=True) if normalize else g
+
+
+def op_moe_dispatch(x, probs, *, top_k, capacity_factor, training=False):
+    _, _, rows, _, counts = _moe_route(probs, top_k, capacity_factor, training)
+    out = x[np.asarray(rows % x.shape[0])]                       # the token of each row
+    out[int(counts.sum()):] = 0                                  # dropped assignments
+    return out
+
+
+def op_moe_counts(probs, *, top_k, capacity_factor, training=False):
+    return np.asarray(_moe_route(probs, top_k, capacity_factor, training)[4])
+
+
+def op_moe_combine(y, probs, *, top_k, capacity_factor, normalize, training=False):
+    top, row, _, kept, _ = _moe_route(probs, top_k, capacity_factor, training)
+    n = probs.shape[0]
+    gates = _moe_gates(probs, top, normalize) * np.asarray(kept.reshape(top_k, n).T)  # (N, k)
+    picked = y[np.asarray(row)].reshape(top_k, n, y.shape[1])    # (k, N, d)
+    return np.einsum("knd,nk->nd", picked, gates)
+
+
+def op_moe_aux(probs, *, top_k):
+    import numpy as host
+    n, e = probs.shape
+    top = host.argsort(-host.asarray(probs.get() if hasattr(probs, "get") else probs), axis=1,
+                       kind="stable")[:, :top_k]
+    f = np.asarray(host.bincount(top.reshape(-1), minlength=e) / n)   # (E,)
+    return np.asarray(e * np.sum(f * np.mean(probs, axis=0)), dtype=probs.dtype)
+
+
+def op_moe_dropped(probs, *, top_k, capacity_factor, training=False):
+    kept = _moe_route(probs, top_k, capacity_factor, training)[3]
+    return np.asarray(1.0 - kept.mean(), dtype=probs.dtype)
+
+
+def op_grouped_linear(x, counts, w, b=None, *, has_bias):
+    out = np.zeros((x.shape[0], w.shape[1]), dtype=x.dtype)
+    start = 0
+    for e, c in enumerate(np.asarray(counts).tolist()):
+        if c:
+            seg = np.matmul(x[start:start + c], w[e].T)              # (c, out)
+            if b is not None:
+                seg += b[e]
+            out[start:start + c] = seg
+        start += c
+    return out

@@ -22,7 +22,8 @@ from attndsl.backends.numpy_backend import kernel_sources
 
 from attndsl.ir.graph import Graph
 
-TRAINING_OPS = frozenset({"dropout", "attention", "attention_weights", "layer_drop"})
+TRAINING_OPS = frozenset({"dropout", "attention", "attention_weights", "layer_drop",
+                          "moe_dispatch", "moe_counts", "moe_combine", "moe_dropped"})
 CONTEXT_OPS = frozenset({"constant", "size", "arange", "sinusoidal", "cast", "one_hot"})
 
 MODULE_TEMPLATE = '''
@@ -185,10 +186,15 @@ class TorchProgram(Program):
         """The loss as a differentiable tensor, in the module's current mode; `module` runs
         the forward instead of the program's own (a DistributedDataParallel wrapper of it)."""
         from attndsl.training.losses import check_targets, cross_entropy_torch
-        out = (module or self.module)(**self.convert_inputs(inputs))[loss["output"]]
+        outs = (module or self.module)(**self.convert_inputs(inputs))
+        out = outs[loss["output"]]
         (tgt,) = self.convert_inputs({"targets": targets}).values()
         check_targets(tuple(tgt.shape), tuple(out.shape), loss["output"])
-        return cross_entropy_torch(out, tgt, loss["label_smoothing"], loss["ignore_index"])
+        value = cross_entropy_torch(out, tgt, loss["label_smoothing"], loss["ignore_index"])
+        for coef, name in loss.get("extra", []):    # + coef * scalar output (moe aux loss)
+            term = outs[name]
+            value = value + coef * (term if term.dtype == value.dtype else term.to(value.dtype))
+        return value
 
     def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any]
                        ) -> tuple[float, dict[str, np.ndarray]]:

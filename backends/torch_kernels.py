@@ -14,6 +14,7 @@ from attndsl.backends.numpy_kernels import (
     BLOCK,
     TILE_ELEMENTS,
     _favor_matrix,
+    _moe_route,
     attention_costs,
     blocked_plan,
 )
@@ -690,3 +691,58 @@ def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature
     n, cache[key] = _causal_product(a, b, c, cache.get(key))
     out = n[..., :-1] / _linear_den(n, feature_map)
     return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
+# -- mixture of experts: the NumPy routing (on the detached probabilities), torch compute ------
+
+def _route(probs, top_k, capacity_factor, training):
+    return _moe_route(probs.detach().float().cpu().numpy(), top_k, capacity_factor, training)
+
+
+def op_moe_dispatch(x, probs, *, top_k, capacity_factor, training=False):
+    _, _, rows, _, counts = _route(probs, top_k, capacity_factor, training)
+    total = int(counts.sum())
+    kept = x[torch.as_tensor(rows[:total] % x.shape[0], device=x.device)]
+    return torch.cat([kept, x.new_zeros((len(rows) - total, x.shape[1]))])
+
+
+def op_moe_counts(probs, *, top_k, capacity_factor, training=False):
+    counts = _route(probs, top_k, capacity_factor, training)[4]
+    return torch.as_tensor(counts, device=probs.device)
+
+
+def op_moe_combine(y, probs, *, top_k, capacity_factor, normalize, training=False):
+    top, row, _, kept, _ = _route(probs, top_k, capacity_factor, training)
+    n = probs.shape[0]
+    gates = probs.gather(1, torch.as_tensor(top, device=probs.device))          # (N, k)
+    if normalize:
+        gates = gates / gates.sum(1, keepdim=True)
+    gates = gates * torch.as_tensor(kept.reshape(top_k, n).T, dtype=gates.dtype,
+                                    device=gates.device)
+    picked = y[torch.as_tensor(row, device=y.device)].reshape(top_k, n, y.shape[1])
+    return torch.einsum("knd,nk->nd", picked, gates)
+
+
+def op_moe_aux(probs, *, top_k):
+    n, e = probs.shape
+    top = np.argsort(-probs.detach().float().cpu().numpy(), axis=1, kind="stable")[:, :top_k]
+    f = torch.as_tensor(np.bincount(top.reshape(-1), minlength=e) / n, dtype=probs.dtype,
+                        device=probs.device)
+    return e * (f * probs.mean(0)).sum()
+
+
+def op_moe_dropped(probs, *, top_k, capacity_factor, training=False):
+    kept = _route(probs, top_k, capacity_factor, training)[3]
+    return torch.tensor(1.0 - kept.mean(), dtype=probs.dtype, device=probs.device)
+
+
+def op_grouped_linear(x, counts, w, b=None, *, has_bias):
+    parts, start = [], 0
+    for e, c in enumerate(counts.tolist()):
+        if c:
+            seg = x[start:start + c] @ w[e].T
+            parts.append(seg if b is None else seg + b[e])
+        start += c
+    if start < x.shape[0] or not parts:
+        parts.append(x.new_zeros((x.shape[0] - start, w.shape[1])))
+    return torch.cat(parts)

@@ -120,11 +120,32 @@ def linear_transformer_params(vocab: int = 256, ctx: int = 4096, d_model: int = 
             + linear(d_model, vocab))
 
 
+def switch_gpt_params(vocab: int = 50257, ctx: int = 1024, d_model: int = 768,
+                      layers: int = 12, d_ff: int | None = None, experts: int = 8,
+                      **_: Any) -> int:
+    """GPT-2 layout with every FFN an moe: a bias-free router [E, d] and E FFNs; untied
+    bias-free head."""
+    d_ff = d_ff or 4 * d_model
+    layer = (2 * layer_norm(d_model) + attention(d_model) + experts * d_model
+             + experts * ffn(d_model, d_ff))
+    return ((vocab + ctx) * d_model + layers * layer + layer_norm(d_model)
+            + linear(d_model, vocab, bias=False))
+
+
+def moe_gpt_params(vocab: int = 32000, d_model: int = 512, layers: int = 8, d_ff: int = 1408,
+                   experts: int = 8, **_: Any) -> int:
+    """RMSNorm (weight only), bias-free attention, router [E, d], E SwiGLU experts (three
+    bias-free matrices each), untied bias-free head."""
+    layer = 2 * d_model + 4 * d_model * d_model + experts * d_model + experts * 3 * d_model * d_ff
+    return 2 * vocab * d_model + layers * layer + d_model
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
             "vit": vit_params, "nanogpt": nanogpt_params, "llama": llama_params,
             "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params,
             "linear_transformer": linear_transformer_params,
-            "performer": linear_transformer_params}
+            "performer": linear_transformer_params, "switch_gpt": switch_gpt_params,
+            "moe_gpt": moe_gpt_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
@@ -132,7 +153,8 @@ KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vi
          "t5": 60_506_624,    # Hugging Face t5-small
          "alibi_gpt": 124_439_808 - 1024 * 768,   # GPT-2 small without wpe
          "llama": 124_668_672, "bahdanau": 9_854_912,
-         "linear_transformer": 21_274_880, "performer": 21_274_880}   # summed by hand
+         "linear_transformer": 21_274_880, "performer": 21_274_880,   # summed by hand
+         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -149,6 +171,8 @@ OVERRIDES = {
     "bahdanau": [{"layers": 1, "heads": 8}],
     "linear_transformer": [{"layers": 2, "d_model": 64, "heads": 4, "ctx": 128}],
     "performer": [{"layers": 1, "features": 32}],
+    "switch_gpt": [{"layers": 2, "experts": 4, "d_model": 64, "heads": 4, "vocab": 100}],
+    "moe_gpt": [{"layers": 1, "experts": 16, "d_ff": 96}],
 }
 
 

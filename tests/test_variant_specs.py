@@ -17,7 +17,8 @@ from attndsl.training.trainer import TrainConfig, Trainer
 TEXT = "to be or not to be, that is the question. " * 40
 
 
-@pytest.mark.parametrize("stem", ["llama", "alibi_gpt", "linear_transformer", "performer"])
+@pytest.mark.parametrize("stem", ["llama", "alibi_gpt", "linear_transformer", "performer",
+                                  "switch_gpt", "moe_gpt"])
 def test_decoder_specs_train_with_falling_loss(stem):
     cfg = {**tiny_config(stem), "vocab": 40}
     model = attndsl.compile(SPECS_DIR / f"{stem}.attn", backend="torch", config=cfg, seed=0)

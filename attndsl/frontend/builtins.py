@@ -139,6 +139,8 @@ def linear_layer(b: Any, span: Span, x: Tensor, out: int, bias: bool = True, tie
     d_in = x.type.shape[-1] if x.type.rank else Dim.of(0)
     if d_in.as_int() is None:
         raise ShapeError(f"linear needs a fixed feature size, got {x.type}", span)
+    if b.expert_group is not None:                  # inside moe(expert=...): one per expert
+        return _expert_linear(b, span, x, out, d_in, bias, tie, init, std)
     if tie is not None:
         w = b.tied_param(tie, "weight", span)
         if w.type.shape != (Dim.of(out), d_in):
@@ -151,6 +153,25 @@ def linear_layer(b: Any, span: Span, x: Tensor, out: int, bias: bool = True, tie
     if bias:
         inputs.append(b.param("bias", (out,), "zeros", span))
     return b.add("linear", inputs, {"has_bias": bool(bias)}, span)
+
+
+def _expert_linear(b: Any, span: Span, x: Tensor, out: int, d_in: Dim, bias: bool, tie: Any,
+                   init: str, std: float) -> Tensor:
+    """A linear layer of an moe expert block: weight [E, out, in] (bias [E, out]), applied to
+    each expert's rows of the dispatched tokens (`grouped_linear`)."""
+    counts, experts = b.expert_group
+    if tie is not None:
+        raise ArgumentError("tie= inside an moe expert block: every expert has its own "
+                            "weights", span)
+    if x.type.rank != 2:
+        raise ShapeError(f"an expert's linear layers read its token rows [N, d], got {x.type}",
+                         span)
+    w = b.param("weight", (experts, out, d_in), choice(init, INITS, span, "init"), span,
+                number(std, span, "std"))
+    inputs = [x, counts, w]
+    if bias:
+        inputs.append(b.param("bias", (experts, out), "zeros", span))
+    return b.add("grouped_linear", inputs, {"has_bias": bool(bias)}, span)
 
 
 builtin("linear", layer=True)(linear_layer)
@@ -539,6 +560,40 @@ def cross_entropy(b: Any, span: Span, output: Any, label_smoothing: float = 0.0,
                     target=choice(target, ("causal_lm", "masked_lm", "labels"), span, "target"))
 
 
+def loss_binop(op: str, a: Any, b: Any, span: Span) -> dict[str, Any]:
+    """Loss arithmetic in the train section: `cross_entropy(logits) + 0.01 * aux` adds
+    `coefficient * output` terms (scalar outputs, e.g. an moe's load-balancing loss)."""
+    def terms(v: Any) -> list[tuple[float, str]] | None:
+        if isinstance(v, OutputRef):
+            return [(1.0, v.name)]
+        if isinstance(v, dict) and v.get("kind") == "loss_terms":
+            return list(v["terms"])
+        return None
+
+    def scaled(ts: list[tuple[float, str]], c: float) -> dict[str, Any]:
+        return {"kind": "loss_terms", "terms": [(c * k, n) for k, n in ts]}
+
+    is_loss = [isinstance(v, dict) and v.get("kind") == "loss" for v in (a, b)]
+    ta, tb = terms(a), terms(b)
+    number_ = (int, float)
+    if op == "*" and ta is not None and isinstance(b, number_) and not isinstance(b, bool):
+        return scaled(ta, float(b))
+    if op == "*" and tb is not None and isinstance(a, number_) and not isinstance(a, bool):
+        return scaled(tb, float(a))
+    if op in "+-" and (is_loss[0] or ta is not None) and (is_loss[1] or tb is not None) \
+            and not all(is_loss):
+        sign = 1.0 if op == "+" else -1.0
+        if is_loss[0]:
+            return {**a, "extra": [*a.get("extra", []), *scaled(tb, sign)["terms"]]}
+        if is_loss[1] and op == "+":
+            return {**b, "extra": [*b.get("extra", []), *ta]}
+        if ta is not None and tb is not None:
+            return {"kind": "loss_terms", "terms": ta + scaled(tb, sign)["terms"]}
+    raise TypeError_(f"the loss is one built-in loss plus number * output terms, like "
+                     f"cross_entropy(logits) + 0.01 * aux; '{op}' cannot combine "
+                     f"{describe(a)} and {describe(b)}", span)
+
+
 @builtin("sgd", table=TRAIN_BUILTINS)
 def sgd(b: Any, span: Span, lr: float = 0.1, momentum: float = 0.9,
         weight_decay: float = 0.0) -> dict[str, Any]:
@@ -642,5 +697,7 @@ def exponential(b: Any, span: Span, gamma: float, warmup: int = 0, min_lr: float
                     min_lr=number(min_lr, span, "min_lr"))
 
 
-# attention, sdpa, score biases and rope live in their own module; importing it registers them
+# attention, sdpa, score biases and rope live in their own module, as does moe; importing
+# them registers them
 from attndsl.frontend import attention as _attention  # noqa: E402,F401
+from attndsl.frontend import moe as _moe  # noqa: E402,F401

@@ -92,6 +92,7 @@ class Builder:
         self.loaded: dict[str, Namespace] = {}
         self.dim_bounds: dict[str, Any] = {}
         self.model_dims: dict[str, Dim] = {}    # size names declared by inputs (B, T, ...)
+        self.expert_group: tuple[Tensor, int] | None = None   # inside moe(expert=...)
         from attndsl.frontend.builtins import BUILTINS  # late: builtins import this module
         self.builtins = BUILTINS
 
@@ -220,6 +221,11 @@ class Builder:
                 if got != kind:
                     raise TrainingError(f"'{s.name}' must be a {kind}, got {describe(value)}",
                                         s.span)
+                for _, name in value.get("extra", []) if kind == "loss" else []:
+                    t = self.graph.nodes[self.graph.outputs[name]].type
+                    if t.rank != 0 or t.dtype != "float":
+                        raise TrainingError(f"a loss term must be a scalar output; '{name}' "
+                                            f"is {t}", s.span)
             return settings
         finally:
             self.builtins = saved
@@ -606,6 +612,9 @@ class Builder:
         if op == "+" and (isinstance(a, Bias) or isinstance(b, Bias)):
             from attndsl.frontend.attention import add_biases  # late: it imports builtins
             return add_biases(a, b, span)
+        if any(isinstance(v, (OutputRef, dict)) for v in (a, b)):
+            from attndsl.frontend.builtins import loss_binop
+            return loss_binop(op, a, b, span)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             name = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul",
                     "**": "pow", "&": "logical_and", "|": "logical_or"}.get(op)

@@ -50,7 +50,7 @@ NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention"
                                                   "linear_attention": (3,),
                                                   "attention_weights": (3,), "where": (0,),
                                                   "gather": (1,), "one_hot": (0,),
-                                                  "linear_int8": (1,)}
+                                                  "linear_int8": (1,), "grouped_linear": (1,)}
 
 
 def numel(shape: tuple[Dim, ...]) -> Dim:
@@ -550,6 +550,77 @@ register("linear_attention", "composite", _linear_attention, _linear_attention_f
          doc="phi(q) (phi(k)^T v) / (phi(q) (phi(k)^T 1) + eps) on [B, H, T, D] with a "
              "feature map phi (`attndsl.ir.kernels`); causal: sums over keys j <= i only "
              "(prefix sums, chunked); padded keys are left out.")
+
+
+# -- mixture of experts ----------------------------------------------------------------------
+# Routing (every moe op recomputes it from the router probabilities [N, E], deterministically):
+# each token's top_k experts (ties: the lower index); the assignments, first choices of all
+# tokens before second choices, take the slots of their expert in that order; an expert
+# holds ceil(capacity_factor * top_k * N / E) of them, the rest are dropped. Dispatch lays
+# the kept assignments out expert by expert (rows [start_e, start_e + count_e)), dropped
+# ones after them as zeros.
+
+MOE_ATTRS = ("top_k", "capacity_factor")
+
+
+def _router(ins: list[TensorType], index: int) -> TensorType:
+    probs = ins[index]
+    if probs.rank != 2 or probs.dtype != "float":
+        raise ShapeError(f"moe router probabilities must be float [N, E], got {probs}")
+    return probs
+
+
+def _moe_dispatch(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, probs = ins[0], _router(ins, 1)
+    if x.rank != 2 or x.shape[0] != probs.shape[0]:
+        raise ShapeError(f"moe dispatch needs tokens [N, d] matching the router's [N, E], got "
+                         f"{shape_str(x.shape)} and {shape_str(probs.shape)}")
+    return TensorType((x.shape[0] * attrs["top_k"], x.shape[1]), x.dtype)
+
+
+def _moe_counts(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType((_router(ins, 0).shape[1],), "int")
+
+
+def _moe_combine(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    y, probs = ins[0], _router(ins, 1)
+    if y.rank != 2 or y.shape[0] != probs.shape[0] * attrs["top_k"]:
+        raise ShapeError(f"moe combine needs expert rows [N * top_k, d], got {shape_str(y.shape)}")
+    return TensorType((probs.shape[0], y.shape[1]), "float")
+
+
+def _moe_scalar(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    _router(ins, 0)
+    return TensorType((), "float")
+
+
+def _grouped_linear(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, counts, w = ins[:3]
+    if x.rank != 2 or counts.dtype != "int" or counts.rank != 1 or w.rank != 3 \
+            or w.shape[0] != counts.shape[0] or w.shape[2] != x.shape[1]:
+        raise ShapeError(f"grouped_linear needs rows [M, in], counts int[E] and weights "
+                         f"[E, out, in], got {shape_str(x.shape)}, {counts} and "
+                         f"{shape_str(w.shape)}")
+    return TensorType((x.shape[0], w.shape[1]), "float")
+
+
+register("moe_dispatch", "composite", _moe_dispatch, attrs=MOE_ATTRS,
+         doc="The kept token assignments [N * top_k, d], expert by expert (a gather).")
+register("moe_counts", "composite", _moe_counts, attrs=MOE_ATTRS,
+         doc="Kept assignments per expert, int [E].")
+register("moe_combine", "composite", _moe_combine, _per_output(4),
+         attrs=(*MOE_ATTRS, "normalize"),
+         doc="out[n] = sum over n's kept assignments of gate * expert row; gate = the router "
+             "probability, renormalized over the token's top_k when normalize.")
+register("moe_aux", "composite", _moe_scalar, attrs=("top_k",),
+         doc="Switch/GShard load balancing: E * sum_e f_e * P_e, f_e the fraction of tokens "
+             "with e among their top_k, P_e the mean router probability of e.")
+register("moe_dropped", "composite", _moe_scalar, attrs=MOE_ATTRS,
+         doc="The fraction of token assignments dropped at capacity (no gradient).")
+register("grouped_linear", "composite", _grouped_linear,
+         lambda ins, out, a: numel(out.shape) * ins[2].shape[2] * 2, attrs=("has_bias",),
+         doc="Rows [start_e, start_e + counts[e]) times W[e]^T (+ b[e]) for each expert e; "
+             "rows past sum(counts) are zeros (one expert's linear layer, on its tokens).")
 
 
 def infer(op: str, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:

@@ -205,9 +205,10 @@ class ArrayEngine:
         yield
 
     def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray) -> float:
-        logits = self.model.to_numpy(self.model(**inputs))[self.loss["output"]]
-        return float(cross_entropy_numpy(logits, np.asarray(targets),
-                                         self.loss["label_smoothing"], self.loss["ignore_index"]))
+        outs = self.model.to_numpy(self.model(**inputs))
+        value = cross_entropy_numpy(outs[self.loss["output"]], np.asarray(targets),
+                                    self.loss["label_smoothing"], self.loss["ignore_index"])
+        return float(value + sum(coef * float(outs[name]) for coef, name in self.loss["extra"]))
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         from attndsl.training.checkpoint import numpy_rng_state

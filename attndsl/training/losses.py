@@ -74,5 +74,6 @@ def loss_spec(graph: Any) -> dict[str, Any]:
     train = graph.meta.get("train", {})
     first = "logits" if "logits" in graph.outputs else next(iter(graph.outputs))
     default = {"name": "cross_entropy", "output": first,
-               "label_smoothing": 0.0, "ignore_index": -100, "target": "causal_lm"}
+               "label_smoothing": 0.0, "ignore_index": -100, "target": "causal_lm",
+               "extra": []}   # (coefficient, scalar output) terms added to the loss
     return {**default, **train.get("loss", {})}
