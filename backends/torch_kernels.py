@@ -737,12 +737,14 @@ def op_moe_dropped(probs, *, top_k, capacity_factor, training=False):
 
 
 def op_grouped_linear(x, counts, w, b=None, *, has_bias):
-    parts, start = [], 0
-    for e, c in enumerate(counts.tolist()):
-        if c:
-            seg = x[start:start + c] @ w[e].T
-            parts.append(seg if b is None else seg + b[e])
-        start += c
-    if start < x.shape[0] or not parts:
-        parts.append(x.new_zeros((x.shape[0] - start, w.shape[1])))
+    # split/unbind rather than slicing and indexing: their backward concatenates/stacks,
+    # where a slice's or select's backward zero-fills a full-size gradient per expert
+    sizes = counts.tolist()
+    rest = x.shape[0] - sum(sizes)
+    segs = torch.split(x, sizes + [rest])
+    ws = w.unbind(0)
+    bs = b.unbind(0) if b is not None else [None] * len(sizes)
+    parts = [seg @ we.T if be is None else torch.addmm(be, seg, we.T)
+             for seg, we, be in zip(segs, ws, bs)]
+    parts.append(x.new_zeros((rest, w.shape[1])))
     return torch.cat(parts)
