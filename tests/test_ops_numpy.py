@@ -168,7 +168,8 @@ TESTED_ELSEWHERE = {
     "transpose", "reshape", "sum", "mean", "max", "concat", "expand", "index", "softmax",
     "layer_norm", "rms_norm", "embedding", "attention", "attention_weights", "size", "clip",
     "logical_and", "logical_or", "logical_not", "min", "cumsum", "one_hot", "top_k_indices",
-    "gather", "linear_int8", "linear_attention",
+    "gather", "linear_int8", "linear_attention", "moe_dispatch", "moe_counts", "moe_combine",
+    "moe_aux", "moe_dropped", "grouped_linear",
 }
 GRAPH_SOURCES = {"input", "param"}   # read by generated code, no kernel
 
