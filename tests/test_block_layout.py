@@ -20,6 +20,7 @@ PRIMITIVES = st.one_of(
     st.builds(pat.Global, st.lists(st.integers(0, 30), max_size=3).map(tuple)),
     st.builds(pat.Prefix, st.integers(0, 12)),
     st.builds(pat.RandomBlocks, st.integers(1, 3), st.integers(1, 8), st.integers(0, 5)),
+    st.integers(1, 9).flatmap(lambda b: st.builds(pat.Fixed, st.just(b), st.integers(1, b))),
 )
 PATTERNS = st.recursive(PRIMITIVES, lambda inner: st.one_of(
     st.builds(pat.And, inner, inner), st.builds(pat.Or, inner, inner)), max_leaves=5)
@@ -130,7 +131,8 @@ def test_auto_chooses_blocked_kernels_for_long_sparse_patterns():
 @pytest.mark.parametrize("impl", ["tiled", "sparse"])
 @pytest.mark.parametrize("pattern", [pat.CAUSAL & pat.Window(70), pat.Window(50) | pat.Global((0, 7)),
                                      pat.CAUSAL & pat.Strided(3) | pat.Prefix(4),
-                                     pat.RandomBlocks(2, 64, seed=3)], ids=str)
+                                     pat.RandomBlocks(2, 64, seed=3),
+                                     pat.CAUSAL & pat.Fixed(32, 4)], ids=str)
 def test_torch_blocked_kernel_matches_numpy_and_differentiates(impl, pattern):
     """The torch blocked kernel gives the NumPy dense numbers, and its autograd gradients
     equal the dense path's (float64, grouped heads, ALiBi + T5 bias, rope, padding)."""

@@ -535,6 +535,19 @@ def random_blocks(b: Any, span: Span, blocks: int, block: int = 64, seed: int = 
                             integer(seed, span, "seed", positive=False))
 
 
+BUILTINS["random"] = BUILTINS["random_blocks"]       # BigBird's name: random(r, block=, seed=)
+
+
+@builtin("fixed")
+def fixed(b: Any, span: Span, block: int, summary: int = 1) -> pat.Pattern:
+    """Sparse-Transformer fixed pattern: own block, plus every block's last `summary` keys."""
+    block = integer(block, span, "block")
+    summary = integer(summary, span, "summary")
+    if summary > block:
+        raise ArgumentError(f"summary={summary} is more than block={block}", span)
+    return pat.Fixed(block, summary)
+
+
 @builtin("prefix")
 def prefix(b: Any, span: Span, length: int) -> pat.Pattern:
     """Prefix-LM: the first `length` positions are visible to all queries."""

@@ -230,6 +230,34 @@ class Strided(Pattern):
 
 
 @dataclass(frozen=True)
+class Fixed(Pattern):
+    """Sparse-Transformer "fixed" pattern (Child et al. 2019, eq. A(1) | A(2)): i sees j in
+    its own block of `block` positions, and every block's last `summary` positions."""
+
+    block: int
+    summary: int = 1
+
+    def source(self) -> str:
+        b, c = self.block, self.summary
+        return f"((q // {b} == k // {b}) | (k % {b} >= {b - c}))"
+
+    def full_source(self) -> str:
+        b, c = self.block, self.summary
+        one = f"((q0 // {b} == q1 // {b}) & (q1 // {b} == k0 // {b}) & (k0 // {b} == k1 // {b}))"
+        summaries = f"((k0 // {b} == k1 // {b}) & (k0 % {b} >= {b - c}))"
+        return f"({one} | {summaries})"
+
+    def empty_source(self) -> str:
+        b, c = self.block, self.summary
+        apart = f"((k1 // {b} < q0 // {b}) | (k0 // {b} > q1 // {b}))"
+        no_summary = f"((k0 // {b} == k1 // {b}) & (k1 % {b} < {b - c}))"
+        return f"({apart} & {no_summary})"
+
+    def __str__(self) -> str:
+        return f"fixed({self.block}, summary={self.summary})"
+
+
+@dataclass(frozen=True)
 class RandomBlocks(Pattern):
     """BigBird's random attention: each query block of `block` positions sees `blocks` key
     blocks chosen by a seeded hash of (query block, draw) modulo the number of key blocks
