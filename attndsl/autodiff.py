@@ -448,6 +448,29 @@ def _grouped_linear(g: Array, out: Array, ins: tuple[Array, ...],
     return (dx, None, dw, db) if len(ins) == 4 else (dx, None, dw)
 
 
+@vjp("conv1d")
+def _conv1d(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """Per tap k: dx_pad[:, k:k+T'] += g w[..., k] (grouped), dw[..., k] = x_pad[:, k:k+T']^T g;
+    db = sum of g over batch and time; dx is dx_pad without the padding."""
+    x, w = ins[0], ins[1]
+    groups, pl, pr = attrs["groups"], attrs["pad_left"], attrs["pad_right"]
+    bsz, tx, c = x.shape
+    out, per, k = w.shape
+    xp = np.pad(x, ((0, 0), (pl, pr), (0, 0)))
+    t = g.shape[1]
+    gg = g.reshape(bsz, t, groups, out // groups)
+    wg = w.reshape(groups, out // groups, per, k)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(wg)
+    for tap in range(k):
+        xs = xp[:, tap:tap + t].reshape(bsz, t, groups, per)
+        dxp[:, tap:tap + t] += np.einsum("btgo,goc->btgc", gg, wg[..., tap]).reshape(bsz, t, c)
+        dw[..., tap] = np.einsum("btgc,btgo->goc", xs, gg)
+    dx = dxp[:, pl:pl + tx]
+    dw = dw.reshape(w.shape)
+    return (dx, dw, np.sum(g, axis=(0, 1))) if len(ins) == 3 else (dx, dw)
+
+
 # -- shape ops ------------------------------------------------------------------------------
 
 @vjp("transpose")

@@ -955,3 +955,20 @@ def op_grouped_linear(x, counts, w, b=None, *, has_bias):
             out[start:start + c] = seg
         start += c
     return out
+
+
+# -- convolution along time (channels last) -------------------------------------------------
+
+def op_conv1d(x, w, b=None, *, pad_left, pad_right, groups, has_bias):
+    """One grouped product per kernel tap: memory O(B T C), no im2col buffer."""
+    bsz, _, c = x.shape
+    out, per, k = w.shape
+    xp = np.pad(x, ((0, 0), (pad_left, pad_right), (0, 0)))
+    t = xp.shape[1] - k + 1
+    wg = w.reshape(groups, out // groups, per, k)
+    y = np.zeros((bsz, t, groups, out // groups), dtype=x.dtype)
+    for tap in range(k):
+        xs = xp[:, tap:tap + t].reshape(bsz, t, groups, per)
+        y += np.einsum("btgc,goc->btgo", xs, wg[..., tap])
+    y = y.reshape(bsz, t, out)
+    return y if b is None else y + b

@@ -46,15 +46,17 @@ def op_sinusoidal(*, n, dim, offset, device, fdtype):
 
 
 def op_add(a, b):
-    return torch.add(a, b)
+    # a Python number first as the tensor's partner (the ONNX exporter cannot take
+    # aten.mul(0.5, t), only aten.mul(t, 0.5))
+    return torch.add(b, a) if not isinstance(a, torch.Tensor) else torch.add(a, b)
 
 
 def op_sub(a, b):
-    return torch.sub(a, b)
+    return torch.rsub(b, a) if not isinstance(a, torch.Tensor) else torch.sub(a, b)
 
 
 def op_mul(a, b):
-    return torch.mul(a, b)
+    return torch.mul(b, a) if not isinstance(a, torch.Tensor) else torch.mul(a, b)
 
 
 def op_div(a, b):
@@ -748,3 +750,8 @@ def op_grouped_linear(x, counts, w, b=None, *, has_bias):
              for seg, we, be in zip(segs, ws, bs)]
     parts.append(x.new_zeros((rest, w.shape[1])))
     return torch.cat(parts)
+
+
+def op_conv1d(x, w, b=None, *, pad_left, pad_right, groups, has_bias):
+    xp = F.pad(x.transpose(1, 2), (pad_left, pad_right))                 # (B, C, T + pads)
+    return F.conv1d(xp, w, b, groups=groups).transpose(1, 2)

@@ -120,6 +120,12 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
                                           randn(3, 5)), {"has_bias": True}),
     ("grouped_linear-nobias", "grouped_linear", (randn(6, 3), np.array([1, 5]), randn(2, 4, 3)),
      {"has_bias": False}),
+    ("conv1d-same", "conv1d", (randn(2, 7, 4), randn(6, 4, 3), randn(6)),
+     {"pad_left": 1, "pad_right": 1, "groups": 1, "has_bias": True}),
+    ("conv1d-depthwise-causal", "conv1d", (randn(2, 7, 4), randn(4, 1, 5)),
+     {"pad_left": 4, "pad_right": 0, "groups": 4, "has_bias": False}),
+    ("conv1d-grouped-valid", "conv1d", (randn(1, 9, 4), randn(6, 2, 4), randn(6)),
+     {"pad_left": 0, "pad_right": 0, "groups": 2, "has_bias": True}),
     ("transpose", "transpose", (randn(2, 3, 4),), {"perm": (2, 0, 1)}),
     ("reshape", "reshape", (randn(2, 3, 4),), {"shape": (6, 4)}),
     *[(f"{op}-{axes}-{keep}", op, (randn(2, 3, 4),), {"axes": axes, "keepdims": keep})

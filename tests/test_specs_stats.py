@@ -140,12 +140,27 @@ def moe_gpt_params(vocab: int = 32000, d_model: int = 512, layers: int = 8, d_ff
     return 2 * vocab * d_model + layers * layer + d_model
 
 
+def conformer_params(n_feats: int = 80, d_model: int = 256, heads: int = 4, layers: int = 4,
+                     d_ff: int | None = None, kernel: int = 31, max_rel: int = 64,
+                     classes: int = 32, **_: Any) -> int:
+    """Input projection; per block two pre-LN FFNs, pre-LN attention with a Shaw relative
+    table [2k + 1, d_head], the convolution module (LN, pointwise 2d for the GLU, depthwise
+    conv [d, 1, K] + bias, LN, pointwise), a final LN; the frame classifier."""
+    d_ff = d_ff or 4 * d_model
+    two_ffn = 2 * (layer_norm(d_model) + ffn(d_model, d_ff))
+    attn = layer_norm(d_model) + attention(d_model) + (2 * max_rel + 1) * (d_model // heads)
+    conv = (2 * layer_norm(d_model) + linear(d_model, 2 * d_model) + d_model * kernel + d_model
+            + linear(d_model, d_model))
+    layer = two_ffn + attn + conv + layer_norm(d_model)
+    return linear(n_feats, d_model) + layers * layer + linear(d_model, classes)
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
             "vit": vit_params, "nanogpt": nanogpt_params, "llama": llama_params,
             "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params,
             "linear_transformer": linear_transformer_params,
             "performer": linear_transformer_params, "switch_gpt": switch_gpt_params,
-            "moe_gpt": moe_gpt_params}
+            "moe_gpt": moe_gpt_params, "conformer": conformer_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
@@ -154,7 +169,7 @@ KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vi
          "alibi_gpt": 124_439_808 - 1024 * 768,   # GPT-2 small without wpe
          "llama": 124_668_672, "bahdanau": 9_854_912,
          "linear_transformer": 21_274_880, "performer": 21_274_880,   # summed by hand
-         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112}
+         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_153_760}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -173,6 +188,7 @@ OVERRIDES = {
     "performer": [{"layers": 1, "features": 32}],
     "switch_gpt": [{"layers": 2, "experts": 4, "d_model": 64, "heads": 4, "vocab": 100}],
     "moe_gpt": [{"layers": 1, "experts": 16, "d_ff": 96}],
+    "conformer": [{"layers": 1, "d_model": 64, "heads": 2, "kernel": 7, "max_rel": 4}],
 }
 
 

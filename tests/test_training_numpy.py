@@ -54,6 +54,16 @@ PAIRED_SPECS = {
 }
 
 
+def labelled_frames(path, n: int = 64) -> ArrayDataset:
+    """Feature frames [n, 16, 8] whose class is the argmax of their first 6 features, with
+    neighbouring frames mixed in (so the convolution has something to use), as an .npz."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((n, 16, 8)).astype(np.float32)
+    targets = np.argmax(features[..., :6] + 0.5 * np.roll(features[..., :6], 1, axis=1), -1)
+    np.savez(path, features=features, targets=targets)
+    return ArrayDataset(path)
+
+
 def quadrant_images(path, n: int = 64) -> ArrayDataset:
     """Images whose class is the bright quadrant, as an .npz file."""
     rng = np.random.default_rng(0)
@@ -91,6 +101,9 @@ def test_numpy_and_torch_losses_agree_for_50_steps(spec, tmp_path) -> None:
         config = dict(img=16, patch=4, channels=3, d_model=32, heads=4, layers=2, d_ff=64,
                       classes=4, dropout_p=0.0)
         data = quadrant_images(tmp_path / "images.npz")
+    elif spec.stem == "conformer":
+        config = dict(n_feats=8, d_model=32, heads=4, layers=2, kernel=5, max_rel=8, classes=6)
+        data = labelled_frames(tmp_path / "frames.npz")
     else:
         config = TEXT_SPECS[spec.stem]
     ours, ref = (np.array(curve(str(spec), b, 50, config, data, schedule="constant",

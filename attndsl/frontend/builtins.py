@@ -283,6 +283,36 @@ def patch_embed(b: Any, span: Span, image: Tensor, patch: int, dim: int) -> Tens
     return linear_layer(b, span, x, integer(dim, span, "dim"))
 
 
+@builtin("conv1d", layer=True)
+def conv1d(b: Any, span: Span, x: Tensor, channels: int, kernel: int, groups: int = 1,
+           padding: Any = "same", bias: bool = True) -> Tensor:
+    """Convolution along time on x [B, T, C] (channels last), stride 1; weight
+    [channels, C/groups, kernel] (torch's layout), bias [channels]. padding: "same" (output
+    length T; an even kernel pads one more on the right), "causal" (kernel - 1 on the left:
+    position t sees t - kernel + 1 .. t), or a number of zeros on each side."""
+    x = tensor(b, x, span, "conv1d input", rank=3)
+    out, k, g = (integer(v, span, n) for v, n in ((channels, "channels"), (kernel, "kernel"),
+                                                  (groups, "groups")))
+    c = x.type.shape[2].as_int()
+    if c is None or c % g or out % g:
+        raise ShapeError(f"conv1d: {x.type.shape[2]} input and {out} output channels must both "
+                         f"be divisible by groups={g}", span)
+    if padding == "same":
+        pads = ((k - 1) // 2, k - 1 - (k - 1) // 2)
+    elif padding == "causal":
+        pads = (k - 1, 0)
+    elif isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+        pads = (padding, padding)
+    else:
+        raise ArgumentError(f'padding must be "same", "causal" or a number >= 0, got '
+                            f"{describe(padding)}", span)
+    inputs = [x, b.param("weight", (out, c // g, k), "normal", span)]
+    if bias:
+        inputs.append(b.param("bias", (out,), "zeros", span))
+    return b.add("conv1d", inputs, {"pad_left": pads[0], "pad_right": pads[1], "groups": g,
+                                    "has_bias": bool(bias)}, span)
+
+
 # -- functions without parameters ---------------------------------------------------------------
 
 def _unary(op: str, doc: str, float_fn: Callable[[float], float] | None = None) -> None:

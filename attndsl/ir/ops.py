@@ -253,6 +253,29 @@ register("linear_int8", "composite", _linear_int8,
              "channel (weight-only quantization; dequantize, matmul, mul, add).")
 
 
+def _conv1d(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x, w = ins[0], ins[1]
+    groups = attrs["groups"]
+    if x.rank != 3 or w.rank != 3:
+        raise ShapeError(f"conv1d needs x [B, T, C] and weight [out, C/groups, K], got "
+                         f"{shape_str(x.shape)} and {shape_str(w.shape)}")
+    _require_float(x, "conv1d")
+    c, out, per, k = (d.as_int() for d in (x.shape[2], w.shape[0], w.shape[1], w.shape[2]))
+    if c is None or c % groups or out % groups or per * groups != c:
+        raise ShapeError(f"conv1d: {c} input channels in {groups} groups need weight "
+                         f"[out, {c // groups if c and c % groups == 0 else '?'}, K] with out "
+                         f"divisible by groups, got {shape_str(w.shape)}")
+    t = x.shape[1] + (attrs["pad_left"] + attrs["pad_right"] - k + 1)
+    return TensorType((x.shape[0], t, w.shape[0]), "float")
+
+
+register("conv1d", "composite", _conv1d,
+         lambda ins, out, a: numel(out.shape) * ins[1].shape[1] * ins[1].shape[2] * 2,
+         attrs=("pad_left", "pad_right", "groups", "has_bias"),
+         doc="y[b, t, o] = sum_{c in o's group, k} x_pad[b, t + k, c] w[o, c, k] + bias[o] on "
+             "[B, T, C] (channels last), x padded with zeros on the time axis; stride 1.")
+
+
 # -- shape ops ------------------------------------------------------------------------------
 
 def _transpose(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
