@@ -300,3 +300,12 @@ def test_doc_lists_every_builtin_and_error() -> None:
     assert not missing, f"undocumented built-ins: {missing}"
     for cls in ALL_ERRORS:
         assert f"| {cls.code} | `{cls.__name__}` |" in doc, cls.__name__
+
+
+def test_keywords_can_name_keyword_arguments() -> None:
+    """`random(3, block=64)`: a keyword (block, model, input, ...) is a valid argument name."""
+    import attndsl
+    g = attndsl.build("model m { input x: float[B, T, 8]\n"
+                      "output y = attention(x, 2, pattern=random(2, block=4, seed=1)) }")
+    node = next(n for n in g.nodes.values() if n.op == "attention")
+    assert str(node.attr("pattern")) == "random_blocks(2, block=4, seed=1)"

@@ -565,7 +565,11 @@ def random_blocks(b: Any, span: Span, blocks: int, block: int = 64, seed: int = 
                             integer(seed, span, "seed", positive=False))
 
 
-BUILTINS["random"] = BUILTINS["random_blocks"]       # BigBird's name: random(r, block=, seed=)
+@builtin("random")
+def random_pattern(b: Any, span: Span, blocks: int, block: int = 64, seed: int = 0
+                   ) -> pat.Pattern:
+    """BigBird's name for random_blocks: `blocks` seeded random key blocks per query block."""
+    return random_blocks(b, span, blocks, block, seed)
 
 
 @builtin("fixed")
