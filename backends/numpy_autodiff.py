@@ -29,6 +29,10 @@ from attndsl.training.losses import check_targets, cross_entropy_with_grad
 Kernels = Mapping[str, Callable[..., Any]]
 
 
+# moe ops that drop tokens at capacity only while training (told by the interpreter)
+MOE_TRAINING_OPS = frozenset({"moe_dispatch", "moe_counts", "moe_combine", "moe_dropped"})
+
+
 def bind_dims(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Symbol -> size from the input shapes, bound as the emitted program binds them."""
     return {s: int(inputs[name].shape[axis]) for s, (name, axis) in dim_bindings(graph).items()
@@ -110,9 +114,6 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                 cotangents[src] = gi if src not in cotangents else cotangents[src] + gi
     return value, {name: np.array(cotangents.get(nid, np.zeros_like(ps[name])), dtype=fdtype)
                    for name, nid in graph.params.items()}
-
-
-MOE_TRAINING_OPS = frozenset({"moe_dispatch", "moe_counts", "moe_combine", "moe_dropped"})
 
 
 def check_trainable(graph: Graph) -> None:
