@@ -32,6 +32,7 @@ from attndsl.backends.numpy_kernels import (
     _linear_den,
     _linear_numden,
     _linear_operands,
+    _lsh_forward,
     _moe_gates,
     _moe_route,
     _phi_vjp,
@@ -367,6 +368,53 @@ def _linear_attention(g: Array, out: Array, ins: tuple[Array, ...],
     dk = _phi_vjp(k, pk, w, unbroadcast(db, pk.shape), fmap, scale, False)
     dv = unbroadcast(dc[..., :-1], v.shape)
     return (dq, dk, dv) + ((None,) if pad is not None else ())
+
+
+@vjp("lsh_attention")
+def _lsh_attention(g: Array, out: Array, ins: tuple[Array, ...],
+                   attrs: dict[str, Any]) -> Cotangents:
+    """The hashing is piecewise constant (no gradient). Per round, in sorted-chunk space:
+    o = P V, lse = logsumexp(S); the rounds combine as sum_r w_r o_r, w = softmax_r(lse), so
+    do_r = w_r g and dlse_r = w_r (g . o_r - g . out); dS = P (dP - rowsum(dP P)) + P dlse
+    on the scores that depend on q (not the constant self/masked ones); dq from the
+    queries and, through k = q / |q|, from the keys; everything unsorted and summed over
+    rounds."""
+    q, v = ins[0], ins[1]
+    f = _lsh_forward(q, v, ins[2] if attrs["has_padding"] else None, attrs["lsh"],
+                     attrs["scale"])
+    t, c, scale = f["t"], f["c"], attrs["scale"]
+    tp = f["out"].shape[2]
+    gp = np.pad(g, ((0, 0), (0, 0), (0, tp - t), (0, 0)))                 # (B, H, Tp, Dv)
+    w, o_r, perm, inv = f["w"], f["o_r"], f["perm"], f["inv"]
+    dlse = w * (np.einsum("bhtv,bhrtv->bhrt", gp, o_r)
+                - np.einsum("bhtv,bhtv->bht", gp, f["out"])[:, :, None])
+    do = w[..., None] * gp[:, :, None]                                    # (B, H, R, Tp, Dv)
+
+    def to_chunks(x: Array) -> Array:                   # unsorted (B, H, R, Tp, F) -> sorted
+        x = np.take_along_axis(x, perm[..., None], axis=-2)
+        return x.reshape(*x.shape[:-2], tp // c, c, x.shape[-1])
+
+    def from_window(x: Array) -> Array:                 # (..., n, w, F) -> unsorted (.., Tp, F)
+        if x.shape[-2] != c:
+            x = x[..., c:, :] + np.roll(x[..., :c, :], -1, axis=-3)
+        x = x.reshape(*x.shape[:-3], tp, x.shape[-1])
+        return np.take_along_axis(x, inv[..., None], axis=-2)
+
+    do_s, dlse_s = to_chunks(do), to_chunks(dlse[..., None])[..., 0]
+    p = f["p"]
+    dvw = np.matmul(np.swapaxes(p, -1, -2), do_s)
+    dp = np.matmul(do_s, np.swapaxes(f["vw"], -1, -2))
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True) + dlse_s[..., None]) * f["free"]
+    dqs = np.matmul(ds, f["kw"]) * scale
+    dkw = np.matmul(np.swapaxes(ds, -1, -2), f["qs"]) * scale
+    dqs = dqs.reshape(*dqs.shape[:-3], tp, dqs.shape[-1])
+    dq = np.take_along_axis(dqs, inv[..., None], axis=-2).sum(axis=2)
+    dk = from_window(dkw).sum(axis=2)
+    dv = from_window(dvw).sum(axis=2)
+    k, norm = f["k"], f["norm"]
+    dq = dq + (dk - k * np.sum(k * dk, axis=-1, keepdims=True)) / norm      # k = q / |q|
+    grads = (dq[:, :, :t].astype(q.dtype), dv[:, :, :t].astype(v.dtype))
+    return grads + ((None,) if attrs["has_padding"] else ())
 
 
 # -- mixture of experts ----------------------------------------------------------------------

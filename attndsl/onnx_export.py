@@ -71,6 +71,13 @@ def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = N
                           "counts) is data-dependent control flow that torch.onnx.export "
                           "cannot trace here", routed.span,
                           "export a dense spec, or serve the model with attndsl")
+    hashed = next((n for n in graph.nodes.values() if n.op == "lsh_attention"), None)
+    if hashed is not None:
+        raise ExportError("LSH attention pads the sequence to whole chunks and sorts it by "
+                          "hash; traced, that layout is fixed to one length, so the ONNX "
+                          "graph would be wrong at others", hashed.span,
+                          "serve the model with attndsl, or export a spec with another "
+                          "pattern")
     symbols = sorted({s for nid in graph.inputs.values()
                       for s in map(_symbol, graph.nodes[nid].type.shape) if s})
     bounds = graph.meta.get("dim_bounds", {})

@@ -39,7 +39,7 @@ def kernel_definitions(path: str) -> dict[str, str]:
             out[node.name] = ast.get_source_segment(text, node) or ""
         elif (isinstance(node, ast.Assign) and len(node.targets) == 1
               and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
-              and isinstance(node.value, (ast.Constant, ast.BinOp))):
+              and isinstance(node.value, (ast.Constant, ast.BinOp, ast.UnaryOp))):
             out[node.targets[0].id] = ast.get_source_segment(text, node) or ""
     return out
 

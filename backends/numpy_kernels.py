@@ -972,3 +972,91 @@ def op_conv1d(x, w, b=None, *, pad_left, pad_right, groups, has_bias):
         y += np.einsum("btgc,goc->btgo", xs, wg[..., tap])
     y = y.reshape(bsz, t, out)
     return y if b is None else y + b
+
+
+# -- Reformer LSH attention (shared QK, hashed buckets, sorted chunks) ---------------------------
+
+LSH_SELF = -1e5        # a position's score for itself: it wins only when nothing else is allowed
+LSH_MASKED = -1e9      # other bucket, later position (causal), padding
+
+
+def _lsh_rotations(heads, d, buckets, rounds, seed):
+    """Random rotations (R, H, D, buckets / 2), float64 NumPy on every backend."""
+    import numpy as host
+    return host.random.default_rng(seed).standard_normal((rounds, heads, d, buckets // 2))
+
+
+def _take(x, idx):
+    """x (B, H, [R,] T, F) gathered along T by idx (B, H, R, T) -> (B, H, R, T, F)."""
+    if x.ndim == 4:
+        x = x[:, :, None]
+    return np.take_along_axis(x, idx[..., None], axis=-2)
+
+
+def _chunks(x, c):
+    """(..., T, F) -> (..., T / c, c, F)."""
+    return x.reshape(*x.shape[:-2], x.shape[-2] // c, c, x.shape[-1])
+
+
+def _window(x):
+    """Keys of each chunk: the chunk before it, then itself (the first chunk's "before" is
+    the last), along the chunk-position axis: (..., n, c, F) -> (..., n, 2c, F); one chunk
+    alone is its own window."""
+    if x.shape[-3] == 1:
+        return x
+    return np.concatenate([np.roll(x, 1, axis=-3), x], axis=-2)
+
+
+def _lsh_forward(q, v, pad, lsh, scale):
+    """Everything the output and its gradient need, in sorted-chunk space per round."""
+    buckets, rounds, chunk, causal, seed = lsh
+    bsz, h, t, d = q.shape
+    tp = -(-t // chunk) * chunk
+    if tp != t:
+        q = np.pad(q, ((0, 0), (0, 0), (0, tp - t), (0, 0)))
+        v = np.pad(v, ((0, 0), (0, 0), (0, tp - t), (0, 0)))
+    norm = np.maximum(np.sqrt(np.sum(q * q, axis=-1, keepdims=True)), 1e-6)
+    k = q / norm                                                           # shared QK
+    rot = np.asarray(_lsh_rotations(h, d, buckets, rounds, seed)).astype(q.dtype)
+    proj = np.einsum("bhtd,rhdn->bhrtn", k, rot)
+    bucket = np.argmax(np.concatenate([proj, -proj], axis=-1), axis=-1)    # (B, H, R, Tp)
+    pos = np.arange(tp)
+    valid = np.broadcast_to(pos < t, (bsz, tp))
+    if pad is not None:
+        valid = valid & np.pad(pad, ((0, 0), (0, tp - t)))
+    bucket = np.where(valid[:, None, None, :], bucket, buckets)           # padding sorts last
+    perm = np.argsort(bucket * tp + pos, axis=-1)                          # (B, H, R, Tp)
+    c = min(chunk, tp)
+    qs, ks, vs = (_chunks(_take(x, perm), c) for x in (q, k, v))           # (B, H, R, n, c, F)
+    ps = _chunks(perm[..., None], c)[..., 0]                               # positions
+    bs = _chunks(np.take_along_axis(bucket, perm, axis=-1)[..., None], c)[..., 0]
+    vk = _chunks(np.take_along_axis(np.broadcast_to(valid[:, None, None, :], perm.shape),
+                                    perm, axis=-1)[..., None], c)[..., 0]
+    kw, vw, pw, bw, vkw = (_window(x) for x in (ks, vs, ps[..., None], bs[..., None],
+                                                vk[..., None]))
+    pw, bw, vkw = pw[..., 0], bw[..., 0], vkw[..., 0]
+    allowed = (bs[..., :, None] == bw[..., None, :]) & vkw[..., None, :]
+    if causal:
+        allowed &= pw[..., None, :] <= ps[..., :, None]
+    self_ = pw[..., None, :] == ps[..., :, None]
+    s = np.matmul(qs, np.swapaxes(kw, -1, -2)) * q.dtype.type(scale)        # (..., c, w)
+    s = np.where(allowed & ~self_, s, LSH_MASKED)
+    s = np.where(self_ & allowed, LSH_SELF, s)
+    m = np.max(s, axis=-1, keepdims=True)
+    p = np.exp(s - m)
+    total = np.sum(p, axis=-1, keepdims=True)
+    p /= total
+    lse = (m + np.log(total))[..., 0]                                      # (..., n, c)
+    o = np.matmul(p, vw)                                                   # (..., n, c, Dv)
+    inv = np.argsort(perm, axis=-1)
+    o_r = np.take_along_axis(o.reshape(*perm.shape, -1), inv[..., None], axis=-2)
+    lse_r = np.take_along_axis(lse.reshape(perm.shape), inv, axis=-1)     # (B, H, R, Tp)
+    w = np.exp(lse_r - np.max(lse_r, axis=2, keepdims=True))
+    w /= np.sum(w, axis=2, keepdims=True)
+    out = np.sum(w[..., None] * o_r, axis=2)                               # (B, H, Tp, Dv)
+    return {"out": out, "o_r": o_r, "w": w, "p": p, "qs": qs, "kw": kw, "vw": vw, "k": k,
+            "norm": norm, "perm": perm, "inv": inv, "free": allowed & ~self_, "t": t, "c": c}
+
+
+def op_lsh_attention(q, v, key_padding=None, *, lsh, scale, has_padding):
+    return _lsh_forward(q, v, key_padding, lsh, scale)["out"][:, :, :q.shape[2]]

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from attndsl.backends.numpy_kernels import (
     BLOCK,
+    LSH_MASKED,
+    LSH_SELF,
     TILE_ELEMENTS,
     _favor_matrix,
+    _lsh_rotations,
     _moe_route,
     attention_costs,
     blocked_plan,
@@ -755,3 +758,65 @@ def op_grouped_linear(x, counts, w, b=None, *, has_bias):
 def op_conv1d(x, w, b=None, *, pad_left, pad_right, groups, has_bias):
     xp = F.pad(x.transpose(1, 2), (pad_left, pad_right))                 # (B, C, T + pads)
     return F.conv1d(xp, w, b, groups=groups).transpose(1, 2)
+
+
+def _take_t(x, idx):
+    """x (B, H, T, F) gathered along T by idx (B, H, R, T) -> (B, H, R, T, F)."""
+    x = x[:, :, None].expand(-1, -1, idx.shape[2], -1, -1)
+    return torch.gather(x, 3, idx[..., None].expand(-1, -1, -1, -1, x.shape[-1]))
+
+
+def _window_t(x):
+    if x.shape[-3] == 1:
+        return x
+    return torch.cat([torch.roll(x, 1, dims=-3), x], dim=-2)
+
+
+def op_lsh_attention(q, v, key_padding=None, *, lsh, scale, has_padding):
+    """The NumPy kernel's algorithm (same rotations, same sort) in torch; autograd gives
+    the gradient (the bucket ids and the sort are constants)."""
+    buckets, rounds, chunk, causal, seed = lsh
+    bsz, h, t, d = q.shape
+    tp = -(-t // chunk) * chunk
+    if tp != t:
+        q = F.pad(q, (0, 0, 0, tp - t))
+        v = F.pad(v, (0, 0, 0, tp - t))
+    k = q / torch.sqrt((q * q).sum(-1, keepdim=True)).clamp_min(1e-6)
+    rot = torch.as_tensor(_lsh_rotations(h, d, buckets, rounds, seed), dtype=q.dtype,
+                          device=q.device)
+    with torch.no_grad():
+        proj = torch.einsum("bhtd,rhdn->bhrtn", k, rot)
+        bucket = torch.cat([proj, -proj], -1).argmax(-1)                  # (B, H, R, Tp)
+        pos = torch.arange(tp, device=q.device)
+        valid = (pos < t).expand(bsz, tp)
+        if key_padding is not None:
+            valid = valid & F.pad(key_padding, (0, tp - t))
+        bucket = torch.where(valid[:, None, None, :], bucket, buckets)
+        perm = torch.argsort(bucket * tp + pos, dim=-1)      # unique keys: stable needless
+        inv = torch.argsort(perm, dim=-1)
+    c = min(chunk, tp)
+    n = tp // c
+
+    def chunks(x):
+        return x.reshape(*x.shape[:-2], n, c, x.shape[-1])
+
+    qs, ks, vs = (chunks(_take_t(x, perm)) for x in (q, k, v))
+    ps = chunks(perm[..., None])[..., 0]
+    bs = chunks(torch.gather(bucket, -1, perm)[..., None])[..., 0]
+    vk = chunks(torch.gather(valid[:, None, None, :].expand_as(perm), -1, perm)[..., None])[..., 0]
+    kw, vw = _window_t(ks), _window_t(vs)
+    pw, bw, vkw = (_window_t(x[..., None])[..., 0] for x in (ps, bs, vk))
+    allowed = (bs[..., :, None] == bw[..., None, :]) & vkw[..., None, :]
+    if causal:
+        allowed = allowed & (pw[..., None, :] <= ps[..., :, None])
+    self_ = pw[..., None, :] == ps[..., :, None]
+    s = (qs @ kw.transpose(-1, -2)) * scale
+    s = torch.where(allowed & ~self_, s, torch.full_like(s, LSH_MASKED))
+    s = torch.where(self_ & allowed, torch.full_like(s, LSH_SELF), s)
+    lse = torch.logsumexp(s, dim=-1)                                       # (..., n, c)
+    o = torch.softmax(s, dim=-1) @ vw                                      # (..., n, c, Dv)
+    o_r = torch.gather(o.reshape(*perm.shape, -1), 3,
+                       inv[..., None].expand(-1, -1, -1, -1, o.shape[-1]))
+    lse_r = torch.gather(lse.reshape(perm.shape), -1, inv)                 # (B, H, R, Tp)
+    out = (torch.softmax(lse_r, dim=2)[..., None] * o_r).sum(2)
+    return out[:, :, :t]

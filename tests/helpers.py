@@ -31,6 +31,8 @@ TINY_CONFIGS: dict[str, dict[str, int]] = {
     "switch_gpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, experts=4),
     "moe_gpt": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=48, experts=4),
     "conformer": dict(n_feats=8, d_model=32, heads=4, layers=2, kernel=5, max_rel=8, classes=6),
+    "reformer": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64, buckets=4,
+                     chunk=4),
 }
 
 # Specs with a causal stream: (input whose future positions must not leak, output).
@@ -44,6 +46,7 @@ CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
     "bahdanau": ("tgt", "logits"),
     "linear_transformer": ("tokens", "logits"),
     "performer": ("tokens", "logits"),
+    "reformer": ("tokens", "logits"),
 }
 
 

@@ -126,6 +126,14 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
      {"pad_left": 4, "pad_right": 0, "groups": 4, "has_bias": False}),
     ("conv1d-grouped-valid", "conv1d", (randn(1, 9, 4), randn(6, 2, 4), randn(6)),
      {"pad_left": 0, "pad_right": 0, "groups": 2, "has_bias": True}),
+    *[(f"lsh_attention-{tag}", "lsh_attention", ins,
+       {"lsh": lsh, "scale": 0.5, "has_padding": len(ins) == 3})
+      for tag, lsh, ins in (
+          ("one-chunk", (4, 2, 16, False, 1), (randn(2, 2, 9, 4), randn(2, 2, 9, 3))),
+          ("causal-chunks", (4, 2, 4, True, 2), (randn(2, 2, 13, 4), randn(2, 2, 13, 3))),
+          ("padded", (8, 3, 5, False, 3),
+           (randn(2, 2, 5, 4), randn(2, 2, 5, 3), PAD_FIRST)),
+      )],
     ("transpose", "transpose", (randn(2, 3, 4),), {"perm": (2, 0, 1)}),
     ("reshape", "reshape", (randn(2, 3, 4),), {"shape": (6, 4)}),
     *[(f"{op}-{axes}-{keep}", op, (randn(2, 3, 4),), {"axes": axes, "keepdims": keep})

@@ -20,10 +20,13 @@ from attndsl.onnx_export import ExportError, export_onnx  # noqa: E402
 
 @pytest.mark.parametrize("spec", spec_paths(), ids=lambda p: p.stem)
 def test_every_spec_exports_and_matches_numpy(spec, tmp_path) -> None:
-    """Every spec exports, except mixture-of-experts ones, which are refused up front."""
+    """Every spec exports, except mixture-of-experts and LSH ones, refused up front."""
     model = attndsl.compile(spec, config=TINY_CONFIGS[spec.stem], seed=3)
-    if any(n.op.startswith("moe_") for n in model.graph.nodes.values()):
-        with pytest.raises(ExportError, match="mixture-of-experts routing"):
+    ops = {n.op for n in model.graph.nodes.values()}
+    refused = ("mixture-of-experts routing" if "moe_combine" in ops
+               else "LSH attention" if "lsh_attention" in ops else None)
+    if refused:
+        with pytest.raises(ExportError, match=refused):
             export_onnx(model, tmp_path / "m.onnx")
         assert not (tmp_path / "m.onnx").exists()
         return

@@ -155,12 +155,20 @@ def conformer_params(n_feats: int = 80, d_model: int = 256, heads: int = 4, laye
     return linear(n_feats, d_model) + layers * layer + linear(d_model, classes)
 
 
+def reformer_params(vocab: int = 256, ctx: int = 4096, d_model: int = 512, layers: int = 6,
+                    d_ff: int | None = None, **_: Any) -> int:
+    """As the linear transformer, but attention has no key projection (shared QK)."""
+    return (linear_transformer_params(vocab, ctx, d_model, layers, d_ff)
+            - layers * linear(d_model, d_model))
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
             "vit": vit_params, "nanogpt": nanogpt_params, "llama": llama_params,
             "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params,
             "linear_transformer": linear_transformer_params,
             "performer": linear_transformer_params, "switch_gpt": switch_gpt_params,
-            "moe_gpt": moe_gpt_params, "conformer": conformer_params}
+            "moe_gpt": moe_gpt_params, "conformer": conformer_params,
+            "reformer": reformer_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
@@ -169,7 +177,8 @@ KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vi
          "alibi_gpt": 124_439_808 - 1024 * 768,   # GPT-2 small without wpe
          "llama": 124_668_672, "bahdanau": 9_854_912,
          "linear_transformer": 21_274_880, "performer": 21_274_880,   # summed by hand
-         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_153_760}
+         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_153_760,
+         "reformer": 21_274_880 - 6 * (512 * 512 + 512)}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -189,6 +198,7 @@ OVERRIDES = {
     "switch_gpt": [{"layers": 2, "experts": 4, "d_model": 64, "heads": 4, "vocab": 100}],
     "moe_gpt": [{"layers": 1, "experts": 16, "d_ff": 96}],
     "conformer": [{"layers": 1, "d_model": 64, "heads": 2, "kernel": 7, "max_rel": 4}],
+    "reformer": [{"layers": 2, "d_model": 64, "heads": 4, "ctx": 256, "chunk": 16}],
 }
 
 

@@ -40,6 +40,7 @@ TEXT_SPECS = {
     "performer": dict(TINY, ctx=32, d_ff=64, features=16),
     "switch_gpt": dict(TINY, ctx=32, experts=4),
     "moe_gpt": dict(TINY, ctx=32, d_ff=48, experts=4),
+    "reformer": dict(TINY, ctx=32, d_ff=64, buckets=4, chunk=4),
     "bert": dict(TINY, vocab=TOK.vocab_size + 1, max_pos=32, d_ff=64, dropout_p=0.0),
 }
 

@@ -12,6 +12,8 @@ Every variant stays one `attention` node whose attributes declare it (FlexAttent
 
 `kernel=elu_plus_one | favor(m, seed)` makes it a `linear_attention` node instead: kernelized
 attention (`attndsl.ir.kernels`), full or causal, without the softmax-only keywords.
+`pattern=lsh(...)` makes it an `lsh_attention` node: Reformer's shared-QK hashed attention
+(`attndsl.ir.lsh`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from attndsl.frontend.values import Tensor, describe
 from attndsl.ir import biases as bs
 from attndsl.ir import kernels as kn
 from attndsl.ir import patterns as pat
+from attndsl.ir.lsh import LSH
 from attndsl.ir.ops import attention_attrs
 from attndsl.ir.rope import LAYOUTS, Rope, RopeScaling
 
@@ -195,6 +198,24 @@ def linear_attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, p
                   "has_padding": key_padding is not None}, span)
 
 
+def lsh_attention_node(b: Any, span: Span, q: Tensor, v: Tensor, lsh: LSH, scale: Any,
+                       key_padding: Any, **refused: Any) -> Tensor:
+    """An `lsh_attention` node on q [B, H, T, D] (also the keys, normalized) and v."""
+    given = [name for name, value in refused.items()
+             if value is not None and value != 0 and str(value) != "scaled"]
+    if given:
+        raise ArgumentError(f"lsh attention has no {', '.join(f'{n}=' for n in given)} (its "
+                            "keys are its queries, hashed into buckets)", span,
+                            "remove it, or use another pattern")
+    hd = q.type.shape[-1].as_int()
+    scale_v = 1.0 / math.sqrt(hd) if scale is None else number(scale, span, "scale")
+    inputs = [q, v]
+    if key_padding is not None:
+        inputs.append(tensor(b, key_padding, span, "key_padding", rank=2, dtype="bool"))
+    return b.add("lsh_attention", inputs, {"lsh": lsh, "scale": scale_v,
+                                           "has_padding": key_padding is not None}, span)
+
+
 def _expose_weights(b: Any, span: Span, name: Any, inputs: list[Tensor],
                     attrs: dict[str, Any]) -> None:
     """Add an `attention_weights` node as the optional output `<outer scope>.<name>`."""
@@ -235,6 +256,14 @@ def attention(b: Any, span: Span, x: Tensor, heads: int, pattern: Any = pat.FULL
             return linear_layer(b, span, inp, out, bias=proj_bias)
 
     hd = d // heads
+    if isinstance(pattern, LSH):                                  # Reformer: shared QK
+        q = split_heads(b, proj("q", x, d), heads, span)           # (B, H, T, hd)
+        v = split_heads(b, proj("v", x, d), heads, span)
+        a = lsh_attention_node(b, span, q, v, pattern, scale, key_padding, kv=kv,
+                               kv_heads=kv_heads, dropout=dropout, score=score, bias=bias,
+                               rope=rope, weights=weights, kernel=kernel)
+        with b.in_scope([b.claim_name("o")]):
+            return linear_layer(b, span, merge_heads(b, a, span), d, bias=proj_bias)
     q = split_heads(b, proj("q", x, d), heads, span)               # (B, H, T, hd)
     k = split_heads(b, proj("k", src, kvh * hd), kvh, span)        # (B, Hk, S, hd)
     v = split_heads(b, proj("v", src, kvh * hd), kvh, span)        # (B, Hk, S, hd)
@@ -257,12 +286,37 @@ def sdpa(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any = pat
     """Attention on q [B, H, T, D], k/v [B, Hk, S, D] (Hk divides H: grouped-query), no
     projections; the same score=, bias=, rope=, weights= and kernel= as `attention`."""
     q, k, v = (tensor(b, t, span, n, rank=4) for t, n in ((q, "q"), (k, "k"), (v, "v")))
+    if isinstance(pattern, LSH):
+        if k.node != q.node:
+            raise ArgumentError("lsh attention shares queries and keys: pass the same tensor "
+                                "as q and k", span)
+        return lsh_attention_node(b, span, q, v, pattern, scale, key_padding, dropout=dropout,
+                                  score=score, bias=bias, rope=rope, weights=weights,
+                                  kernel=kernel)
     if kernel is not None:
         return linear_attention_node(b, span, q, k, v, pattern, scale, key_padding, kernel,
                                      dropout=dropout, score=score, bias=bias, rope=rope,
                                      weights=weights)
     return attention_node(b, span, q, k, v, pattern, scale, key_padding, dropout, score, bias,
                           rope, weights)
+
+
+# -- Reformer LSH attention ----------------------------------------------------------------
+
+@builtin("lsh")
+def lsh(b: Any, span: Span, buckets: int = 32, rounds: int = 2, chunk: int = 64,
+        causal: bool = False, seed: int = 0) -> LSH:
+    """Reformer LSH attention as a pattern: shared QK hashed into `buckets` (even) by random
+    rotations, `rounds` times, attending within sorted chunks of `chunk` and the previous
+    chunk; `causal=true` for decoders."""
+    n = integer(buckets, span, "buckets")
+    if n % 2 or n < 2:
+        raise ArgumentError(f"buckets must be even and at least 2 (angular LSH hashes to "
+                            f"argmax of [xR, -xR]), got {n}", span)
+    if not isinstance(causal, bool):
+        raise TypeError_(f"causal must be true or false, got {describe(causal)}", span)
+    return LSH(n, integer(rounds, span, "rounds"), integer(chunk, span, "chunk"), causal,
+               integer(seed, span, "seed", positive=False))
 
 
 # -- feature maps of kernelized attention ---------------------------------------------------

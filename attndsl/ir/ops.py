@@ -48,6 +48,7 @@ OPS: dict[str, OpDef] = {}
 # frontend, so kernels only ever combine floats with floats.
 NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention": (3,),
                                                   "linear_attention": (3,),
+                                                  "lsh_attention": (2,),
                                                   "attention_weights": (3,), "where": (0,),
                                                   "gather": (1,), "one_hot": (0,),
                                                   "linear_int8": (1,), "grouped_linear": (1,)}
@@ -573,6 +574,36 @@ register("linear_attention", "composite", _linear_attention, _linear_attention_f
          doc="phi(q) (phi(k)^T v) / (phi(q) (phi(k)^T 1) + eps) on [B, H, T, D] with a "
              "feature map phi (`attndsl.ir.kernels`); causal: sums over keys j <= i only "
              "(prefix sums, chunked); padded keys are left out.")
+
+
+def _lsh_attention(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """q [B, H, T, D] (also the keys, normalized), v [B, H, T, Dv], then a bool key padding
+    [B, T] when attrs['has_padding']."""
+    q, v = ins[0], ins[1]
+    if q.rank != 4 or v.rank != 4 or q.shape[:3] != v.shape[:3]:
+        raise ShapeError(f"lsh attention needs q [B, H, T, D] and v [B, H, T, Dv], got "
+                         f"{shape_str(q.shape)} and {shape_str(v.shape)}")
+    if attrs["has_padding"] and (len(ins) != 3 or ins[2].dtype != "bool" or ins[2].rank != 2):
+        raise TypeError_("lsh attention's key padding must be bool [B, T]")
+    return TensorType(q.shape[:3] + v.shape[3:], "float")
+
+
+def _lsh_flops(ins: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> Dim:
+    """Per round: hashing (2 D buckets/2 per position) and each query against its chunk and
+    the one before (2 chunk keys: 2 D + 2 Dv + 5 per score)."""
+    q, v = ins[0], ins[1]
+    lsh = attrs["lsh"]
+    rows = numel(q.shape[:3])
+    window = 2 * lsh.chunk
+    per_round = q.shape[3] * lsh.buckets + (q.shape[3] * 2 + v.shape[3] * 2 + 5) * window
+    return rows * per_round * lsh.rounds
+
+
+register("lsh_attention", "composite", _lsh_attention, _lsh_flops,
+         attrs=("lsh", "scale", "has_padding"),
+         doc="Reformer LSH attention with shared QK (`attndsl.ir.lsh`): hashed buckets, "
+             "sorted chunks attending to themselves and the previous chunk, rounds combined "
+             "by their log-sum-exp.")
 
 
 # -- mixture of experts ----------------------------------------------------------------------
