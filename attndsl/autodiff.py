@@ -26,6 +26,7 @@ import numpy as np
 from attndsl.backends.numpy_kernels import (
     BLOCK,
     TILE_ELEMENTS,
+    _batch_stats,
     _causal_product,
     _erf,
     _grouped,
@@ -494,6 +495,31 @@ def _grouped_linear(g: Array, out: Array, ins: tuple[Array, ...],
         db[e] = np.sum(g[seg], axis=0)
         start += c
     return (dx, None, dw, db) if len(ins) == 4 else (dx, None, dw)
+
+
+@vjp("batch_norm")
+def _batch_norm(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
+    """Training (batch statistics, x^ = (x - mean) / s): dx = (N dx^ - sum dx^ - x^ sum(dx^ x^))
+    / (N s) over the N rows, and the running statistics are not read (no gradient);
+    inference (running statistics): dx = g w / s. dw = sum g x^, db = sum g."""
+    x, rm, rv = ins[:3]
+    c = x.shape[-1]
+    x2, g2 = x.reshape(-1, c), g.reshape(-1, c)
+    mean, var = _batch_stats(x) if attrs.get("training") else (rm, rv)
+    inv = 1.0 / np.sqrt(var + attrs["eps"])
+    xhat = (x2 - mean) * inv
+    dxhat = g2 * ins[3] if attrs["affine"] else g2
+    if attrs.get("training"):
+        n = x2.shape[0]
+        dx = (n * dxhat - dxhat.sum(0) - xhat * np.sum(dxhat * xhat, axis=0)) * (inv / n)
+        grads = (dx.reshape(x.shape).astype(x.dtype), None, None)
+    else:                          # the running statistics are read: they have a gradient
+        dx = dxhat * inv           # (which no optimizer applies: they are buffers)
+        grads = (dx.reshape(x.shape).astype(x.dtype), -np.sum(dxhat, axis=0) * inv,
+                 -0.5 * np.sum(dxhat * xhat, axis=0) * inv * inv)
+    if attrs["affine"]:
+        grads += (np.sum(g2 * xhat, axis=0).astype(x.dtype), np.sum(g2, axis=0))
+    return grads
 
 
 @vjp("conv1d")

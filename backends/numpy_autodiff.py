@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from attndsl.backends.codegen import dim_bindings, kernel_attrs
 from attndsl.backends.numpy_backend import load_module
+from attndsl.backends.numpy_kernels import _batch_stats as kernels_batch_stats
 
 from attndsl.autodiff import CONSTANT_LIKE, VJP_RULES
 from attndsl.errors import TrainingError
@@ -29,8 +30,10 @@ from attndsl.training.losses import check_targets, cross_entropy_with_grad
 Kernels = Mapping[str, Callable[..., Any]]
 
 
-# moe ops that drop tokens at capacity only while training (told by the interpreter)
-MOE_TRAINING_OPS = frozenset({"moe_dispatch", "moe_counts", "moe_combine", "moe_dropped"})
+# ops whose training semantics differ (told by the interpreter): moe drops tokens at capacity,
+# batch_norm uses the batch's statistics and moves its running buffers
+TRAINING_MODE_OPS = frozenset({"moe_dispatch", "moe_counts", "moe_combine", "moe_dropped",
+                               "batch_norm"})
 
 
 def bind_dims(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -43,13 +46,16 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                          inputs: Mapping[str, np.ndarray], targets: np.ndarray,
                          loss: Mapping[str, Any], dtype: str,
                          kernels: Kernels | None = None,
-                         rng: np.random.Generator | None = None
+                         rng: np.random.Generator | None = None,
+                         updates: dict[str, np.ndarray] | None = None
                          ) -> tuple[float, dict[str, np.ndarray]]:
     """The loss `loss` (as `losses.loss_spec(graph)`: output, label_smoothing, ignore_index)
     on (inputs, targets) and its gradient for every name in `graph.params` (zeros where a
     parameter does not reach the loss). Computes in `dtype` ('float32' or 'float64');
     `kernels` is the program's kernel namespace (default: `load_module(graph, dtype)`).
-    Inputs are assumed validated (`Model.validate_inputs`)."""
+    With `rng` and `updates`, the new values of buffers the forward moves (batch_norm's
+    running statistics) are put in `updates` by name. Inputs are assumed validated
+    (`Model.validate_inputs`)."""
     fdtype = np.dtype(dtype)
     ops = kernels if kernels is not None else load_module(graph, fdtype.name)
     xs = {name: _convert(inputs[name], graph.nodes[nid].type.dtype, fdtype)
@@ -81,8 +87,10 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
             if rng is not None:
                 _check_trainable_node(node)
             attrs[nid] = kernel_attrs(node, env)
-            if node.op in MOE_TRAINING_OPS:
-                attrs[nid]["training"] = rng is not None      # capacity drops while training
+            if node.op in TRAINING_MODE_OPS:
+                attrs[nid]["training"] = rng is not None
+            if node.op == "batch_norm" and rng is not None and updates is not None:
+                _move_running_stats(graph, node, values, attrs[nid], updates)
             values[nid] = ops[f"op_{node.op}"](*(values[i] for i in node.inputs), **attrs[nid])
 
     logits = values[out_id]
@@ -112,8 +120,22 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
         for src, gi in zip(node.inputs, grads, strict=True):
             if gi is not None and src in needs:
                 cotangents[src] = gi if src not in cotangents else cotangents[src] + gi
-    return value, {name: np.array(cotangents.get(nid, np.zeros_like(ps[name])), dtype=fdtype)
+    buffers = set(graph.meta.get("buffers", ()))      # not trained: zero, as torch's
+    return value, {name: np.array(cotangents.get(nid, np.zeros_like(ps[name]))
+                                  if name not in buffers else np.zeros_like(ps[name]),
+                                  dtype=fdtype)
                    for name, nid in graph.params.items()}
+
+
+def _move_running_stats(graph: Graph, node: Any, values: dict[int, Any],
+                        attrs: dict[str, Any], updates: dict[str, np.ndarray]) -> None:
+    """running <- (1 - momentum) running + momentum batch (variance unbiased), as torch."""
+    x = values[node.inputs[0]]
+    mean, var = kernels_batch_stats(x)
+    n = x.size // x.shape[-1]
+    m = attrs["momentum"]
+    for nid, stat in ((node.inputs[1], mean), (node.inputs[2], var * n / max(n - 1, 1))):
+        updates[graph.nodes[nid].attr("name")] = (1 - m) * values[nid] + m * stat
 
 
 def check_trainable(graph: Graph) -> None:

@@ -1060,3 +1060,21 @@ def _lsh_forward(q, v, pad, lsh, scale):
 
 def op_lsh_attention(q, v, key_padding=None, *, lsh, scale, has_padding):
     return _lsh_forward(q, v, key_padding, lsh, scale)["out"][:, :, :q.shape[2]]
+
+
+# -- batch normalization ----------------------------------------------------------------------
+
+def _batch_stats(x):
+    """Mean and biased variance per channel over every axis but the last."""
+    x2 = x.reshape(-1, x.shape[-1])
+    mean = np.mean(x2, axis=0)
+    return mean, np.mean((x2 - mean) ** 2, axis=0)
+
+
+def op_batch_norm(x, running_mean, running_var, weight=None, bias=None, *, eps, momentum,
+                  affine, training=False):
+    """Inference: the running statistics (the NumPy forward); training statistics are the
+    interpreter's (`numpy_autodiff`), which also moves the buffers."""
+    mean, var = _batch_stats(x) if training else (running_mean, running_var)
+    y = (x - mean) / np.sqrt(var + x.dtype.type(eps))
+    return y * weight + bias if affine else y

@@ -820,3 +820,12 @@ def op_lsh_attention(q, v, key_padding=None, *, lsh, scale, has_padding):
     lse_r = torch.gather(lse.reshape(perm.shape), -1, inv)                 # (B, H, R, Tp)
     out = (torch.softmax(lse_r, dim=2)[..., None] * o_r).sum(2)
     return out[:, :, :t]
+
+
+def op_batch_norm(x, running_mean, running_var, weight=None, bias=None, *, eps, momentum,
+                  affine, training=False):
+    """torch's batch norm on the channels-last rows; while training it moves the running
+    buffers in place (unbiased variance), as nn.BatchNorm1d."""
+    y = F.batch_norm(x.reshape(-1, x.shape[-1]), running_mean, running_var, weight, bias,
+                     training, momentum, eps)
+    return y.reshape(x.shape)

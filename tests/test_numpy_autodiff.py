@@ -120,6 +120,10 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
                                           randn(3, 5)), {"has_bias": True}),
     ("grouped_linear-nobias", "grouped_linear", (randn(6, 3), np.array([1, 5]), randn(2, 4, 3)),
      {"has_bias": False}),
+    *[(f"batch_norm-{mode}-{affine}", "batch_norm",
+       (randn(3, 4, 5), randn(5), positive(5)) + ((positive(5), randn(5)) if affine else ()),
+       {"eps": 1e-5, "momentum": 0.1, "affine": affine, "training": mode == "train"})
+      for mode in ("train", "eval") for affine in (True, False)],
     ("conv1d-same", "conv1d", (randn(2, 7, 4), randn(6, 4, 3), randn(6)),
      {"pad_left": 1, "pad_right": 1, "groups": 1, "has_bias": True}),
     ("conv1d-depthwise-causal", "conv1d", (randn(2, 7, 4), randn(4, 1, 5)),

@@ -145,12 +145,13 @@ def conformer_params(n_feats: int = 80, d_model: int = 256, heads: int = 4, laye
                      classes: int = 32, **_: Any) -> int:
     """Input projection; per block two pre-LN FFNs, pre-LN attention with a Shaw relative
     table [2k + 1, d_head], the convolution module (LN, pointwise 2d for the GLU, depthwise
-    conv [d, 1, K] + bias, LN, pointwise), a final LN; the frame classifier."""
+    conv [d, 1, K] without bias, batch norm: weight, bias and the running mean and variance
+    buffers, pointwise), a final LN; the frame classifier."""
     d_ff = d_ff or 4 * d_model
     two_ffn = 2 * (layer_norm(d_model) + ffn(d_model, d_ff))
     attn = layer_norm(d_model) + attention(d_model) + (2 * max_rel + 1) * (d_model // heads)
-    conv = (2 * layer_norm(d_model) + linear(d_model, 2 * d_model) + d_model * kernel + d_model
-            + linear(d_model, d_model))
+    conv = (layer_norm(d_model) + linear(d_model, 2 * d_model) + d_model * kernel
+            + 4 * d_model + linear(d_model, d_model))
     layer = two_ffn + attn + conv + layer_norm(d_model)
     return linear(n_feats, d_model) + layers * layer + linear(d_model, classes)
 
@@ -177,7 +178,7 @@ KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vi
          "alibi_gpt": 124_439_808 - 1024 * 768,   # GPT-2 small without wpe
          "llama": 124_668_672, "bahdanau": 9_854_912,
          "linear_transformer": 21_274_880, "performer": 21_274_880,   # summed by hand
-         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_153_760,
+         "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_154_784,
          "reformer": 21_274_880 - 6 * (512 * 512 + 512)}
 
 OVERRIDES = {

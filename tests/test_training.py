@@ -64,7 +64,11 @@ def test_gradients_match_finite_differences(spec_path):
     assert np.isfinite(loss)
     rng = np.random.default_rng(0)
     eps = 1e-6
+    for name in model.graph.meta.get("buffers", ()):   # batch_norm running statistics
+        assert not grads[name].any()                   # are not trained: no gradient
     for name, p in model.module.named_parameters():
+        if not p.requires_grad:
+            continue
         v = torch.as_tensor(rng.standard_normal(tuple(p.shape)))
         with torch.no_grad():
             p += eps * v

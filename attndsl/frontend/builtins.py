@@ -214,6 +214,25 @@ def layer_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-5, bias: bool = Tr
                                         "has_bias": bool(bias and affine)}, span)
 
 
+@builtin("batch_norm", layer=True)
+def batch_norm(b: Any, span: Span, x: Tensor, momentum: float = 0.1, eps: float = 1e-5,
+               affine: bool = True) -> Tensor:
+    """Batch normalization per channel (the last axis) over every other axis, as torch's
+    BatchNorm: batch statistics while training, moving the buffers `running_mean` and
+    `running_var` (not trained) by `momentum`; the running statistics at inference."""
+    x = tensor(b, x, span, "batch_norm input")
+    d = _norm_features(x, span)
+    m = number(momentum, span, "momentum")
+    if not 0.0 <= m <= 1.0:
+        raise ArgumentError(f"momentum must be in [0, 1], got {m}", span)
+    inputs = [x, b.buffer("running_mean", (d,), "zeros", span),
+              b.buffer("running_var", (d,), "ones", span)]
+    if affine:
+        inputs += [b.param("weight", (d,), "ones", span), b.param("bias", (d,), "zeros", span)]
+    return b.add("batch_norm", inputs, {"eps": number(eps, span, "eps"), "momentum": m,
+                                        "affine": bool(affine)}, span)
+
+
 @builtin("rms_norm", layer=True)
 def rms_norm(b: Any, span: Span, x: Tensor, eps: float = 1e-6, bias: bool = False) -> Tensor:
     """gamma * x / sqrt(mean(x^2) + eps) (+ beta with bias=true) over the last axis."""

@@ -417,6 +417,16 @@ class Builder:
         self.graph.params[name] = nid
         return Tensor(nid, ttype)
 
+    def buffer(self, local: str, shape: tuple[Dim | int, ...], init: str, span: Span) -> Tensor:
+        """A parameter that is not trained: the forward pass updates it (batch_norm's running
+        statistics). Listed in `graph.meta["buffers"]`; optimizers skip it."""
+        t = self.param(local, shape, init, span)
+        name = ".".join(self.scope + [local])
+        buffers = self.graph.meta.setdefault("buffers", [])
+        if name not in buffers:
+            buffers.append(name)
+        return t
+
     def table_param(self, name: str, shape: tuple[int, ...], span: Span) -> Tensor:
         """The learned table `name` of a score bias (T5, Shaw): created at its first use,
         shared by every attention that uses the same bias value (T5 shares one per stack)."""

@@ -443,6 +443,11 @@ def _norm(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return x
 
 
+register("batch_norm", "composite", _norm, _per_output(8), attrs=("eps", "momentum", "affine"),
+         doc="(x - mean) / sqrt(var + eps) * weight + bias per channel (the last axis), over "
+             "every other axis: the batch's statistics while training (which also move the "
+             "running_mean/running_var buffers by `momentum`, var unbiased), the running "
+             "ones at inference. Operands: x, running_mean, running_var[, weight, bias].")
 register("layer_norm", "composite", _norm, _per_output(8), attrs=("eps", "has_bias"),
          doc="gamma * (x - mean) / sqrt(var + eps) + beta over the last axis (inputs x, then "
              "gamma and beta unless affine=false).")

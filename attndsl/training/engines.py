@@ -155,7 +155,9 @@ class ArrayEngine:
         self.program = model.program
         model._materialize()
         self.params = self.program.params                 # name -> array, updated in place
-        self.optimizer = ArrayOptimizer(cfg.optimizer, self.params, lr=cfg.lr,
+        buffers = set(model.graph.meta.get("buffers", ()))   # moved by the forward, not trained
+        trained = {k: v for k, v in self.params.items() if k not in buffers}
+        self.optimizer = ArrayOptimizer(cfg.optimizer, trained, lr=cfg.lr,
                                         weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps, momentum=cfg.momentum, rho=cfg.rho)
         self.rng = np.random.default_rng(cfg.seed + DROPOUT_SEED_OFFSET)
@@ -171,7 +173,11 @@ class ArrayEngine:
 
     def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float) -> float:
         xs = self.model.validate_inputs(inputs)
-        value, grads = self.program.value_and_grad(xs, targets, self.loss, rng=self.rng)
+        moved: dict[str, Any] = {}
+        value, grads = self.program.value_and_grad(xs, targets, self.loss, rng=self.rng,
+                                                   updates=moved)
+        if moved:                                  # batch_norm running statistics, as torch
+            self.program.set_params(moved)
         if self.grads is None:
             self.grads = {k: g * scale for k, g in grads.items()}
         else:
