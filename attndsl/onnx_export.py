@@ -115,7 +115,7 @@ def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = N
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(Positional(), args, dynamo=True, input_names=names,
-                                        output_names=outputs,
+                                        output_names=onnx_output_names(graph),
                                         dynamic_shapes=(tuple(dynamic[n] for n in names),),
                                         verbose=False)
             program.save(str(tmp))
@@ -130,8 +130,15 @@ def export_onnx(model: Model, path: str | Path, sizes: dict[str, int] | None = N
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
-    return ExportReport(path, names, outputs, {n: list(ax.values()) for n, ax in axes.items()},
+    return ExportReport(path, names, onnx_output_names(graph),
+                        {n: list(ax.values()) for n, ax in axes.items()},
                         err, {n: tuple(feed[n].shape) for n in names})
+
+
+def onnx_output_names(graph: Any) -> list[str]:
+    """The spec's output names; a recurrent state's next value (an output named like its
+    input) is `<name>.next`, since ONNX names each value once."""
+    return [f"{n}.next" if n in graph.inputs else n for n in graph.outputs]
 
 
 def _check(path: Path, graph: Any, state: dict[str, Any], sizes: dict[str, int], onnx: Any,
@@ -147,7 +154,7 @@ def _check(path: Path, graph: Any, state: dict[str, Any], sizes: dict[str, int],
         if value.dtype == bool and value.ndim:
             feed[name] = rng.random(value.shape) < 0.7
             feed[name][..., 0] = True
-    got = session.run(outputs, {n: feed[n] for n in names})
+    got = session.run(onnx_output_names(graph), {n: feed[n] for n in names})
     want = compile_spec(graph, backend="numpy")
     want.load_state_dict(state)
     ref = want(**feed)

@@ -47,15 +47,17 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                          loss: Mapping[str, Any], dtype: str,
                          kernels: Kernels | None = None,
                          rng: np.random.Generator | None = None,
-                         updates: dict[str, np.ndarray] | None = None
+                         updates: dict[str, np.ndarray] | None = None,
+                         keep: dict[str, Any] | None = None
                          ) -> tuple[float, dict[str, np.ndarray]]:
     """The loss `loss` (as `losses.loss_spec(graph)`: output, label_smoothing, ignore_index)
     on (inputs, targets) and its gradient for every name in `graph.params` (zeros where a
     parameter does not reach the loss). Computes in `dtype` ('float32' or 'float64');
     `kernels` is the program's kernel namespace (default: `load_module(graph, dtype)`).
     With `rng` and `updates`, the new values of buffers the forward moves (batch_norm's
-    running statistics) are put in `updates` by name. Inputs are assumed validated
-    (`Model.validate_inputs`)."""
+    running statistics) are put in `updates` by name; the outputs named in `keep` (a
+    recurrent state's next value) are computed too and put there. Inputs are assumed
+    validated (`Model.validate_inputs`)."""
     fdtype = np.dtype(dtype)
     ops = kernels if kernels is not None else load_module(graph, fdtype.name)
     xs = {name: _convert(inputs[name], graph.nodes[nid].type.dtype, fdtype)
@@ -64,7 +66,9 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
     env = bind_dims(graph, xs)
     out_id = graph.outputs[loss["output"]]
     extra = [(coef, graph.outputs[name]) for coef, name in loss.get("extra", [])]
-    live = set().union(*(_ancestors(graph, nid) for nid in [out_id, *(n for _, n in extra)]))
+    kept = [graph.outputs[name] for name in keep or ()]
+    live = set().union(*(_ancestors(graph, nid)
+                         for nid in [out_id, *(n for _, n in extra), *kept]))
     order = [n for n in graph.topological_order() if n in live]
 
     values: dict[int, Any] = {}
@@ -93,6 +97,8 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                 _move_running_stats(graph, node, values, attrs[nid], updates)
             values[nid] = ops[f"op_{node.op}"](*(values[i] for i in node.inputs), **attrs[nid])
 
+    for name in keep or ():
+        keep[name] = values[graph.outputs[name]]
     logits = values[out_id]
     tgt = np.asarray(targets)
     check_targets(tgt.shape, logits.shape, loss["output"])

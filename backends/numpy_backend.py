@@ -151,14 +151,16 @@ class NumpyProgram(Program):
 
     def value_and_grad(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any],
                        rng: np.random.Generator | None = None,
-                       updates: dict[str, np.ndarray] | None = None
+                       updates: dict[str, np.ndarray] | None = None,
+                       keep: dict[str, Any] | None = None
                        ) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and gradients; with `rng`, training semantics (dropout and LayerDrop drawn,
-        batch statistics, whose moved running buffers go to `updates`)."""
+        batch statistics, whose moved running buffers go to `updates`); the outputs named
+        in `keep` are filled in."""
         from attndsl.backends.numpy_autodiff import value_and_grad_numpy
         return value_and_grad_numpy(self.graph, self.params, inputs, np.asarray(targets), loss,
                                     np.dtype(self.dtype).name, kernels=self.namespace(False),
-                                    rng=rng, updates=updates)
+                                    rng=rng, updates=updates, keep=keep)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}

@@ -186,11 +186,14 @@ class TorchProgram(Program):
         return out
 
     def loss(self, inputs: dict[str, Any], targets: Any, loss: dict[str, Any],
-             module: Any = None) -> Any:
+             module: Any = None, keep: dict[str, Any] | None = None) -> Any:
         """The loss as a differentiable tensor, in the module's current mode; `module` runs
-        the forward instead of the program's own (a DistributedDataParallel wrapper of it)."""
+        the forward instead of the program's own (a DistributedDataParallel wrapper of it);
+        the outputs named in `keep` are put there as NumPy arrays (detached)."""
         from attndsl.training.losses import check_targets, cross_entropy_torch
         outs = (module or self.module)(**self.convert_inputs(inputs))
+        for name in keep or ():
+            keep[name] = self.to_numpy(outs[name].detach())
         out = outs[loss["output"]]
         (tgt,) = self.convert_inputs({"targets": targets}).values()
         check_targets(tuple(tgt.shape), tuple(out.shape), loss["output"])

@@ -33,6 +33,7 @@ TINY_CONFIGS: dict[str, dict[str, int]] = {
     "conformer": dict(n_feats=8, d_model=32, heads=4, layers=2, kernel=5, max_rel=8, classes=6),
     "reformer": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64, buckets=4,
                      chunk=4),
+    "transformer_xl": dict(vocab=97, d_model=32, heads=4, layers=2, d_ff=64, mem_len=8),
 }
 
 # Specs with a causal stream: (input whose future positions must not leak, output).
@@ -47,6 +48,7 @@ CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
     "linear_transformer": ("tokens", "logits"),
     "performer": ("tokens", "logits"),
     "reformer": ("tokens", "logits"),
+    "transformer_xl": ("tokens", "logits"),
 }
 
 

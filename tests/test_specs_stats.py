@@ -163,13 +163,22 @@ def reformer_params(vocab: int = 256, ctx: int = 4096, d_model: int = 512, layer
             - layers * linear(d_model, d_model))
 
 
+def transformer_xl_params(vocab: int = 256, d_model: int = 512, layers: int = 6,
+                          d_ff: int | None = None, **_: Any) -> int:
+    """Token table only (ALiBi: no position parameters), pre-LN layers, untied head; the
+    memory is state, not parameters."""
+    d_ff = d_ff or 4 * d_model
+    layer = 2 * layer_norm(d_model) + attention(d_model) + ffn(d_model, d_ff)
+    return vocab * d_model + layers * layer + layer_norm(d_model) + linear(d_model, vocab)
+
+
 FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_params,
             "vit": vit_params, "nanogpt": nanogpt_params, "llama": llama_params,
             "alibi_gpt": alibi_gpt_params, "t5": t5_params, "bahdanau": bahdanau_params,
             "linear_transformer": linear_transformer_params,
             "performer": linear_transformer_params, "switch_gpt": switch_gpt_params,
             "moe_gpt": moe_gpt_params, "conformer": conformer_params,
-            "reformer": reformer_params}
+            "reformer": reformer_params, "transformer_xl": transformer_xl_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
@@ -179,7 +188,8 @@ KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vi
          "llama": 124_668_672, "bahdanau": 9_854_912,
          "linear_transformer": 21_274_880, "performer": 21_274_880,   # summed by hand
          "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_154_784,
-         "reformer": 21_274_880 - 6 * (512 * 512 + 512)}
+         "reformer": 21_274_880 - 6 * (512 * 512 + 512),
+         "transformer_xl": 21_274_880 - 4096 * 512}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -200,6 +210,7 @@ OVERRIDES = {
     "moe_gpt": [{"layers": 1, "experts": 16, "d_ff": 96}],
     "conformer": [{"layers": 1, "d_model": 64, "heads": 2, "kernel": 7, "max_rel": 4}],
     "reformer": [{"layers": 2, "d_model": 64, "heads": 4, "ctx": 256, "chunk": 16}],
+    "transformer_xl": [{"layers": 1, "mem_len": 4, "d_model": 64, "heads": 2}],
 }
 
 

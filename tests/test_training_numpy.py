@@ -41,6 +41,7 @@ TEXT_SPECS = {
     "switch_gpt": dict(TINY, ctx=32, experts=4),
     "moe_gpt": dict(TINY, ctx=32, d_ff=48, experts=4),
     "reformer": dict(TINY, ctx=32, d_ff=64, buckets=4, chunk=4),
+    "transformer_xl": dict(TINY, d_ff=64, mem_len=8),
     "bert": dict(TINY, vocab=TOK.vocab_size + 1, max_pos=32, d_ff=64, dropout_p=0.0),
 }
 

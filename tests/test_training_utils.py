@@ -550,3 +550,13 @@ def test_optimizer_state_is_checked_against_the_parameters(bad, message):
     tensors["state.weight.exp_avg"] = bad
     with pytest.raises(ValueError, match=re.escape(message)):
         load_optimizer_state(opt, names, tensors, meta)
+
+
+def test_strided_arrays_are_saved_by_value(tmp_path):
+    """safetensors' own `save` writes a strided view's underlying bytes; ours copies."""
+    base = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    views = {"slice": base[:, 1:], "transposed": base.transpose(2, 0, 1)}
+    save_checkpoint(tmp_path / "c", {"w": base}, views, {"step": 1})
+    _, tensors, _ = load_checkpoint(tmp_path / "c")
+    for name, view in views.items():
+        np.testing.assert_array_equal(tensors[name], view)

@@ -126,6 +126,22 @@ class Output(Node):
 
 
 @dataclass(frozen=True)
+class State(Node):
+    """`state mem: float[B, M, d]`: recurrent state, zeros unless the call passes it."""
+
+    name: str
+    type: TensorTypeSpec
+
+
+@dataclass(frozen=True)
+class Next(Node):
+    """`next mem = expr`: the state's value for the next call (an output of this one)."""
+
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
 class Assign(Node):
     target: str
     value: Expr
@@ -144,7 +160,7 @@ class Repeat(Node):
     body: tuple[Stmt, ...]
 
 
-Stmt = Input | Output | Assign | Return | Repeat
+Stmt = Input | Output | State | Next | Assign | Return | Repeat
 
 
 # -- top level -------------------------------------------------------------------------------

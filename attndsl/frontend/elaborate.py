@@ -93,6 +93,7 @@ class Builder:
         self.dim_bounds: dict[str, Any] = {}
         self.model_dims: dict[str, Dim] = {}    # size names declared by inputs (B, T, ...)
         self.expert_group: tuple[Tensor, int] | None = None   # inside moe(expert=...)
+        self.pending_states: dict[str, Span] = {}             # states awaiting their `next`
         from attndsl.frontend.builtins import BUILTINS  # late: builtins import this module
         self.builtins = BUILTINS
 
@@ -179,6 +180,10 @@ class Builder:
         if self.layerdrop is None:
             self.layerdrop = self.spec_layerdrop(ns)
         self.exec_body(ns.model.body, frame, in_model=True)
+        if self.pending_states:
+            name, span = next(iter(self.pending_states.items()))
+            raise DefinitionError(f"state '{name}' has no `next {name.split('.')[-1]} = ...`",
+                                  span, "say what the state becomes for the next call")
         if not self.graph.outputs:
             raise DefinitionError("the model has no outputs", ns.model.span,
                                   "declare one with `output name = expr`")
@@ -242,6 +247,10 @@ class Builder:
                 return self.eval(stmt.value, frame)
             elif isinstance(stmt, ast.Input):
                 self.declare_input(stmt, frame, in_model)
+            elif isinstance(stmt, ast.State):
+                self.declare_state(stmt, frame, in_model)
+            elif isinstance(stmt, ast.Next):
+                self.next_state(stmt, frame)
             elif isinstance(stmt, ast.Output):
                 self.declare_output(stmt, frame, in_model)
             elif isinstance(stmt, ast.Repeat):
@@ -294,6 +303,49 @@ class Builder:
         nid = self.graph.add("input", (), {"name": stmt.name, "type": ttype}, ttype, stmt.span)
         self.graph.inputs[stmt.name] = nid
         frame.vars[stmt.name] = Tensor(nid, ttype)
+
+    def declare_state(self, stmt: ast.State, frame: Frame, in_model: bool) -> None:
+        """`state mem: float[...]` is the input `<scope>.mem` (zeros when omitted); the
+        matching `next mem = expr` makes the output of the same name."""
+        if not in_model:
+            raise DefinitionError("state is declared in the model (or a repeat in it), not in "
+                                  "blocks", stmt.span, "pass the tensor to the block instead")
+        full = ".".join([*self.scope, stmt.name])
+        if stmt.name in frame.vars and full in self.graph.inputs:
+            raise DefinitionError(f"state '{full}' is declared twice", stmt.span)
+        if stmt.type.dtype != "float":
+            raise TypeError_(f"state is float, got {stmt.type.dtype}", stmt.type.span)
+        unknown = [d.size.id for d in stmt.type.dims if isinstance(d.size, ast.Name)
+                   and self.lookup_optional(d.size.id, frame) is None]
+        if unknown:
+            raise ShapeError(f"state '{full}' uses {', '.join(unknown)}, which no input "
+                             "declares", stmt.span, "state sizes are constants or the sizes "
+                             "of the inputs (like B)")
+        shape = tuple(self.eval_dim(d.size, frame) for d in stmt.type.dims)
+        ttype = TensorType(shape, "float")
+        self.graph.meta["input_defaults"] = {**self.graph.meta.get("input_defaults", {}),
+                                             full: 0.0}
+        self.graph.meta.setdefault("states", []).append(full)
+        nid = self.graph.add("input", (), {"name": full, "type": ttype}, ttype, stmt.span)
+        self.graph.inputs[full] = nid
+        frame.vars[stmt.name] = Tensor(nid, ttype)
+        self.pending_states[full] = stmt.span
+
+    def next_state(self, stmt: ast.Next, frame: Frame) -> None:
+        full = ".".join([*self.scope, stmt.name])
+        if full not in self.pending_states:
+            raise DefinitionError(f"`next {stmt.name}` without `state {stmt.name}` in this "
+                                  "scope, or given twice", stmt.span)
+        value = self.eval(stmt.value, frame)
+        want = self.graph.nodes[self.graph.inputs[full]].type
+        if not isinstance(value, Tensor) or value.type.dtype != "float":
+            raise TypeError_(f"next {stmt.name} must be a float tensor, got {describe(value)}",
+                             stmt.span)
+        if value.type.shape != want.shape:
+            raise ShapeError(f"next {stmt.name} is {value.type}, but state '{full}' is {want}",
+                             stmt.span, "the next state must have the state's shape")
+        self.graph.outputs[full] = value.node
+        del self.pending_states[full]
 
     def eval_dim(self, expr: ast.Expr, frame: Frame) -> Dim:
         """A dim in an input type: names not yet bound become new symbols (B, T, ...)."""

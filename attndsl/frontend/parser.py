@@ -126,6 +126,14 @@ class ToAst(Transformer):
     def output_stmt(self, meta, c):
         return ast.Output(self.sp(meta), str(c[0]), c[1] if len(c) > 1 else None)
 
+    @v_args(meta=True)
+    def state_stmt(self, meta, c):
+        return ast.State(self.sp(meta), str(c[0]), c[1])
+
+    @v_args(meta=True)
+    def next_stmt(self, meta, c):
+        return ast.Next(self.sp(meta), str(c[0]), c[1])
+
     def target(self, c):
         return c[0]
 

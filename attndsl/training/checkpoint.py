@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from safetensors.numpy import save as _safetensors_bytes
+from safetensors.numpy import save as _safetensors_save
 
 from attndsl.safetensors_io import SafetensorsFormatError, read_header, read_tensor
 
@@ -27,6 +27,13 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors' `save`, on C-contiguous copies where needed: given a strided view it
+    writes the wrong bytes (a slice of a recurrent memory, a transposed weight)."""
+    return _safetensors_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                             metadata=metadata)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -66,6 +66,23 @@ class TextDataset:
         idx = ix[:, None] + np.arange(seq)
         return data[idx], data[idx + 1]
 
+    def segment(self, split: Split, batch: int, seq: int, index: int
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Consecutive segments for recurrent-memory specs (Transformer-XL's data order):
+        the split is cut into `batch` contiguous streams, and segment `index` (wrapping
+        around) is `seq` tokens of each. Returns `(x, y, fresh)`; `fresh` marks the first
+        segment of a pass, where carried memory must restart."""
+        data = self.split(split)
+        length = len(data) // batch
+        count = (length - 1) // seq
+        if count < 1:
+            raise ValueError(f"{split} split has {len(data)} tokens: too few for {batch} "
+                             f"streams of segments of {seq}")
+        streams = data[:batch * length].reshape(batch, length)
+        k = index % count
+        return (streams[:, k * seq:(k + 1) * seq], streams[:, k * seq + 1:(k + 1) * seq + 1],
+                k == 0)
+
 
 def masked_lm_batch(
     tokens: np.ndarray,

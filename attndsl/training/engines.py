@@ -65,17 +65,16 @@ class TorchEngine:
         device = next(self.module.parameters()).device.type
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
-    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float) -> float:
-        """Forward and backward of `scale * loss`, gradients added to the running ones."""
+    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float,
+                   keep: dict[str, Any] | None = None) -> float:
+        """Forward and backward of `scale * loss`, gradients added to the running ones;
+        the outputs named in `keep` (recurrent state) are put there."""
         if not self.module.training:
             self.module.train()
         with self.autocast():
-            if self.ddp is None:
-                loss = self.model.loss(targets, **inputs) * scale
-            else:
-                xs = self.model.validate_inputs(inputs)
-                loss = self.model.program.loss(xs, targets, self.loss_spec,
-                                               module=self.ddp) * scale
+            xs = self.model.validate_inputs(inputs)
+            loss = self.model.program.loss(xs, targets, self.loss_spec, module=self.ddp,
+                                           keep=keep) * scale
         loss.backward()
         value = loss.detach().float()
         if self.ddp is not None:                       # the global batch's mean loss
@@ -112,8 +111,10 @@ class TorchEngine:
         finally:
             self.module.train(was_training)
 
-    def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray) -> float:
-        return float(self.model.loss(targets, **inputs))
+    def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray,
+                  keep: dict[str, Any] | None = None) -> float:
+        xs = self.model.validate_inputs(inputs)
+        return float(self.model.program.loss(xs, targets, self.loss_spec, keep=keep))
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         from attndsl.training.checkpoint import torch_rng_state
@@ -171,11 +172,12 @@ class ArrayEngine:
     def set_lr(self, lr: float) -> None:
         self.optimizer.set_lr(lr)
 
-    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float) -> float:
+    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float,
+                   keep: dict[str, Any] | None = None) -> float:
         xs = self.model.validate_inputs(inputs)
         moved: dict[str, Any] = {}
         value, grads = self.program.value_and_grad(xs, targets, self.loss, rng=self.rng,
-                                                   updates=moved)
+                                                   updates=moved, keep=keep)
         if moved:                                  # batch_norm running statistics, as torch
             self.program.set_params(moved)
         if self.grads is None:
@@ -210,8 +212,11 @@ class ArrayEngine:
     def evaluating(self) -> Iterator[None]:
         yield
 
-    def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray) -> float:
+    def eval_loss(self, inputs: dict[str, Any], targets: np.ndarray,
+                  keep: dict[str, Any] | None = None) -> float:
         outs = self.model.to_numpy(self.model(**inputs))
+        for name in keep or ():
+            keep[name] = outs[name]
         value = cross_entropy_numpy(outs[self.loss["output"]], np.asarray(targets),
                                     self.loss["label_smoothing"], self.loss["ignore_index"])
         return float(value + sum(coef * float(outs[name]) for coef, name in self.loss["extra"]))

@@ -61,6 +61,12 @@ class Decoder:
         self.input = next(iter(model.graph.inputs))
         bounds = model.graph.meta.get("dim_bounds", {})
         self.max_len = min(bounds.values()) if bounds else None
+        self.states: list[str] = list(model.graph.meta.get("states", []))
+        self.memory: dict[str, Any] = {}
+        if self.states:          # recurrent memory: each step is a segment, memory carried
+            self.verdict, self.cached = cache_safety(model.graph, None, self.output), False
+            self.cache, self.history, self.past = {}, None, 0
+            return
         self.verdict = cache_safety(model.graph, decode_symbol(model.graph), self.output)
         self.cached = self.verdict.safe
         if not self.cached and not getattr(model, "_decode_notice_shown", False):
@@ -76,6 +82,11 @@ class Decoder:
         """Feed new token ids (1, n); returns the logits of the last position (V,)."""
         ids = np.asarray(ids, dtype=np.int64)
         model = self.model
+        if self.states:
+            out = model.to_numpy(model(**{self.input: ids}, **self.memory))
+            self.memory = {n: out[n] for n in self.states}
+            self.past += ids.shape[1]
+            return out[self.output][0, -1]
         if not self.cached:
             self.history = ids if self.history is None else np.concatenate(
                 [self.history, ids], axis=1)
@@ -94,14 +105,15 @@ class Decoder:
         return model.program.to_numpy(out[self.output])[0, -1]
 
     def reset(self) -> None:
-        self.cache, self.history, self.past = {}, None, 0
+        self.cache, self.history, self.past, self.memory = {}, None, 0, {}
 
 
 def generate_ids(model: Model, prompt: list[int], max_new: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0
                  ) -> list[int]:
     """Sample `max_new` tokens after `prompt`; temperature 0 means greedy. When the model's
-    maximum length is reached, the cache is rebuilt from the most recent tokens."""
+    maximum length is reached, the cache is rebuilt from the most recent tokens (a model
+    with recurrent `state` feeds each token as a segment and carries its memory instead)."""
     rng = np.random.default_rng(seed)
     dec = Decoder(model)
     ids = list(prompt)
@@ -112,7 +124,7 @@ def generate_ids(model: Model, prompt: list[int], max_new: int, temperature: flo
         else:
             nxt = int(rng.choice(len(logits), p=filter_logits(logits, temperature, top_k, top_p)))
         ids.append(nxt)
-        if dec.max_len and dec.past >= dec.max_len:
+        if dec.max_len and dec.past >= dec.max_len and not dec.states:
             dec.reset()
             logits = dec.step(np.array([ids[-(dec.max_len // 2):]]))
         else:

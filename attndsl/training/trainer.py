@@ -176,6 +176,13 @@ class Trainer:
             self.inputs = self.stream_inputs()
         self.engine = make_engine(model, config)
         self.schedule = config.make_schedule()
+        # recurrent state (`state` in the spec): consecutive segments, memory carried along
+        self.states: list[str] = list(model.graph.meta.get("states", []))
+        if self.states and not isinstance(data, TextDataset):
+            raise TrainingError("a spec with `state` trains on a text stream (consecutive "
+                                "segments carry the memory)", None)
+        self.memory: dict[str, Any] = {}
+        self.segment_index = 0
         self.step = 0
         self.rng = np.random.default_rng(config.seed)
         self.history: list[dict[str, float]] = []
@@ -204,7 +211,10 @@ class Trainer:
                                 f"'{names[0]}' is {stream}", None,
                                 "declare the token input first, as int[B, T]")
         fill: dict[str, str] = {}
+        states = set(graph.meta.get("states", ()))          # carried by the trainer
         for name in names[1:]:
+            if name in states:
+                continue
             t = graph.nodes[graph.inputs[name]].type
             if t.shape != stream.shape or t.dtype == "float":
                 raise TrainingError(f"input '{name}' ({t}) cannot be derived from a text "
@@ -259,7 +269,13 @@ class Trainer:
             if "mask" in roles:
                 inputs[roles["mask"]] = real
             return inputs, labels
-        x, y = self.data.get_batch(split, size, self.cfg.seq, rng)  # (N x B, T) each
+        if self.states and split == "train":   # the next segment of each of N x B streams
+            x, y, fresh = self.data.segment("train", size, self.cfg.seq, self.segment_index)
+            self.segment_index += 1
+            if fresh:
+                self.memory = {}
+        else:
+            x, y = self.data.get_batch(split, size, self.cfg.seq, rng)  # (N x B, T) each
         if self.loss_spec["target"] == "masked_lm":
             if self.mask_token is None:
                 raise TrainingError("masked-LM training needs a mask token id")
@@ -271,14 +287,25 @@ class Trainer:
         inputs = {stream: x}
         for name, dtype in fill.items():
             inputs[name] = np.ones(x.shape, bool) if dtype == "bool" else np.zeros_like(x)
+        if split == "train":
+            inputs.update(self.memory)
         return inputs, y
 
     def estimate_loss(self, split: str) -> float:
-        """Mean loss over eval_iters batches from a fixed RNG (does not disturb training)."""
+        """Mean loss over eval_iters batches from a fixed RNG (does not disturb training);
+        with recurrent state, over the split's first eval_iters consecutive segments, the
+        memory carried from one to the next."""
         rng = np.random.default_rng(self.cfg.seed + 1)
         losses = []
+        memory: dict[str, Any] = {}
         with self.engine.evaluating():
-            for _ in range(self.cfg.eval_iters):
+            for i in range(self.cfg.eval_iters):
+                if self.states:
+                    x, y, fresh = self.data.segment(split, self.cfg.batch, self.cfg.seq, i)
+                    inputs = {self.inputs[0]: x, **({} if fresh else memory)}
+                    memory = {n: None for n in self.states}
+                    losses.append(self.engine.eval_loss(inputs, y, keep=memory))
+                    continue
                 inputs, y = self.batch(split, rng)
                 losses.append(self.engine.eval_loss(inputs, y))
         return float(np.mean(losses))
@@ -290,7 +317,10 @@ class Trainer:
         total = 0.0
         for _ in range(self.cfg.grad_accum):
             inputs, y = self.batch("train", self.rng)
-            total += self.engine.accumulate(inputs, y, 1.0 / self.cfg.grad_accum)
+            keep = {n: None for n in self.states} if self.states else None
+            total += self.engine.accumulate(inputs, y, 1.0 / self.cfg.grad_accum, keep)
+            if keep:
+                self.memory = keep                      # carried to the next segment
         if not np.isfinite(total):
             self.engine.discard()
             raise TrainingError(
@@ -372,7 +402,10 @@ class Trainer:
         if self.rank != 0:
             return
         tensors, engine_state = self.engine.state()
+        tensors = {**tensors, **{f"memory.{k}": np.asarray(v, np.float32)
+                                 for k, v in self.memory.items()}}
         state = {"step": self.step, **engine_state, "rng": numpy_rng_state(self.rng),
+                 "segment_index": self.segment_index, "memory": sorted(self.memory),
                  "backend": self.model.backend.name, "world_size": self.world,
                  "config": asdict(self.cfg),
                  "history": self.history, **extra}
@@ -391,6 +424,9 @@ class Trainer:
         self.engine.restore(opt_tensors, state)
         self.step = int(state["step"])
         self.rng = numpy_rng_from_state(state["rng"])
+        self.segment_index = int(state.get("segment_index", 0))
+        self.memory = {k: np.asarray(opt_tensors[f"memory.{k}"])
+                       for k in state.get("memory", []) if k in self.states}
         self.history = list(state.get("history", []))
         return state
 
