@@ -34,6 +34,8 @@ TINY_CONFIGS: dict[str, dict[str, int]] = {
     "reformer": dict(vocab=97, ctx=32, d_model=32, heads=4, layers=2, d_ff=64, buckets=4,
                      chunk=4),
     "transformer_xl": dict(vocab=97, d_model=32, heads=4, layers=2, d_ff=64, mem_len=8),
+    "compressive": dict(vocab=97, d_model=32, heads=4, layers=2, d_ff=64, mem_len=4, cmem_len=4,
+                        rate=2),
 }
 
 # Specs with a causal stream: (input whose future positions must not leak, output).
@@ -49,6 +51,7 @@ CAUSAL_STREAMS: dict[str, tuple[str, str]] = {
     "performer": ("tokens", "logits"),
     "reformer": ("tokens", "logits"),
     "transformer_xl": ("tokens", "logits"),
+    "compressive": ("tokens", "logits"),
 }
 
 

@@ -178,7 +178,8 @@ FORMULAS = {"gpt": gpt_params, "bert": bert_params, "transformer": transformer_p
             "linear_transformer": linear_transformer_params,
             "performer": linear_transformer_params, "switch_gpt": switch_gpt_params,
             "moe_gpt": moe_gpt_params, "conformer": conformer_params,
-            "reformer": reformer_params, "transformer_xl": transformer_xl_params}
+            "reformer": reformer_params, "transformer_xl": transformer_xl_params,
+            "compressive": transformer_xl_params}
 
 # Published / independently verified totals.
 KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vit": 86_567_656,
@@ -189,7 +190,7 @@ KNOWN = {"gpt": 124_439_808, "bert": 110_104_890, "transformer": 63_082_496, "vi
          "linear_transformer": 21_274_880, "performer": 21_274_880,   # summed by hand
          "switch_gpt": 559_795_200, "moe_gpt": 179_610_112, "conformer": 6_154_784,
          "reformer": 21_274_880 - 6 * (512 * 512 + 512),
-         "transformer_xl": 21_274_880 - 4096 * 512}
+         "transformer_xl": 21_274_880 - 4096 * 512, "compressive": 21_274_880 - 4096 * 512}
 
 OVERRIDES = {
     "gpt": [{"layers": 2}, {"layers": 1, "d_model": 128, "heads": 4, "vocab": 1000, "ctx": 64}],
@@ -211,6 +212,7 @@ OVERRIDES = {
     "conformer": [{"layers": 1, "d_model": 64, "heads": 2, "kernel": 7, "max_rel": 4}],
     "reformer": [{"layers": 2, "d_model": 64, "heads": 4, "ctx": 256, "chunk": 16}],
     "transformer_xl": [{"layers": 1, "mem_len": 4, "d_model": 64, "heads": 2}],
+    "compressive": [{"layers": 2, "cmem_len": 8, "rate": 2, "d_model": 64, "heads": 2}],
 }
 
 

@@ -42,6 +42,7 @@ TEXT_SPECS = {
     "moe_gpt": dict(TINY, ctx=32, d_ff=48, experts=4),
     "reformer": dict(TINY, ctx=32, d_ff=64, buckets=4, chunk=4),
     "transformer_xl": dict(TINY, d_ff=64, mem_len=8),
+    "compressive": dict(TINY, d_ff=64, mem_len=4, cmem_len=4, rate=2),
     "bert": dict(TINY, vocab=TOK.vocab_size + 1, max_pos=32, d_ff=64, dropout_p=0.0),
 }
 

@@ -18,7 +18,8 @@ TEXT = "to be or not to be, that is the question. " * 40
 
 
 @pytest.mark.parametrize("stem", ["llama", "alibi_gpt", "linear_transformer", "performer",
-                                  "switch_gpt", "moe_gpt", "reformer", "transformer_xl"])
+                                  "switch_gpt", "moe_gpt", "reformer", "transformer_xl",
+                                  "compressive"])
 def test_decoder_specs_train_with_falling_loss(stem):
     cfg = {**tiny_config(stem), "vocab": 40}
     model = attndsl.compile(SPECS_DIR / f"{stem}.attn", backend="torch", config=cfg, seed=0)

@@ -63,9 +63,16 @@ class Decoder:
         self.max_len = min(bounds.values()) if bounds else None
         self.states: list[str] = list(model.graph.meta.get("states", []))
         self.memory: dict[str, Any] = {}
-        if self.states:          # recurrent memory: each step is a segment, memory carried
+        if self.states:
+            # recurrent memory: tokens gather into segments of the spec's `seq` (default 1);
+            # a full segment moves the memory on, a partial one is only read (by a copy of
+            # the model that computes the logits alone, so a memory update that needs whole
+            # segments, like compression, never sees a partial one)
             self.verdict, self.cached = cache_safety(model.graph, None, self.output), False
             self.cache, self.history, self.past = {}, None, 0
+            self.segment = int(model.graph.meta.get("train", {}).get("seq", 1))
+            self.pending: list[int] = []
+            self.peek: Model | None = None
             return
         self.verdict = cache_safety(model.graph, decode_symbol(model.graph), self.output)
         self.cached = self.verdict.safe
@@ -83,10 +90,7 @@ class Decoder:
         ids = np.asarray(ids, dtype=np.int64)
         model = self.model
         if self.states:
-            out = model.to_numpy(model(**{self.input: ids}, **self.memory))
-            self.memory = {n: out[n] for n in self.states}
-            self.past += ids.shape[1]
-            return out[self.output][0, -1]
+            return self._segment_step(ids)
         if not self.cached:
             self.history = ids if self.history is None else np.concatenate(
                 [self.history, ids], axis=1)
@@ -104,8 +108,32 @@ class Decoder:
         self.past += ids.shape[1]
         return model.program.to_numpy(out[self.output])[0, -1]
 
+    def _segment_step(self, ids: np.ndarray) -> np.ndarray:
+        model = self.model
+        self.pending += [int(i) for i in ids[0]]
+        self.past += ids.shape[1]
+        logits = None
+        while len(self.pending) >= self.segment:
+            seg, self.pending = self.pending[:self.segment], self.pending[self.segment:]
+            out = model.to_numpy(model(**{self.input: np.array([seg])}, **self.memory))
+            self.memory = {n: out[n] for n in self.states}
+            logits = out[self.output][0, -1]
+        if not self.pending:
+            return logits
+        if self.peek is None:                     # built and loaded once per decoder
+            import attndsl
+            self.peek = attndsl.compile(model.graph, backend=model.backend.name,
+                                        dtype=model.dtype, outputs=[self.output])
+            self.peek.load_state_dict({n: w for n, w in model.state_dict().items()
+                                       if n in self.peek.graph.params})
+        out = self.peek.to_numpy(self.peek(**{self.input: np.array([self.pending])},
+                                           **self.memory))
+        return out[self.output][0, -1]
+
     def reset(self) -> None:
         self.cache, self.history, self.past, self.memory = {}, None, 0, {}
+        if self.states:
+            self.pending = []
 
 
 def generate_ids(model: Model, prompt: list[int], max_new: int, temperature: float = 1.0,
