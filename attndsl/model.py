@@ -155,6 +155,13 @@ class Model:
                                             f"{self.id_limits[name] - 1}]")
             out[name] = value
         _check_derived(derived, env)
+        for dim, where in graph.meta.get("whole_sizes", ()):
+            value = dim.evaluate(env) if dim.symbols() <= env.keys() else None
+            if value is not None and value.denominator != 1:
+                given = ", ".join(f"{s} = {env[s]}" for s in sorted(dim.symbols()))
+                raise RuntimeInputError(f"with {given} the size {dim} is {float(value):g}, not a "
+                                        f"whole number (a reshape at {where})", None,
+                                        "give an input length that makes it whole")
         for sym, bound in graph.meta.get("dim_bounds", {}).items():
             if sym in env and env[sym] > bound:
                 raise RuntimeInputError(f"{sym} = {env[sym]} exceeds the model's maximum "

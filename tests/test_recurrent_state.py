@@ -119,3 +119,11 @@ def test_compressive_memory_generates_as_segments_evaluate(be) -> None:
     got = [dec.step(ids[:, t:t + 1]) for t in range(16)]
     np.testing.assert_allclose(np.array(got), want, rtol=1e-10, atol=1e-12)
     assert memory["layers.0.cseen"].sum() > 0                 # the compressed memory filled
+
+
+def test_a_segment_that_is_not_a_multiple_of_the_rate_is_a_clear_error() -> None:
+    from attndsl.errors import RuntimeInputError
+    cfg = dict(vocab=50, d_model=32, heads=4, layers=1, d_ff=64, mem_len=4, cmem_len=4, rate=2)
+    model = attndsl.compile(SPECS_DIR / "compressive.attn", config=cfg)
+    with pytest.raises(RuntimeInputError, match=r"T = 5 the size T/2 is 2.5, not a whole"):
+        model(tokens=np.zeros((1, 5), int))
