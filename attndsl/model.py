@@ -61,6 +61,10 @@ class Model:
         self.stats: Stats = compute_stats(graph)
         self.last_dims: dict[str, int] = {}
         self.id_limits = embedding_limits(graph)
+        self.fractional_sizes = [(d, str(node.span)) for node in graph.nodes.values()
+                                 if node.op == "reshape" for d in node.attr("shape")
+                                 if isinstance(d, Dim) and d.symbols()
+                                 and any(c.denominator != 1 for c in d.terms.values())]
         self.position_tables = position_tables(graph)
 
     def _materialize(self, provided: set[str] = frozenset()) -> None:
@@ -155,7 +159,7 @@ class Model:
                                             f"{self.id_limits[name] - 1}]")
             out[name] = value
         _check_derived(derived, env)
-        for dim, where in graph.meta.get("whole_sizes", ()):
+        for dim, where in self.fractional_sizes:     # reshapes to T / rate and the like
             value = dim.evaluate(env) if dim.symbols() <= env.keys() else None
             if value is not None and value.denominator != 1:
                 given = ", ".join(f"{s} = {env[s]}" for s in sorted(dim.symbols()))

@@ -473,12 +473,7 @@ def reshape(b: Any, span: Span, x: Tensor, shape: tuple) -> Tensor:
     x = tensor(b, x, span, "reshape input")
     if not isinstance(shape, tuple):
         raise TypeError_("reshape takes a shape list like [B, T, heads, d_model / heads]", span)
-    sizes = tuple(size(d, span, "size") for d in shape)
-    for d in sizes:              # a fraction of a size (T / rate): whole for valid inputs only
-        if isinstance(d, Dim) and d.symbols() and any(c.denominator != 1
-                                                       for c in d.terms.values()):
-            b.graph.meta.setdefault("whole_sizes", []).append((d, str(span)))
-    return b.add("reshape", [x], {"shape": sizes}, span)
+    return b.add("reshape", [x], {"shape": tuple(size(d, span, "size") for d in shape)}, span)
 
 
 @builtin("transpose")
