@@ -510,6 +510,9 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         return _grouped_pv(F.dropout(probs, p, training) if p > 0 else probs, v)
     if score == "bilinear":
         q = torch.matmul(q, ex["score_w"])
+    if (bias == (("alibi",),) and "key_padding" not in ex and not tracing
+            and ((pattern == CAUSAL and tq == tk) or (pattern in (None, CAUSAL) and tq == 1))):
+        return _alibi_sdpa(q, k, v, scale, p, gqa, causal=tq > 1)
     if not tracing and _use_blocked(impl, q, k, v, pattern, pattern_blocks, bias):
         return _blocked_attention(q, k, v, ex, pattern, pattern_blocks, scale, bias, p,
                                   impl != "tiled")
@@ -527,6 +530,25 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
                                              scale=scale, enable_gqa=gqa)
         return out.masked_fill(~live, 0.0)
     return _biased_rows(q, k, v, ex, pattern, pattern_blocks, scale, bias, p)
+
+
+def _alibi_sdpa(q, k, v, scale, p, gqa, causal):
+    """ALiBi on SDPA's fused causal kernel. For keys j <= i, -m_h |i - j| = m_h j - m_h i, and
+    the m_h i is the same for the whole row, so softmax(s q.k - m_h |i - j|) equals
+    softmax(s q.k + m_h j): one more feature, q' = [q, m_h / s], k' = [k, j - (Tk - 1)] (the
+    shift keeps the extra term small for float32), v padded to the same size (the fast
+    kernels want one head size). No [H, T, T] bias is built, and the causal kernel skips the
+    blocks above the diagonal."""
+    b, h, tq, _ = q.shape
+    tk = k.shape[-2]
+    slopes = (_alibi_slopes(h, q.device) / scale).to(q.dtype).view(1, h, 1, 1)
+    pos = (torch.arange(tk, device=q.device, dtype=torch.float64) - (tk - 1)).to(q.dtype)
+    qa = torch.cat([q, slopes.expand(q.shape[0], h, tq, 1)], dim=-1)
+    ka = torch.cat([k, pos.view(1, 1, tk, 1).expand(*k.shape[:3], 1)], dim=-1)
+    va = torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], dim=-1)
+    out = F.scaled_dot_product_attention(qa, ka, va, dropout_p=p, is_causal=causal, scale=scale,
+                                         enable_gqa=gqa)
+    return out[..., :v.shape[-1]]
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",
