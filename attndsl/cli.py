@@ -270,7 +270,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from attndsl.inspect import attention_maps, entropy_table, plot
+    from attndsl.inspect import attention_maps, entropy_table, plot, self_attention
     from attndsl.training.checkpoint import model_from_source
     from attndsl.training.tokenizers import tokenizer_of
     check_output_file(args.output)
@@ -298,7 +298,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     labels = [tokenizer.decode([i]) for i in ids]
     path = plot(maps, labels, args.output, layer, args.head)
     print(f"wrote {path}: {layer} ({'head ' + str(args.head) if args.head is not None else f'{heads} heads'}), "
-          f"rollout over {len(maps)} attentions, entropy per head")
+          + (f"rollout over {len(self_attention(maps))} self-attentions, " if
+             self_attention(maps) else "") + "entropy per head")
     return 0
 
 

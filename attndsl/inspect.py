@@ -27,7 +27,10 @@ def attention_maps(model: Model, inputs: dict[str, Any]) -> dict[str, np.ndarray
     graph = expose_attention_weights(model.graph).graph
     names = [name for name, *_ in graph.meta["attention_maps"]]
     if not names:
-        raise ConfigError("the model has no attention to inspect", None)
+        kinds = {n.op for n in graph.nodes.values()} & {"linear_attention", "lsh_attention"}
+        raise ConfigError("the model has no attention to inspect" + (
+            f" ({' and '.join(sorted(kinds))}: no attention matrix is built)" if kinds else ""),
+            None)
     probe = compile_spec(graph, backend=model.backend.name, dtype=model.dtype, outputs=names,
                          **model.options)
     weights = model.state_dict()
@@ -115,8 +118,13 @@ def plot(maps: dict[str, np.ndarray], labels: list[str], path: str | Path,
 
 
 def _heatmap(ax: Any, a: np.ndarray, labels: list[str] | None, title: str) -> None:
+    if a.shape[1] > a.shape[0]:        # keys before the queries (a memory): drop those unused
+        used = np.flatnonzero(a.any(axis=0))
+        a = a[:, min(int(used[0]) if used.size else a.shape[1] - a.shape[0],
+                     a.shape[1] - a.shape[0]):]
     ax.imshow(a, cmap="viridis", vmin=0.0, vmax=max(float(a.max()), 1e-9))
     ax.set_title(title, fontsize="medium")
-    if labels is not None:
-        ax.set_xticks(range(a.shape[1]), labels[:a.shape[1]], rotation=90, fontsize="x-small")
-        ax.set_yticks(range(a.shape[0]), labels[:a.shape[0]], fontsize="x-small")
+    if labels is not None:       # queries are the last positions; earlier keys (a recurrent
+        keys = [""] * max(0, a.shape[1] - len(labels)) + labels[-a.shape[1]:]   # memory) blank
+        ax.set_xticks(range(a.shape[1]), keys, rotation=90, fontsize="x-small")
+        ax.set_yticks(range(a.shape[0]), labels[-a.shape[0]:], fontsize="x-small")

@@ -77,3 +77,18 @@ def test_cli_inspect_writes_a_png_and_the_entropy_table(spec, tmp_path, capsys) 
     assert "has 4 heads" in capsys.readouterr().err
     assert main(["inspect", "specs/transformer.attn", "--text", "x", "-o", str(out)]) == 2
     assert "one token input" in capsys.readouterr().err
+
+
+def test_memory_keys_and_attention_without_maps(tmp_path, capsys) -> None:
+    """Transformer-XL attends over memory + tokens (Tq < Tk): heatmaps crop the unused
+    memory, no rollout is claimed; linear attention has no map and says so."""
+    pytest.importorskip("matplotlib")
+    sets = ["--set", "layers=2", "--set", "d_model=32", "--set", "heads=4"]
+    out = tmp_path / "m.png"
+    assert main(["inspect", "specs/transformer_xl.attn", "--text", "hello", "-o", str(out),
+                 *sets]) == 0
+    said = capsys.readouterr().out
+    assert out.stat().st_size > 0 and "rollout" not in said.splitlines()[-1]
+    assert main(["inspect", "specs/linear_transformer.attn", "--text", "hi", "-o", str(out),
+                 *sets]) == 2
+    assert "linear_attention: no attention matrix is built" in capsys.readouterr().err
