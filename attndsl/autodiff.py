@@ -28,7 +28,6 @@ from attndsl.backends.numpy_kernels import (
     TILE_ELEMENTS,
     _batch_stats,
     _causal_product,
-    _erf,
     _grouped,
     _linear_den,
     _linear_numden,
@@ -230,9 +229,20 @@ def _gelu(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -
     0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)."""
     x = ins[0]
     if attrs["approximate"] == "none":
-        cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
-        pdf = np.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-        return (g * (cdf + x * pdf),)
+        # Phi(x) = out / x (out = x Phi(x)), not erf again; near 0 its series 0.5 + x phi(0)
+        # (1 - x^2 / 6) (the next term, x^5 / 40 sqrt(2 pi), is below 1e-17 for |x| < 1e-3)
+        pdf = x * x
+        pdf *= -0.5
+        np.exp(pdf, out=pdf)
+        pdf *= 1.0 / math.sqrt(2.0 * math.pi)                # phi(x)
+        near = np.abs(x) < 1e-3
+        safe = np.where(near, 1.0, x)
+        cdf = np.where(near, 0.5 + x * (1.0 / math.sqrt(2.0 * math.pi)) * (1.0 - x * x / 6.0),
+                       out / safe)
+        pdf *= x
+        pdf += cdf
+        pdf *= g
+        return (pdf,)
     c, a = math.sqrt(2.0 / math.pi), 0.044715
     x2 = x * x                                         # in place from here: 3 temporaries
     t = x2 * a
