@@ -490,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing for every repeat iteration")
+    p.add_argument("--memory-budget", type=parse_size, metavar="SIZE",
+                   help="torch: checkpoint as few repeat iterations as make the predicted "
+                   "peak of a training step fit (e.g. 2GB), or stop naming the smallest "
+                   "budget that fits")
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel ranks on this machine (torchrun + DDP; gloo on CPU, "

@@ -433,15 +433,21 @@ class Trainer:
 
 def train(model: Model, data: TextDataset | str, steps: int | None = None,
           batch: int | None = None, seq: int | None = None, progress: bool = False,
-          checkpoint_dir: str | Path | None = None, **overrides: Any) -> TrainResult:
+          checkpoint_dir: str | Path | None = None, memory_budget: int | None = None,
+          **overrides: Any) -> TrainResult:
     """Train `model` (torch or numpy backend) on a TextDataset or raw text (char tokenizer).
 
     Keyword overrides are TrainConfig fields (lr, schedule, warmup, clip, grad_accum, amp,
-    eval_every, ...); everything else comes from the spec's train section."""
+    eval_every, ...); everything else comes from the spec's train section. `memory_budget`
+    (bytes, torch) checkpoints as few repeat iterations as make a step's predicted peak fit
+    (`attndsl.training.memory_budget`)."""
     dataset = data if isinstance(data, TextDataset) else TextDataset(
         data, make_tokenizer("char", data))
     cfg = TrainConfig.from_spec(model.graph.meta.get("train", {}), steps=steps, batch=batch,
                                 seq=seq, **overrides)
+    if memory_budget is not None:
+        from attndsl.training.memory_budget import apply_budget
+        print(apply_budget(model, cfg.optimizer, cfg.batch, cfg.seq, memory_budget))
     return Trainer(model, dataset, cfg).run(progress=progress, checkpoint_dir=checkpoint_dir)
 
 
@@ -609,6 +615,12 @@ def train_from_cli(args: argparse.Namespace) -> int:
                                 schedule=args.schedule, warmup=args.warmup,
                                 grad_accum=args.grad_accum, eval_every=args.eval_every,
                                 eval_iters=args.eval_iters, amp=args.amp or None, seed=args.seed)
+    if args.memory_budget is not None:
+        if args.checkpointing:
+            raise TrainingError("--memory-budget chooses the checkpointed iterations itself",
+                                None, "drop --checkpointing")
+        from attndsl.training.memory_budget import apply_budget
+        print(apply_budget(model, cfg.optimizer, cfg.batch, cfg.seq, args.memory_budget))
     trainer = Trainer(model, data, cfg, mask_token)
     if args.resume:
         try:

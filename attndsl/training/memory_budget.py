@@ -1,0 +1,88 @@
+"""`--memory-budget`: how many `repeat` iterations to checkpoint so a training step fits.
+
+The prediction for one training step (B, T and the float size given):
+
+    weights + gradients + optimizer state             (1 or 2 moments per parameter)
+    + every forward value the backward pass reads     (all non-leaf tensors: a slight
+                                                       overestimate, views counted too)
+    - the values inside the first k repeat iterations (checkpointed: only their inputs are
+                                                       kept, they are recomputed) ...
+    + the largest of those iterations                 (... one at a time, during backward)
+
+`choose_checkpointing` picks the smallest k whose prediction fits, or raises a
+TrainingError naming the smallest budget that can fit (every iteration checkpointed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attndsl.errors import TrainingError
+from attndsl.ir.graph import Graph
+from attndsl.ir.ops import numel
+from attndsl.ir.stats import compute_stats
+
+MOMENTS = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2, "lion": 1, "sophia": 2}
+LEAVES = frozenset({"input", "param", "constant"})
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def training_peaks(graph: Graph, env: dict[str, int], optimizer: str, itemsize: int = 4
+                   ) -> list[int]:
+    """Predicted peak bytes of one training step with the first k repeat iterations
+    checkpointed, for k = 0 .. number of iterations."""
+    params = compute_stats(graph).params * itemsize
+    fixed = params * (2 + MOMENTS.get(optimizer, 2))
+    sizes = {nid: int(numel(node.type.shape).evaluate(env)) * (
+        8 if node.type.dtype == "int" else 1 if node.type.dtype == "bool" else itemsize)
+        for nid, node in graph.nodes.items() if node.op not in LEAVES}
+    extra = graph.meta.get("segment_extra", {})
+    layers = [tuple(r) for r in graph.meta.get("layers", ())]
+    inside = [sum(b for nid, b in sizes.items()
+                  if r[0] <= nid < r[1] or tuple(extra.get(nid, ())) == r) for r in layers]
+    kept = sum(sizes.values())
+    peaks = []
+    for k in range(len(layers) + 1):
+        saved = sum(inside[:k])
+        peaks.append(fixed + kept - saved + (max(inside[:k]) if k else 0))
+    return peaks
+
+
+def choose_checkpointing(graph: Graph, env: dict[str, int], optimizer: str, budget: int,
+                         itemsize: int = 4) -> tuple[int, int]:
+    """(k, predicted peak): the fewest checkpointed iterations that fit `budget`."""
+    peaks = training_peaks(graph, env, optimizer, itemsize)
+    for k, peak in enumerate(peaks):
+        if peak <= budget:
+            return k, peak
+    dims = ", ".join(f"{k}={v}" for k, v in env.items())
+    raise TrainingError(f"a training step needs at least {_human(min(peaks))} ({dims}, every "
+                        f"repeat iteration checkpointed); the budget is {_human(budget)}",
+                        None, "raise --memory-budget, or lower --batch / --seq")
+
+
+def describe(k: int, total: int, peak: int, budget: int) -> str:
+    return (f"memory budget {_human(budget)}: checkpointing {k} of {total} repeat iterations "
+            f"(predicted peak {_human(peak)})")
+
+
+def apply_budget(model: Any, optimizer: str, batch: int, seq: int, budget: int) -> str:
+    """Choose k for `model` (torch backend) and recompile it with those iterations
+    checkpointed; returns the line to print."""
+    from attndsl.cli import dims_env
+    if model.backend.name != "torch":
+        raise TrainingError("--memory-budget chooses activation checkpointing, which is for "
+                            "the torch backend", None, "add --backend torch")
+    env = dims_env(model.graph, batch, seq)
+    itemsize = 8 if model.dtype == "float64" else 4
+    k, peak = choose_checkpointing(model.graph, env, optimizer, budget, itemsize)
+    if k:
+        model.set_checkpointing(k)
+    return describe(k, len(model.graph.meta.get("layers", ())), peak, budget)
