@@ -53,7 +53,8 @@ class Decoder:
     attention keys/values are cached) when `attndsl.passes.cache_safety` proves it gives the
     full forward's numbers; otherwise every step recomputes the whole window with the plain
     forward, and a notice naming the reason is printed once per model (never wrong numbers).
-    `cached` says which; `verdict` says why."""
+    `cached` says which; `verdict` says why. A model with recurrent `state` carries its
+    memory instead (`memory`), in segments of the train section's `seq` (default 1)."""
 
     def __init__(self, model: Model):
         self.model = model
