@@ -23,60 +23,38 @@ from attndsl.training.tokenizers import make_tokenizer
 from attndsl.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAD = """
+MODEL = """
 const d_model = 256
 const d_ff = 512
-block swiglu(x, width) {
+block swiglu(x, width) {{
     h = silu(linear(x, width, bias=false)) * linear(x, width, bias=false)
     return linear(h, d_model, bias=false)
-}
-"""
-MOE = HEAD + """
-block expert(x) {
+}}
+block expert(x) {{
     return swiglu(x, d_ff)
-}
-model moe {
+}}
+model bench {{
     input tokens: int[B, T <= 512]
     x = embedding(tokens, vocab, d_model)
-    repeat 4 as layers {
-        x = x + attention(rms_norm(x), 4, pattern=causal, rope=rope(), proj_bias=false)
-        x = x + moe(rms_norm(x), experts=8, expert=expert, top_k=2, capacity_factor=1.5)
-    }
-    output logits = linear(rms_norm(x), vocab, bias=false)
-}
-train {
-    loss = cross_entropy(logits) + 0.01 * aux
-}
-"""
-DENSE = HEAD + """
-model dense {
-    input tokens: int[B, T <= 512]
-    x = embedding(tokens, vocab, d_model)
-    repeat 4 as layers {
-        x = x + attention(rms_norm(x), 4, pattern=causal, rope=rope(), proj_bias=false)
-        x = x + swiglu(rms_norm(x), 2 * d_ff)
-    }
-    output logits = linear(rms_norm(x), vocab, bias=false)
-}
-"""
-ALL_EXPERTS = HEAD + """
-model every_expert {
-    input tokens: int[B, T <= 512]
-    x = embedding(tokens, vocab, d_model)
-    repeat 4 as layers {
+    repeat 4 as layers {{
         x = x + attention(rms_norm(x), 4, pattern=causal, rope=rope(), proj_bias=false)
         h = rms_norm(x)
+{ffn}
+    }}
+    output logits = linear(rms_norm(x), vocab, bias=false)
+}}
+{train}"""
+MOE = MODEL.format(ffn="        x = x + moe(h, experts=8, expert=expert, top_k=2, capacity_factor=1.5)",
+                   train="train {\n    loss = cross_entropy(logits) + 0.01 * aux\n}\n")
+DENSE = MODEL.format(ffn="        x = x + swiglu(h, 2 * d_ff)", train="")
+ALL_EXPERTS = MODEL.format(ffn="""\
         p = softmax(linear(h, 8, bias=false))                   # (B, T, 8)
         top = max(p, -1, keepdims=true)
         y = swiglu(h, d_ff) * 0.0
         repeat 8 as experts {
             y = y + swiglu(h, d_ff) * p[..., 0:1] * cast(greater(p[..., 0:1], top * 0.5), "float")
         }
-        x = x + y
-    }
-    output logits = linear(rms_norm(x), vocab, bias=false)
-}
-"""
+        x = x + y""", train="")
 
 
 def trainer(text: str, spec: str) -> Trainer:

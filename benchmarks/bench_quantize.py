@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 import attndsl
-from attndsl.training.data import TextDataset, load_text
+from attndsl.training.data import load_text
 from attndsl.training.losses import cross_entropy_numpy
-from attndsl.training.tokenizers import make_tokenizer
-from attndsl.training.trainer import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_backends import trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "nanogpt.attn"
@@ -42,14 +44,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1337)
     args = ap.parse_args()
     text = load_text(args.data)
-    tokenizer = make_tokenizer("char", text)
-    data = TextDataset(text, tokenizer)
-    config = {"vocab": tokenizer.vocab_size}
-    model = attndsl.compile(SPEC, backend="torch", config=config, seed=args.seed)
-    cfg = TrainConfig.from_spec(model.graph.meta["train"], steps=args.steps, batch=12, seq=64,
-                                eval_every=0, seed=args.seed)
+    run = trainer(text, "torch", args.steps, 0, 1, args.seed)     # nanoGPT's CPU setup
+    model, data = run.model, run.data
+    config = {"vocab": data.tokenizer.vocab_size}
     t0 = time.perf_counter()
-    Trainer(model, data, cfg).run(progress=False)
+    run.run(progress=False)
     print(f"data: {args.data} ({len(text):,} characters); trained {args.steps} steps in "
           f"{time.perf_counter() - t0:.0f} s")
     weights = model.state_dict()
