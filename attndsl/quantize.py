@@ -19,7 +19,12 @@ import numpy as np
 
 from attndsl.errors import ConfigError
 from attndsl.model import Model
-from attndsl.passes.quantize_weights import SCALE_SUFFIX, quantize_int8, quantize_weights
+from attndsl.passes.quantize_weights import (
+    SCALE_SUFFIX,
+    linear_weights,
+    quantize_int8,
+    quantize_weights,
+)
 
 KINDS = ("int8",)
 
@@ -62,22 +67,11 @@ def quantize(model: Model, dtype: str = "int8") -> Model:
     itemsize = np.dtype(model.dtype if model.dtype != "bfloat16" else "float16").itemsize
     quantized = [n for n, t in types.items() if t.dtype == "int"]
     report = QuantizeReport(
-        quantized, sorted(_linear_weights(model) - set(quantized)),
+        quantized, sorted(linear_weights(model.graph) - set(quantized)),
         sum(w.size for w in weights.values()) * itemsize,
         sum(a.size * (1 if n in quantized else itemsize) for n, a in params.items()))
     out = Model(graph, model.backend, params, model.dtype, model.options)
     out.quantize_report = report
-    return out
-
-
-def _linear_weights(model: Model) -> set[str]:
-    """Names of the parameters linear layers read as their weight (directly or concatenated)."""
-    g, out = model.graph, set()
-    for node in g.nodes.values():
-        if node.op == "linear":
-            w = g.nodes[node.inputs[1]]
-            ids = [node.inputs[1]] if w.op == "param" else w.inputs if w.op == "concat" else ()
-            out |= {g.nodes[i].attr("name") for i in ids if g.nodes[i].op == "param"}
     return out
 
 

@@ -45,6 +45,13 @@ def _weight_params(graph: Graph, nid: int) -> list[int] | None:
     return None
 
 
+def linear_weights(graph: Graph) -> set[str]:
+    """Names of the float parameters linear layers read as their weight (directly or
+    concatenated), whether or not they can be quantized."""
+    return {graph.nodes[p].attr("name") for node in graph.nodes.values() if node.op == "linear"
+            for p in _weight_params(graph, node.inputs[1]) or ()}
+
+
 def quantizable(graph: Graph) -> dict[int, list[int]]:
     """Linear node -> the weight parameters it reads, for every linear that can be
     quantized (all readers of those parameters, and of their concatenation, are linears)."""
