@@ -33,8 +33,6 @@ from attndsl.backends.numpy_kernels import (
     _linear_numden,
     _linear_operands,
     _lsh_forward,
-    _moe_gates,
-    _moe_route,
     _phi_vjp,
     _relative_index,
     _rope,
@@ -430,64 +428,57 @@ def _lsh_attention(g: Array, out: Array, ins: tuple[Array, ...],
 
 # -- mixture of experts ----------------------------------------------------------------------
 
-def _picked(rows: Array, row: Any, kept: Any, top_k: int, n: int) -> Array:
+def _picked(rows: Array, route: Array, top_k: int) -> Array:
     """(k, N, d): each assignment's dispatch row, zero where it was dropped."""
-    out = rows[np.asarray(row)].reshape(top_k, n, rows.shape[1])
-    return out * np.asarray(kept.reshape(top_k, n))[..., None]
+    out = rows[route[1]].reshape(top_k, -1, rows.shape[1])
+    return out * (route[2] > 0).reshape(top_k, -1)[..., None]
+
+
+@vjp("moe_route", "moe_counts", "moe_dropped")
+def _moe_discrete(g: Array, out: Array, ins: tuple[Array, ...],
+                  attrs: dict[str, Any]) -> Cotangents:
+    """The routing and what is counted from it are discrete: no gradient."""
+    return (None,)
 
 
 @vjp("moe_dispatch")
 def _moe_dispatch(g: Array, out: Array, ins: tuple[Array, ...],
                   attrs: dict[str, Any]) -> Cotangents:
-    """A gather of token rows: dx[n] = sum of the cotangents of n's kept rows; the routing
-    is discrete (no gradient to the probabilities through it)."""
-    x, probs = ins
-    _, row, _, kept, _ = _moe_route(probs, attrs["top_k"], attrs["capacity_factor"],
-                                    attrs.get("training", False))
-    return _picked(g, row, kept, attrs["top_k"], x.shape[0]).sum(axis=0), None
+    """A gather of token rows: dx[n] = sum of the cotangents of n's kept rows."""
+    x, route = ins
+    return _picked(g, route, route.shape[1] // x.shape[0]).sum(axis=0), None
 
 
 @vjp("moe_combine")
 def _moe_combine(g: Array, out: Array, ins: tuple[Array, ...],
                  attrs: dict[str, Any]) -> Cotangents:
-    """out[n] = sum_j gate[n, j] y[row(j, n)]: dy at those rows = gate * g[n]; dgate =
-    y[row] . g[n]; gates p_j / sum_i p_i (normalize) give dp_j = (dgate_j - sum_i dgate_i
-    gate_i) / sum_i p_i; dp lands on the chosen experts' columns."""
-    y, probs = ins
+    """out[n] = sum_j kept gate[n, j] y[row(j, n)]: dy at those rows = kept gate g[n];
+    dgate = kept y[row] . g[n]; gates p_j / sum_i p_i (normalize) give dp_j = (dgate_j -
+    sum_i dgate_i gate_i) / sum_i p_i; dp lands on the chosen experts' columns."""
+    y, probs, route = ins
     k, n = attrs["top_k"], probs.shape[0]
-    top, row, _, kept, _ = _moe_route(probs, k, attrs["capacity_factor"],
-                                      attrs.get("training", False))
-    mask = np.asarray(kept.reshape(k, n).T)                           # (N, k)
-    gates = _moe_gates(probs, top, attrs["normalize"])                # (N, k)
+    top = route[0].reshape(k, n).T                                    # (N, k)
+    p = np.take_along_axis(probs, top, axis=1)
+    gates = p / np.sum(p, axis=1, keepdims=True) if attrs["normalize"] else p
     dy = np.zeros_like(y)
-    dy[np.asarray(row)] = ((gates * mask).T[..., None] * g[None]).reshape(k * n, -1)
-    dgate = np.einsum("knd,nd->nk", _picked(y, row, kept, k, n), g)  # masked already
+    kept = (route[2] > 0).reshape(k, n).T                             # (N, k)
+    dy[route[1]] = ((gates * kept).T[..., None] * g[None]).reshape(k * n, -1)
+    dgate = np.einsum("knd,nd->nk", _picked(y, route, k), g)         # dropped: 0
     if attrs["normalize"]:
-        p = np.take_along_axis(probs, np.asarray(top), axis=1)
-        dp = (dgate - np.sum(dgate * gates, axis=1, keepdims=True)) / np.sum(p, axis=1,
-                                                                              keepdims=True)
-    else:
-        dp = dgate
+        dgate = (dgate - np.sum(dgate * gates, axis=1, keepdims=True)) / np.sum(
+            p, axis=1, keepdims=True)
     dprobs = np.zeros_like(probs)
-    np.put_along_axis(dprobs, np.asarray(top), dp, axis=1)
-    return dy, dprobs
+    np.put_along_axis(dprobs, top, dgate, axis=1)
+    return dy, dprobs, None
 
 
 @vjp("moe_aux")
 def _moe_aux(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -> Cotangents:
     """aux = E sum_e f_e mean_n p[n, e] with f (a count) constant: dp[n, e] = E f_e / N."""
-    (probs,) = ins
+    probs, route = ins
     n, e = probs.shape
-    top = _moe_route(probs, attrs["top_k"], 1.0)[0]
-    f = np.asarray(np.bincount(top.reshape(-1), minlength=e) / n)
-    return (np.broadcast_to(g * e * f / n, probs.shape).astype(probs.dtype),)
-
-
-@vjp("moe_counts", "moe_dropped")
-def _moe_discrete(g: Array, out: Array, ins: tuple[Array, ...],
-                  attrs: dict[str, Any]) -> Cotangents:
-    """Counts of a discrete routing: no gradient."""
-    return (None,)
+    f = np.bincount(route[0], minlength=e) / n
+    return np.broadcast_to(g * e * f / n, probs.shape).astype(probs.dtype), None
 
 
 @vjp("grouped_linear")

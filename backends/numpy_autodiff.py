@@ -30,10 +30,9 @@ from attndsl.training.losses import check_targets, cross_entropy_with_grad
 Kernels = Mapping[str, Callable[..., Any]]
 
 
-# ops whose training semantics differ (told by the interpreter): moe drops tokens at capacity,
-# batch_norm uses the batch's statistics and moves its running buffers
-TRAINING_MODE_OPS = frozenset({"moe_dispatch", "moe_counts", "moe_combine", "moe_dropped",
-                               "batch_norm"})
+# ops whose training semantics differ (told by the interpreter): moe routing drops tokens at
+# capacity, batch_norm uses the batch's statistics and moves its running buffers
+TRAINING_MODE_OPS = frozenset({"moe_route", "batch_norm"})
 
 
 def bind_dims(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:

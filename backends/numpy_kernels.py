@@ -879,20 +879,14 @@ def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature
 
 # -- mixture of experts: routing, dispatch, grouped linear layers, combine --------------------
 
-def _moe_route(probs, top_k, capacity_factor, training=True):
-    """Routing from router probabilities (N, E), computed in NumPy on every backend
-    (capacity applies while training; at inference every assignment is kept):
-    - top (N, k): each token's experts, most probable first (ties: the lower index);
-    - row (k * N,): the dispatch row of assignment a = j * N + n (choice j of token n), and
-      rows, its inverse (the assignment in each row);
-    - kept (k * N,): whether it fits its expert's ceil(capacity_factor * k * N / E) slots
-      (assignments take slots in the order a: first choices of all tokens first);
-    - counts (E,): kept assignments per expert."""
+def _moe_route(probs, top_k, capacity_factor, training):
+    """The routing (see `attndsl.ir.ops`), computed in NumPy on every backend from router
+    probabilities (N, E): int64 [3, k N] of (expert, dispatch row, kept) per assignment
+    a = j N + n, capacity applying while training."""
     import numpy as host
     p = host.asarray(probs.get() if hasattr(probs, "get") else probs)
     n, e = p.shape
-    top = host.argsort(-p, axis=1, kind="stable")[:, :top_k]
-    experts = top.T.reshape(-1)                                  # (k N,) in assignment order
+    experts = host.argsort(-p, axis=1, kind="stable")[:, :top_k].T.reshape(-1)  # (k N,)
     order = host.argsort(experts, kind="stable")                 # grouped by expert
     total = host.bincount(experts, minlength=e)
     rank = host.empty(len(experts), dtype=host.int64)
@@ -901,47 +895,47 @@ def _moe_route(probs, top_k, capacity_factor, training=True):
     rows = host.concatenate([order[kept[order]], order[~kept[order]]])
     row = host.empty_like(rows)
     row[rows] = host.arange(len(rows))
-    counts = host.bincount(experts[kept], minlength=e)
-    return top, row, rows, kept, counts
+    return host.stack([experts, row, kept.astype(host.int64)])
 
 
-def _moe_gates(probs, top, normalize):
-    """(N, k) gates: the top probabilities, renormalized to sum to 1 when `normalize`."""
-    g = np.take_along_axis(probs, np.asarray(top), axis=1)
-    return g / np.sum(g, axis=1, keepdims=True) if normalize else g
+def _moe_gates(probs, route, top_k, normalize):
+    """(N, k) gates of the kept assignments: the chosen experts' probabilities, renormalized
+    over the top_k when `normalize`; zero where an assignment was dropped."""
+    n = probs.shape[0]
+    g = np.take_along_axis(probs, route[0].reshape(top_k, n).T, axis=1)
+    if normalize:
+        g = g / np.sum(g, axis=1, keepdims=True)
+    return g * (route[2] > 0).reshape(top_k, n).T                     # bool: keeps the dtype
 
 
-def op_moe_dispatch(x, probs, *, top_k, capacity_factor, training=False):
-    _, _, rows, _, counts = _moe_route(probs, top_k, capacity_factor, training)
-    out = x[np.asarray(rows % x.shape[0])]                       # the token of each row
-    out[int(counts.sum()):] = 0                                  # dropped assignments
+def op_moe_route(probs, *, top_k, capacity_factor, training=False):
+    return np.asarray(_moe_route(probs, top_k, capacity_factor, training))
+
+
+def op_moe_dispatch(x, route):
+    kept = route[2] > 0
+    out = np.zeros((route.shape[1], x.shape[1]), dtype=x.dtype)
+    out[route[1][kept]] = x[(np.arange(route.shape[1]) % x.shape[0])[kept]]
     return out
 
 
-def op_moe_counts(probs, *, top_k, capacity_factor, training=False):
-    return np.asarray(_moe_route(probs, top_k, capacity_factor, training)[4])
+def op_moe_counts(route, *, experts):
+    return np.bincount(route[0][route[2] > 0], minlength=experts)
 
 
-def op_moe_combine(y, probs, *, top_k, capacity_factor, normalize, training=False):
-    top, row, _, kept, _ = _moe_route(probs, top_k, capacity_factor, training)
-    n = probs.shape[0]
-    gates = _moe_gates(probs, top, normalize) * np.asarray(kept.reshape(top_k, n).T)  # (N, k)
-    picked = y[np.asarray(row)].reshape(top_k, n, y.shape[1])    # (k, N, d)
-    return np.einsum("knd,nk->nd", picked, gates)
+def op_moe_combine(y, probs, route, *, top_k, normalize):
+    picked = y[route[1]].reshape(top_k, probs.shape[0], y.shape[1])   # (k, N, d)
+    return np.einsum("knd,nk->nd", picked, _moe_gates(probs, route, top_k, normalize))
 
 
-def op_moe_aux(probs, *, top_k):
-    import numpy as host
+def op_moe_aux(probs, route, *, top_k):
     n, e = probs.shape
-    top = host.argsort(-host.asarray(probs.get() if hasattr(probs, "get") else probs), axis=1,
-                       kind="stable")[:, :top_k]
-    f = np.asarray(host.bincount(top.reshape(-1), minlength=e) / n)   # (E,)
+    f = np.bincount(route[0], minlength=e) / n                         # (E,)
     return np.asarray(e * np.sum(f * np.mean(probs, axis=0)), dtype=probs.dtype)
 
 
-def op_moe_dropped(probs, *, top_k, capacity_factor, training=False):
-    kept = _moe_route(probs, top_k, capacity_factor, training)[3]
-    return np.asarray(1.0 - kept.mean(), dtype=probs.dtype)
+def op_moe_dropped(route):
+    return np.asarray(1.0 - np.mean(route[2]), dtype=DTYPE)
 
 
 def op_grouped_linear(x, counts, w, b=None, *, has_bias):

@@ -23,9 +23,9 @@ from attndsl.backends.numpy_backend import kernel_sources
 from attndsl.ir.graph import Graph
 
 TRAINING_OPS = frozenset({"dropout", "attention", "attention_weights", "layer_drop",
-                          "moe_dispatch", "moe_counts", "moe_combine", "moe_dropped",
-                          "batch_norm"})
-CONTEXT_OPS = frozenset({"constant", "size", "arange", "sinusoidal", "cast", "one_hot"})
+                          "moe_route", "batch_norm"})
+CONTEXT_OPS = frozenset({"constant", "size", "arange", "sinusoidal", "cast", "one_hot",
+                         "moe_dropped"})
 
 MODULE_TEMPLATE = '''
 

@@ -722,45 +722,40 @@ def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature
 
 # -- mixture of experts: the NumPy routing (on the detached probabilities), torch compute ------
 
-def _route(probs, top_k, capacity_factor, training):
-    return _moe_route(probs.detach().float().cpu().numpy(), top_k, capacity_factor, training)
+def op_moe_route(probs, *, top_k, capacity_factor, training=False):
+    route = _moe_route(probs.detach().float().cpu().numpy(), top_k, capacity_factor, training)
+    return torch.as_tensor(route, device=probs.device)
 
 
-def op_moe_dispatch(x, probs, *, top_k, capacity_factor, training=False):
-    _, _, rows, _, counts = _route(probs, top_k, capacity_factor, training)
-    total = int(counts.sum())
-    kept = x[torch.as_tensor(rows[:total] % x.shape[0], device=x.device)]
-    return torch.cat([kept, x.new_zeros((len(rows) - total, x.shape[1]))])
+def op_moe_dispatch(x, route):
+    kept = route[2] > 0
+    tokens = torch.arange(route.shape[1], device=x.device) % x.shape[0]
+    return x.new_zeros((route.shape[1], x.shape[1])).index_put((route[1][kept],),
+                                                                x[tokens[kept]])
 
 
-def op_moe_counts(probs, *, top_k, capacity_factor, training=False):
-    counts = _route(probs, top_k, capacity_factor, training)[4]
-    return torch.as_tensor(counts, device=probs.device)
+def op_moe_counts(route, *, experts):
+    return torch.bincount(route[0][route[2] > 0], minlength=experts)
 
 
-def op_moe_combine(y, probs, *, top_k, capacity_factor, normalize, training=False):
-    top, row, _, kept, _ = _route(probs, top_k, capacity_factor, training)
+def op_moe_combine(y, probs, route, *, top_k, normalize):
     n = probs.shape[0]
-    gates = probs.gather(1, torch.as_tensor(top, device=probs.device))          # (N, k)
+    gates = probs.gather(1, route[0].reshape(top_k, n).T)                # (N, k)
     if normalize:
         gates = gates / gates.sum(1, keepdim=True)
-    gates = gates * torch.as_tensor(kept.reshape(top_k, n).T, dtype=gates.dtype,
-                                    device=gates.device)
-    picked = y[torch.as_tensor(row, device=y.device)].reshape(top_k, n, y.shape[1])
+    gates = gates * route[2].reshape(top_k, n).T.to(gates.dtype)
+    picked = y[route[1]].reshape(top_k, n, y.shape[1])
     return torch.einsum("knd,nk->nd", picked, gates)
 
 
-def op_moe_aux(probs, *, top_k):
+def op_moe_aux(probs, route, *, top_k):
     n, e = probs.shape
-    top = np.argsort(-probs.detach().float().cpu().numpy(), axis=1, kind="stable")[:, :top_k]
-    f = torch.as_tensor(np.bincount(top.reshape(-1), minlength=e) / n, dtype=probs.dtype,
-                        device=probs.device)
+    f = torch.bincount(route[0], minlength=e).to(probs.dtype) / n
     return e * (f * probs.mean(0)).sum()
 
 
-def op_moe_dropped(probs, *, top_k, capacity_factor, training=False):
-    kept = _route(probs, top_k, capacity_factor, training)[3]
-    return torch.tensor(1.0 - kept.mean(), dtype=probs.dtype, device=probs.device)
+def op_moe_dropped(route, *, device, fdtype):
+    return 1.0 - route[2].to(fdtype).mean()
 
 
 def op_grouped_linear(x, counts, w, b=None, *, has_bias):

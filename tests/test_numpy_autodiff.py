@@ -37,6 +37,10 @@ CAUSAL_WINDOW = (pat.Causal() & pat.Window(2)).source()
 PAD = np.array([[True, True, True, False, False], [False] * 5])       # batch 1: all masked
 ROUTER = np.exp(3 * R.standard_normal((10, 4)))
 ROUTER /= ROUTER.sum(axis=1, keepdims=True)                            # router probabilities
+ROUTE1 = K.op_moe_route(ROUTER, top_k=1, capacity_factor=1.0)           # its routings
+ROUTE2 = K.op_moe_route(ROUTER, top_k=2, capacity_factor=1.0)
+ROUTE2_CAPPED = K.op_moe_route(ROUTER, top_k=2, capacity_factor=0.6, training=True)
+assert ROUTE2_CAPPED[2].min() == 0 < ROUTE2_CAPPED[2].max()               # some dropped
 PAD_FIRST = np.array([[False, True, True, True, True], [True] * 5])   # causal row 0 masked
 
 
@@ -103,19 +107,18 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
            (randn(2, 2, 3, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), PAD_FIRST)),
           ("full-padded", False, (randn(2, 2, 5, 4), randn(2, 2, 5, 4), randn(2, 2, 5, 3), PAD)),
       )],
-    ("moe_dispatch", "moe_dispatch", (randn(10, 3), ROUTER), {"top_k": 2, "capacity_factor": 1.0}),
-    ("moe_combine-top2", "moe_combine", (randn(20, 3), ROUTER),
-     {"top_k": 2, "capacity_factor": 1.0, "normalize": True}),
-    ("moe_dispatch-capacity", "moe_dispatch", (randn(10, 3), ROUTER),
-     {"top_k": 2, "capacity_factor": 0.6, "training": True}),
-    ("moe_combine-capacity", "moe_combine", (randn(20, 3), ROUTER),
-     {"top_k": 2, "capacity_factor": 0.6, "normalize": True, "training": True}),
-    ("moe_combine-switch", "moe_combine", (randn(10, 3), ROUTER),
-     {"top_k": 1, "capacity_factor": 1.0, "normalize": False}),
-    ("moe_aux", "moe_aux", (ROUTER,), {"top_k": 2}),
-    ("moe_counts", "moe_counts", (ROUTER,), {"top_k": 2, "capacity_factor": 1.0}),
-    ("moe_dropped", "moe_dropped", (ROUTER,), {"top_k": 2, "capacity_factor": 0.5,
-                                                "training": True}),
+    ("moe_route", "moe_route", (ROUTER,), {"top_k": 2, "capacity_factor": 0.6, "training": True}),
+    ("moe_dispatch", "moe_dispatch", (randn(10, 3), ROUTE2), {}),
+    ("moe_dispatch-capacity", "moe_dispatch", (randn(10, 3), ROUTE2_CAPPED), {}),
+    ("moe_combine-top2", "moe_combine", (randn(20, 3), ROUTER, ROUTE2),
+     {"top_k": 2, "normalize": True}),
+    ("moe_combine-capacity", "moe_combine", (randn(20, 3), ROUTER, ROUTE2_CAPPED),
+     {"top_k": 2, "normalize": True}),
+    ("moe_combine-switch", "moe_combine", (randn(10, 3), ROUTER, ROUTE1),
+     {"top_k": 1, "normalize": False}),
+    ("moe_aux", "moe_aux", (ROUTER, ROUTE2), {"top_k": 2}),
+    ("moe_counts", "moe_counts", (ROUTE2_CAPPED,), {"experts": 4}),
+    ("moe_dropped", "moe_dropped", (ROUTE2_CAPPED,), {}),
     ("grouped_linear", "grouped_linear", (randn(7, 3), np.array([2, 0, 4]), randn(3, 5, 3),
                                           randn(3, 5)), {"has_bias": True}),
     ("grouped_linear-nobias", "grouped_linear", (randn(6, 3), np.array([1, 5]), randn(2, 4, 3)),

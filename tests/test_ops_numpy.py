@@ -168,8 +168,9 @@ TESTED_ELSEWHERE = {
     "transpose", "reshape", "sum", "mean", "max", "concat", "expand", "index", "softmax",
     "layer_norm", "rms_norm", "embedding", "attention", "attention_weights", "size", "clip",
     "logical_and", "logical_or", "logical_not", "min", "cumsum", "one_hot", "top_k_indices",
-    "gather", "linear_int8", "linear_attention", "moe_dispatch", "moe_counts", "moe_combine",
-    "moe_aux", "moe_dropped", "grouped_linear", "conv1d", "lsh_attention", "batch_norm",
+    "gather", "linear_int8", "linear_attention", "moe_route", "moe_dispatch", "moe_counts",
+    "moe_combine", "moe_aux", "moe_dropped", "grouped_linear", "conv1d", "lsh_attention",
+    "batch_norm",
 }
 GRAPH_SOURCES = {"input", "param"}   # read by generated code, no kernel
 

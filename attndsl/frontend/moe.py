@@ -60,9 +60,9 @@ def moe(b: Any, span: Span, x: Tensor, experts: int, expert: Any, top_k: int = 2
     with b.in_scope([b.claim_name("router")]):
         logits = linear_layer(b, span, flat, n_exp, bias=False)           # (N, E)
     probs = b.add("softmax", [logits], {"axis": -1}, span)
-    attrs = {"top_k": k, "capacity_factor": cf}
-    counts = b.add("moe_counts", [probs], attrs, span)                    # (E,)
-    dispatched = b.add("moe_dispatch", [flat, probs], attrs, span)        # (N k, d)
+    route = b.add("moe_route", [probs], {"top_k": k, "capacity_factor": cf}, span)  # (3, N k)
+    counts = b.add("moe_counts", [route], {"experts": n_exp}, span)       # (E,)
+    dispatched = b.add("moe_dispatch", [flat, route], {}, span)           # (N k, d)
     start = b.graph.next_id
     b.expert_group = (counts, n_exp)
     try:
@@ -73,11 +73,12 @@ def moe(b: Any, span: Span, x: Tensor, experts: int, expert: Any, top_k: int = 2
         raise ShapeError(f"the expert block must return its token rows [{rows * k}, d_out], "
                          f"got {describe(y)}", span)
     _check_row_wise(b, start, span)
-    out = b.add("moe_combine", [y, probs], {**attrs, "normalize": norm}, span)   # (N, d_out)
+    out = b.add("moe_combine", [y, probs, route], {"top_k": k, "normalize": norm},
+                span)                                                      # (N, d_out)
     if aux is not None:
-        _add_aux(b, span, aux, b.add("moe_aux", [probs], {"top_k": k}, span))
+        _add_aux(b, span, aux, b.add("moe_aux", [probs, route], {"top_k": k}, span))
     if dropped is not None:
-        _optional_output(b, span, dropped, b.add("moe_dropped", [probs], attrs, span))
+        _optional_output(b, span, dropped, b.add("moe_dropped", [route], {}, span))
     return b.add("reshape", [out], {"shape": (*x.type.shape[:-1], y.type.shape[1])}, span)
 
 

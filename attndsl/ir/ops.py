@@ -51,7 +51,9 @@ NON_FLOAT_OPERANDS: dict[str, tuple[int, ...]] = {"embedding": (1,), "attention"
                                                   "lsh_attention": (2,),
                                                   "attention_weights": (3,), "where": (0,),
                                                   "gather": (1,), "one_hot": (0,),
-                                                  "linear_int8": (1,), "grouped_linear": (1,)}
+                                                  "linear_int8": (1,), "grouped_linear": (1,),
+                                                  "moe_dispatch": (1,), "moe_combine": (2,),
+                                                  "moe_aux": (1,), "moe_dropped": (0,)}
 
 
 def numel(shape: tuple[Dim, ...]) -> Dim:
@@ -612,44 +614,59 @@ register("lsh_attention", "composite", _lsh_attention, _lsh_flops,
 
 
 # -- mixture of experts ----------------------------------------------------------------------
-# Routing (every moe op recomputes it from the router probabilities [N, E], deterministically):
-# each token's top_k experts (ties: the lower index); the assignments, first choices of all
-# tokens before second choices, take the slots of their expert in that order; an expert
-# holds ceil(capacity_factor * top_k * N / E) of them, the rest are dropped. Dispatch lays
-# the kept assignments out expert by expert (rows [start_e, start_e + count_e)), dropped
-# ones after them as zeros.
+# Routing is one node, `moe_route`, computed once per layer from the router probabilities
+# [N, E] (deterministically): each token's top_k experts (ties: the lower index); the
+# assignments a = j N + n (choice j of token n; first choices of all tokens before second
+# choices) take the slots of their expert in that order; while training an expert holds
+# ceil(capacity_factor * top_k * N / E) of them and the rest are dropped. Its int [3, N top_k]
+# result holds, per assignment, the expert, the dispatch row (kept ones expert by expert,
+# rows [start_e, start_e + count_e); dropped ones after them) and whether it was kept; the
+# other moe ops read it.
 
-MOE_ATTRS = ("top_k", "capacity_factor")
 
-
-def _router(ins: list[TensorType], index: int) -> TensorType:
-    probs = ins[index]
+def _router(probs: TensorType) -> TensorType:
     if probs.rank != 2 or probs.dtype != "float":
         raise ShapeError(f"moe router probabilities must be float [N, E], got {probs}")
     return probs
 
 
+def _route(route: TensorType) -> TensorType:
+    if route.rank != 2 or route.dtype != "int" or route.shape[0] != Dim.of(3):
+        raise ShapeError(f"an moe routing must be int [3, N * top_k], got {route}")
+    return route
+
+
+def _moe_route(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return TensorType((Dim.of(3), _router(ins[0]).shape[0] * attrs["top_k"]), "int")
+
+
 def _moe_dispatch(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
-    x, probs = ins[0], _router(ins, 1)
-    if x.rank != 2 or x.shape[0] != probs.shape[0]:
-        raise ShapeError(f"moe dispatch needs tokens [N, d] matching the router's [N, E], got "
-                         f"{shape_str(x.shape)} and {shape_str(probs.shape)}")
-    return TensorType((x.shape[0] * attrs["top_k"], x.shape[1]), x.dtype)
+    x, route = ins[0], _route(ins[1])
+    if x.rank != 2:
+        raise ShapeError(f"moe dispatch needs tokens [N, d], got {shape_str(x.shape)}")
+    return TensorType((route.shape[1], x.shape[1]), x.dtype)
 
 
 def _moe_counts(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
-    return TensorType((_router(ins, 0).shape[1],), "int")
+    _route(ins[0])
+    return TensorType((Dim.of(attrs["experts"]),), "int")
 
 
 def _moe_combine(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
-    y, probs = ins[0], _router(ins, 1)
-    if y.rank != 2 or y.shape[0] != probs.shape[0] * attrs["top_k"]:
+    y, probs, route = ins[0], _router(ins[1]), _route(ins[2])
+    if y.rank != 2 or y.shape[0] != route.shape[1]:
         raise ShapeError(f"moe combine needs expert rows [N * top_k, d], got {shape_str(y.shape)}")
     return TensorType((probs.shape[0], y.shape[1]), "float")
 
 
-def _moe_scalar(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
-    _router(ins, 0)
+def _moe_aux(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    _router(ins[0])
+    _route(ins[1])
+    return TensorType((), "float")
+
+
+def _moe_dropped(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    _route(ins[0])
     return TensorType((), "float")
 
 
@@ -663,18 +680,20 @@ def _grouped_linear(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType((x.shape[0], w.shape[1]), "float")
 
 
-register("moe_dispatch", "composite", _moe_dispatch, attrs=MOE_ATTRS,
+register("moe_route", "composite", _moe_route, attrs=("top_k", "capacity_factor"),
+         doc="The routing int [3, N * top_k]: per assignment its expert, its dispatch row and "
+             "whether it was kept (capacity applies while training).")
+register("moe_dispatch", "composite", _moe_dispatch,
          doc="The kept token assignments [N * top_k, d], expert by expert (a gather).")
-register("moe_counts", "composite", _moe_counts, attrs=MOE_ATTRS,
+register("moe_counts", "composite", _moe_counts, attrs=("experts",),
          doc="Kept assignments per expert, int [E].")
-register("moe_combine", "composite", _moe_combine, _per_output(4),
-         attrs=(*MOE_ATTRS, "normalize"),
+register("moe_combine", "composite", _moe_combine, _per_output(4), attrs=("top_k", "normalize"),
          doc="out[n] = sum over n's kept assignments of gate * expert row; gate = the router "
              "probability, renormalized over the token's top_k when normalize.")
-register("moe_aux", "composite", _moe_scalar, attrs=("top_k",),
+register("moe_aux", "composite", _moe_aux, attrs=("top_k",),
          doc="Switch/GShard load balancing: E * sum_e f_e * P_e, f_e the fraction of tokens "
              "with e among their top_k, P_e the mean router probability of e.")
-register("moe_dropped", "composite", _moe_scalar, attrs=MOE_ATTRS,
+register("moe_dropped", "composite", _moe_dropped,
          doc="The fraction of token assignments dropped at capacity (no gradient).")
 register("grouped_linear", "composite", _grouped_linear,
          lambda ins, out, a: numel(out.shape) * ins[2].shape[2] * 2, attrs=("has_bias",),
