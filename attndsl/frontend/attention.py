@@ -170,6 +170,23 @@ def attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern:
     return out
 
 
+def _softmax_free_operands(b: Any, span: Span, what: str, why: str, hint: str,
+                           tensors: list[Tensor], scale: Any, key_padding: Any,
+                           refused: dict[str, Any]) -> tuple[list[Tensor], float]:
+    """Shared by the attentions without a score matrix (linear, LSH): refuse by name the
+    keywords only softmax attention has, then (inputs with the key padding, scale)."""
+    given = [name for name, value in refused.items()
+             if value is not None and value != 0 and str(value) != "scaled"]
+    if given:
+        raise ArgumentError(f"{what} has no {', '.join(f'{n}=' for n in given)} ({why})",
+                            span, hint)
+    hd = tensors[0].type.shape[-1].as_int()
+    scale_v = 1.0 / math.sqrt(hd) if scale is None else number(scale, span, "scale")
+    if key_padding is not None:
+        tensors = [*tensors, tensor(b, key_padding, span, "key_padding", rank=2, dtype="bool")]
+    return tensors, scale_v
+
+
 def linear_attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, pattern: Any,
                           scale: Any, key_padding: Any, kernel: Any, **softmax_only: Any
                           ) -> Tensor:
@@ -178,21 +195,14 @@ def linear_attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, p
     if not isinstance(kernel, kn.FeatureMap):
         raise TypeError_(f"kernel must be elu_plus_one or favor(m=..., seed=...), got "
                          f"{describe(kernel)}", span)
-    given = [name for name, value in softmax_only.items()
-             if value is not None and value != 0 and str(value) != "scaled"]
-    if given:
-        raise ArgumentError(f"kernel= attention has no {', '.join(f'{n}=' for n in given)} "
-                            "(linear attention has no score matrix to bias, rotate, drop or "
-                            "show)", span, "remove it, or drop kernel= for softmax attention")
+    inputs, scale_v = _softmax_free_operands(
+        b, span, "kernel= attention", "linear attention has no score matrix to bias, rotate, "
+        "drop or show", "remove it, or drop kernel= for softmax attention", [q, k, v], scale,
+        key_padding, softmax_only)
     pattern = _pattern(pattern, span)
     if pattern not in (pat.FULL, pat.CAUSAL):
         raise ArgumentError(f"kernel= attention is full or causal, not {pattern}", span,
                             "sparse patterns need softmax attention (drop kernel=)")
-    hd = q.type.shape[-1].as_int()
-    scale_v = 1.0 / math.sqrt(hd) if scale is None else number(scale, span, "scale")
-    inputs = [q, k, v]
-    if key_padding is not None:
-        inputs.append(tensor(b, key_padding, span, "key_padding", rank=2, dtype="bool"))
     return b.add("linear_attention", inputs,
                  {"feature_map": kernel, "causal": pattern == pat.CAUSAL, "scale": scale_v,
                   "has_padding": key_padding is not None}, span)
@@ -201,17 +211,9 @@ def linear_attention_node(b: Any, span: Span, q: Tensor, k: Tensor, v: Tensor, p
 def lsh_attention_node(b: Any, span: Span, q: Tensor, v: Tensor, lsh: LSH, scale: Any,
                        key_padding: Any, **refused: Any) -> Tensor:
     """An `lsh_attention` node on q [B, H, T, D] (also the keys, normalized) and v."""
-    given = [name for name, value in refused.items()
-             if value is not None and value != 0 and str(value) != "scaled"]
-    if given:
-        raise ArgumentError(f"lsh attention has no {', '.join(f'{n}=' for n in given)} (its "
-                            "keys are its queries, hashed into buckets)", span,
-                            "remove it, or use another pattern")
-    hd = q.type.shape[-1].as_int()
-    scale_v = 1.0 / math.sqrt(hd) if scale is None else number(scale, span, "scale")
-    inputs = [q, v]
-    if key_padding is not None:
-        inputs.append(tensor(b, key_padding, span, "key_padding", rank=2, dtype="bool"))
+    inputs, scale_v = _softmax_free_operands(
+        b, span, "lsh attention", "its keys are its queries, hashed into buckets",
+        "remove it, or use another pattern", [q, v], scale, key_padding, refused)
     return b.add("lsh_attention", inputs, {"lsh": lsh, "scale": scale_v,
                                            "has_padding": key_padding is not None}, span)
 

@@ -20,18 +20,10 @@ from typing import Any
 from attndsl.errors import TrainingError
 from attndsl.ir.graph import Graph
 from attndsl.ir.ops import numel
-from attndsl.ir.stats import compute_stats
+from attndsl.ir.stats import compute_stats, human_bytes
 
 MOMENTS = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2, "lion": 1, "sophia": 2}
 LEAVES = frozenset({"input", "param", "constant"})
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def training_peaks(graph: Graph, env: dict[str, int], optimizer: str, itemsize: int = 4
@@ -63,14 +55,14 @@ def choose_checkpointing(graph: Graph, env: dict[str, int], optimizer: str, budg
         if peak <= budget:
             return k, peak
     dims = ", ".join(f"{k}={v}" for k, v in env.items())
-    raise TrainingError(f"a training step needs at least {_human(min(peaks))} ({dims}, every "
-                        f"repeat iteration checkpointed); the budget is {_human(budget)}",
+    raise TrainingError(f"a training step needs at least {human_bytes(min(peaks))} ({dims}, every "
+                        f"repeat iteration checkpointed); the budget is {human_bytes(budget)}",
                         None, "raise --memory-budget, or lower --batch / --seq")
 
 
 def describe(k: int, total: int, peak: int, budget: int) -> str:
-    return (f"memory budget {_human(budget)}: checkpointing {k} of {total} repeat iterations "
-            f"(predicted peak {_human(peak)})")
+    return (f"memory budget {human_bytes(budget)}: checkpointing {k} of {total} repeat iterations "
+            f"(predicted peak {human_bytes(peak)})")
 
 
 def apply_budget(model: Any, optimizer: str, batch: int, seq: int, budget: int) -> str:
