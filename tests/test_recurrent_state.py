@@ -127,3 +127,10 @@ def test_a_segment_that_is_not_a_multiple_of_the_rate_is_a_clear_error() -> None
     model = attndsl.compile(SPECS_DIR / "compressive.attn", config=cfg)
     with pytest.raises(RuntimeInputError, match=r"T = 5 the size T/2 is 2.5, not a whole"):
         model(tokens=np.zeros((1, 5), int))
+
+
+def test_state_needs_a_text_stream(tmp_path, capsys) -> None:
+    sets = sum((["--set", f"{k}={v}"] for k, v in CFG.items() if k != "vocab"), [])
+    assert main(["train", str(XL), "--data", "tests/data/reverse.tsv", "--steps", "1",
+                 "--out", str(tmp_path / "r"), *sets]) == 2
+    assert "a spec with `state` trains on a text stream" in capsys.readouterr().err

@@ -168,6 +168,11 @@ class Trainer:
         self.model, self.data, self.cfg = model, data, config
         self.loss_spec = loss_spec(model.graph)
         self.mask_token = mask_token
+        # recurrent state (`state` in the spec): consecutive segments, memory carried along
+        self.states: list[str] = list(model.graph.meta.get("states", []))
+        if self.states and not isinstance(data, TextDataset):
+            raise TrainingError("a spec with `state` trains on a text stream (consecutive "
+                                "segments carry the memory)", None)
         if isinstance(data, PairedDataset):
             self.inputs = self.paired_inputs()
         elif isinstance(data, ArrayDataset):
@@ -176,11 +181,6 @@ class Trainer:
             self.inputs = self.stream_inputs()
         self.engine = make_engine(model, config)
         self.schedule = config.make_schedule()
-        # recurrent state (`state` in the spec): consecutive segments, memory carried along
-        self.states: list[str] = list(model.graph.meta.get("states", []))
-        if self.states and not isinstance(data, TextDataset):
-            raise TrainingError("a spec with `state` trains on a text stream (consecutive "
-                                "segments carry the memory)", None)
         self.memory: dict[str, Any] = {}
         self.segment_index = 0
         self.step = 0
