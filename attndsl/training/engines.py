@@ -172,14 +172,21 @@ class ArrayEngine:
     def set_lr(self, lr: float) -> None:
         self.optimizer.set_lr(lr)
 
-    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float,
-                   keep: dict[str, Any] | None = None) -> float:
+    def _forward_backward(self, inputs: dict[str, Any], targets: np.ndarray,
+                          keep: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+        """Loss and gradients in training mode; like torch's forward, it moves the buffers
+        (batch_norm's running statistics)."""
         xs = self.model.validate_inputs(inputs)
         moved: dict[str, Any] = {}
         value, grads = self.program.value_and_grad(xs, targets, self.loss, rng=self.rng,
                                                    updates=moved, keep=keep)
-        if moved:                                  # batch_norm running statistics, as torch
+        if moved:
             self.program.set_params(moved)
+        return value, grads
+
+    def accumulate(self, inputs: dict[str, Any], targets: np.ndarray, scale: float,
+                   keep: dict[str, Any] | None = None) -> float:
+        value, grads = self._forward_backward(inputs, targets, keep)
         if self.grads is None:
             self.grads = {k: g * scale for k, g in grads.items()}
         else:
@@ -192,9 +199,7 @@ class ArrayEngine:
 
     def update_hessian(self, inputs: dict[str, Any], sampled: np.ndarray, tokens: int) -> None:
         """Sophia: the Hessian estimate from the gradient of the loss on sampled labels."""
-        xs = self.model.validate_inputs(inputs)
-        _, grads = self.program.value_and_grad(xs, sampled, self.loss, rng=self.rng)
-        self.optimizer.update_hessian(grads, tokens)
+        self.optimizer.update_hessian(self._forward_backward(inputs, sampled)[1], tokens)
 
     def apply(self, clip: float) -> None:
         grads = self.grads or {}
