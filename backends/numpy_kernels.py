@@ -860,11 +860,16 @@ def _linear_den(n, fmap):
     return np.where(den > 0, den, 1)
 
 
+def _linear_out(n, fmap, q, v):
+    """Numerator over normalizer, (B, Hk, G, Tq, Dv) back to (B, H, Tq, Dv)."""
+    out = n[..., :-1] / _linear_den(n, fmap)
+    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
 def op_linear_attention(q, k, v, key_padding=None, *, feature_map, causal, scale, has_padding):
     a, b, c, _, _, _ = _linear_operands(q, k, v, key_padding, feature_map, scale)
     n, _ = _linear_numden(a, b, c, causal)
-    out = n[..., :-1] / _linear_den(n, feature_map)                   # (B, Hk, G, Tq, Dv)
-    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+    return _linear_out(n, feature_map, q, v)
 
 
 def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature_map, causal,
@@ -873,8 +878,7 @@ def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature
     over past keys, (B, Hk, 1, m, Dv + 1)) replaces a KV cache; O(1) memory per step."""
     a, b, c, _, _, _ = _linear_operands(q, k, v, key_padding, feature_map, scale)
     n, cache[key] = _causal_product(a, b, c, cache.get(key))
-    out = n[..., :-1] / _linear_den(n, feature_map)
-    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+    return _linear_out(n, feature_map, q, v)
 
 
 # -- mixture of experts: routing, dispatch, grouped linear layers, combine --------------------

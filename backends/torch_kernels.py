@@ -699,6 +699,12 @@ def _linear_den(n, fmap):
     return torch.where(den > 0, den, torch.ones_like(den))
 
 
+def _linear_out(n, fmap, q, v):
+    """Numerator over normalizer, (B, Hk, G, Tq, Dv) back to (B, H, Tq, Dv)."""
+    out = n[..., :-1] / _linear_den(n, fmap)
+    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
 def op_linear_attention(q, k, v, key_padding=None, *, feature_map, causal, scale, has_padding):
     a, b, c = _linear_operands(q, k, v, key_padding, feature_map, scale)
     if causal:
@@ -707,8 +713,7 @@ def op_linear_attention(q, k, v, key_padding=None, *, feature_map, causal, scale
         n, _ = _causal_product(a, b[..., off:, :], c[..., off:, :], state)
     else:
         n = a @ (b.transpose(-1, -2) @ c)
-    out = n[..., :-1] / _linear_den(n, feature_map)
-    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+    return _linear_out(n, feature_map, q, v)
 
 
 def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature_map, causal,
@@ -716,8 +721,7 @@ def op_linear_attention_cached(cache, key, q, k, v, key_padding=None, *, feature
     """Decoding step: the recurrent state replaces a KV cache (O(1) memory per step)."""
     a, b, c = _linear_operands(q, k, v, key_padding, feature_map, scale)
     n, cache[key] = _causal_product(a, b, c, cache.get(key))
-    out = n[..., :-1] / _linear_den(n, feature_map)
-    return out.reshape(out.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+    return _linear_out(n, feature_map, q, v)
 
 
 # -- mixture of experts: the NumPy routing (on the detached probabilities), torch compute ------
