@@ -764,12 +764,15 @@ LINEAR_EPS = 1e-6              # added to the normalizer phi(q) . sum phi(k)
 def _favor_matrix(m, d, seed):
     """Performer's orthogonal random features (m, D), float64 NumPy on every backend:
     blocks of D orthonormal rows (QR of a Gaussian matrix), each row scaled to the norm of
-    a Gaussian D-vector."""
-    import numpy as host  # NumPy's generator even where `np` is CuPy
-    rng = host.random.default_rng(seed)
-    blocks = [host.linalg.qr(rng.standard_normal((d, d)))[0].T for _ in range(-(-m // d))]
-    w = host.concatenate(blocks)[:m]
-    return w * host.linalg.norm(rng.standard_normal((m, d)), axis=1)[:, None]
+    a Gaussian D-vector. Drawn once per (m, D, seed), not per call."""
+    memo = _favor_matrix.__dict__.setdefault("memo", {})
+    if (m, d, seed) not in memo:
+        import numpy as host  # NumPy's generator even where `np` is CuPy
+        rng = host.random.default_rng(seed)
+        blocks = [host.linalg.qr(rng.standard_normal((d, d)))[0].T for _ in range(-(-m // d))]
+        w = host.concatenate(blocks)[:m]
+        memo[(m, d, seed)] = w * host.linalg.norm(rng.standard_normal((m, d)), axis=1)[:, None]
+    return memo[(m, d, seed)]
 
 
 def _phi(x, fmap, scale, query):
@@ -979,9 +982,15 @@ LSH_MASKED = -1e9      # other bucket, later position (causal), padding
 
 
 def _lsh_rotations(heads, d, buckets, rounds, seed):
-    """Random rotations (R, H, D, buckets / 2), float64 NumPy on every backend."""
-    import numpy as host
-    return host.random.default_rng(seed).standard_normal((rounds, heads, d, buckets // 2))
+    """Random rotations (R, H, D, buckets / 2), float64 NumPy on every backend; drawn once
+    per shape and seed, not per call."""
+    memo = _lsh_rotations.__dict__.setdefault("memo", {})
+    key = (heads, d, buckets, rounds, seed)
+    if key not in memo:
+        import numpy as host
+        memo[key] = host.random.default_rng(seed).standard_normal(
+            (rounds, heads, d, buckets // 2))
+    return memo[key]
 
 
 def _take(x, idx):
