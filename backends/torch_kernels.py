@@ -513,6 +513,12 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
     if (bias == (("alibi",),) and "key_padding" not in ex and not tracing
             and ((pattern == CAUSAL and tq == tk) or (pattern in (None, CAUSAL) and tq == 1))):
         return _alibi_sdpa(q, k, v, scale, p, gqa, causal=tq > 1)
+    if (len(bias) == 1 and bias[0][0] == "t5" and pattern in (None, CAUSAL) and tq == tk > 1
+            and impl == "auto" and not gqa and p == 0 and "key_padding" not in ex
+            and not tracing and q.device.type == "cpu" and not _records_grad(q, k, v, ex)):
+        out = _t5_split_sdpa(q, k, v, ex["bias0"], bias[0], scale, pattern == CAUSAL)
+        if out is not None:
+            return out
     if not tracing and _use_blocked(impl, q, k, v, pattern, pattern_blocks, bias):
         return _blocked_attention(q, k, v, ex, pattern, pattern_blocks, scale, bias, p,
                                   impl != "tiled")
@@ -549,6 +555,93 @@ def _alibi_sdpa(q, k, v, scale, p, gqa, causal):
     out = F.scaled_dot_product_attention(qa, ka, va, dropout_p=p, is_causal=causal, scale=scale,
                                          enable_gqa=gqa)
     return out[..., :v.shape[-1]]
+
+
+def _records_grad(*tensors):
+    """Whether autograd is recording through any of `tensors` (or the values of a dict)."""
+    flat = [t for x in tensors for t in (x.values() if isinstance(x, dict) else [x])]
+    return torch.is_grad_enabled() and any(t.requires_grad for t in flat)
+
+
+def _t5_split_sdpa(q, k, v, table, term, scale, causal):
+    """T5-biased attention, inference on the CPU, as SDPA's fused kernel plus a narrow band.
+    T5's bucket of a relative position stops changing beyond some distance n (the last
+    bucket): keys at least n before the query all get the same bias c_h, so they are plain
+    causal attention over the shifted sequences q[n:], k[:T-n] (the same for keys n after
+    the query on reversed sequences when bidirectional). Only the band of nearer keys needs
+    the per-position bias, computed in row tiles; the parts are merged by their log-sum-exp.
+    None when the band is as wide as the sequence (the caller's blocked path is then as
+    cheap). Training keeps the blocked path: SDPA's log-sum-exp carries no gradient."""
+    b, h, t, d = q.shape
+    idx = _t5_buckets(torch.arange(-(t - 1), t, device=q.device), *term[1:])   # rel -(T-1)..T-1
+    left = _constant_tail(idx[:t].flip(0))                 # keys >= `left` before: one bucket
+    right = _constant_tail(idx[t - 1:]) if not causal else t
+    if not 0 < min(left, right) <= t // 2:
+        return None
+    values = table[idx].transpose(0, 1).to(q.dtype)        # (H, 2T - 1)
+    out, lse = _band(q, k, v, values, scale, left, 1 if causal else right)
+    for n, c, flip in ((left, values[:, 0], False), (right, values[:, -1], True)):
+        if n >= t:
+            continue
+        qf, kf, vf = (x.flip(2) if flip else x for x in (q, k, v))
+        o, far = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qf[:, :, n:], kf[:, :, :t - n], vf[:, :, :t - n], 0.0, True, scale=scale)
+        far = far + c.view(1, h, 1)                        # rows n.. (of the flipped order)
+        o, far = (o.flip(2), far.flip(2)) if flip else (o, far)
+        rows = slice(0, t - n) if flip else slice(n, t)
+        total = torch.logaddexp(lse[:, :, rows], far)
+        out[:, :, rows].mul_(torch.exp(lse[:, :, rows] - total)[..., None])
+        out[:, :, rows].add_(o.mul_(torch.exp(far - total)[..., None]))
+        lse[:, :, rows] = total
+    return out
+
+
+def _constant_tail(idx):
+    """The smallest n with idx[n:] all equal to idx[-1] (idx: buckets by growing distance)."""
+    differ = torch.nonzero(idx != idx[-1])
+    return int(differ[-1]) + 1 if differ.numel() else 0
+
+
+BAND_ROWS = 64
+
+
+def _band(q, k, v, values, scale, left, right):
+    """Attention of each query i over keys i - left < j < i + right with the relative biases
+    `values` (H, 2T - 1): (output (B, H, T, Dv), log-sum-exp (B, H, T)). Tiles of BAND_ROWS
+    queries with their window of keys (strided views, no copy for B = 1), batched into
+    SDPA's CPU kernel with a float mask (bias, -inf outside the band) that is the same for
+    every tile away from the sequence ends; the tiles at the ends get their own masks."""
+    b, h, t, d = q.shape
+    rows, span = BAND_ROWS, BAND_ROWS + left + right - 2
+    tiles = -(-t // rows)
+    pad = (0, 0, left - 1, tiles * rows + right - 1 - t)
+    qt = F.pad(q, (0, 0, 0, tiles * rows - t)).view(b, h, tiles, rows, d).transpose(1, 2)
+    kw = F.pad(k, pad).unfold(2, span, rows).permute(0, 2, 1, 4, 3)    # (B, tiles, H, S, D)
+    vw = F.pad(v, pad).unfold(2, span, rows).permute(0, 2, 1, 4, 3)
+    rel = (torch.arange(span, device=q.device)[None, :] - left + 1
+           - torch.arange(rows, device=q.device)[:, None])                 # (R, S)
+    mask = values[:, (rel + t - 1).clamp(0, 2 * t - 2)].masked_fill(
+        (rel <= -left) | (rel >= right), float("-inf"))[None]             # (1, H, R, S)
+    first = [i * rows - left + 1 for i in range(tiles)]                    # each window's key 0
+    a = sum(f < 0 for f in first)
+    z = max(a, sum(f + span <= t for f in first))
+    out = qt.new_empty(b, h, tiles, rows, v.shape[-1])
+    lse = qt.new_empty(b, h, tiles, rows)
+    for lo, hi in ((0, a), (a, z), (z, tiles)):
+        if lo == hi:
+            continue
+        m = mask
+        if (lo, hi) != (a, z):                                      # windows past an end
+            key = torch.arange(lo, hi, device=q.device)[:, None] * rows - left + 1 + \
+                torch.arange(span, device=q.device)                            # (n, S)
+            m = m.masked_fill(((key < 0) | (key >= t))[:, None, None], float("-inf"))
+            m = m.repeat(b, 1, 1, 1)                                 # (B n, H, R, S)
+        o, s = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            *(x[:, lo:hi].flatten(0, 1) for x in (qt, kw, vw)), 0.0, False, attn_mask=m,
+            scale=scale)
+        out[:, :, lo:hi] = o.unflatten(0, (b, -1)).transpose(1, 2)
+        lse[:, :, lo:hi] = s.unflatten(0, (b, -1)).transpose(1, 2)
+    return out.flatten(2, 3)[:, :, :t], lse.flatten(2, 3)[:, :, :t]
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",

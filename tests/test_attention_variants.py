@@ -155,6 +155,29 @@ def test_t5_bias(backend, bidirectional):
     check(model, (q, k, v), want)
 
 
+@pytest.mark.parametrize("bidirectional, causal", [(False, True), (True, False), (True, True)])
+def test_t5_bias_long_sequence(backend, bidirectional, causal, monkeypatch):
+    """Past the last bucket's distance (10 here) torch runs T5 as a band plus shifted causal
+    SDPA over the far keys, merged by log-sum-exp: the same numbers as the paper's formula."""
+    flag = "true" if bidirectional else "false"
+    pattern = "pattern=causal, " if causal else ""
+    model, _ = run(f"{pattern}score=dot, bias=t5_bias(buckets=8, max_distance=12, "
+                   f"bidirectional={flag})", backend, params=lambda n, s, rng: rng.standard_normal(s))
+    (table,) = model.state_dict().values()
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, H, 41, D)) for _ in range(3))
+    if backend == "torch":                         # spy on the generated module's kernel
+        ns = type(model.program.module).forward.__globals__
+        split, calls = ns["_t5_split_sdpa"], []
+        monkeypatch.setitem(ns, "_t5_split_sdpa", lambda *a: calls.append(out := split(*a)) or out)
+    want, _ = reference(q, k, v, lambda b, h, i, j: q[b, h, i] @ k[b, h, j],
+                        lambda b, h, i, j: table[t5_bucket_paper(j - i, bidirectional, 8, 12), h],
+                        causal=causal)
+    check(model, (q, k, v), want)
+    if backend == "torch":
+        assert len(calls) == 1 and calls[0] is not None
+
+
 def test_shaw_relative_keys(backend):
     model, (q, k, v) = run("pattern=causal, bias=relative(max_distance=2)", backend,
                            params=lambda n, s, rng: rng.standard_normal(s))
