@@ -96,16 +96,50 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"activation memory: {stats.activation_bytes} bytes")
         print(f"(give sizes for {', '.join(missing)} to get numbers)")
         return 0
+    from attndsl.model import memory_lines
     from attndsl.passes import optimize
-    from attndsl.passes.liveness import peak_memory
     ev = stats.evaluate(env)
-    mem = peak_memory(optimize(graph), env, args.backend)
+    graph = optimize(graph)
     print(f"forward FLOPs ({shown}): {ev['flops']:,} ({human(ev['flops'])}FLOP)")
-    print(f"activation memory ({shown}, {args.backend}, float32): peak {human_bytes(mem.peak)} "
-          f"(liveness over the emitted program, attention score buffers included; largest "
-          f"op workspace {human_bytes(mem.workspace)}); {human_bytes(mem.naive)} if every "
-          f"intermediate were kept")
+    for line in memory_lines(graph, env, args.backend):
+        print(line)
+    if args.measure:
+        peak, how = measure_forward(args, env)
+        print(f"measured peak of one forward ({shown}, {args.backend}, random weights): "
+              + (f"{human_bytes(peak)} ({how})" if peak is not None else how))
     return 0
+
+
+def measure_forward(args: argparse.Namespace, env: dict[str, int]) -> tuple[int | None, str]:
+    """The activation bytes one real forward adds at its peak: NumPy's allocations by
+    tracemalloc, torch's by the process's peak RSS (Linux) — after a warm-up call."""
+    import tracemalloc
+
+    import attndsl
+    from attndsl.model import random_inputs
+    model = attndsl.compile(args.spec, backend=args.backend, config=config_of(args), seed=0)
+    inputs = random_inputs(model.graph, env, 0)
+    model(**inputs)
+    if args.backend != "torch":
+        tracemalloc.start()
+        try:
+            model(**inputs)
+            return tracemalloc.get_traced_memory()[1], "tracemalloc"
+        finally:
+            tracemalloc.stop()
+    try:
+        before = _status_bytes("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                 # reset the high-water mark
+        model(**inputs)
+        return _status_bytes("VmHWM:") - before, "peak RSS growth"
+    except OSError:
+        return None, "not measurable here (needs Linux /proc for torch's allocations)"
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
 
 def dims_env(graph: Any, batch: int | None, seq: int | None) -> dict[str, int]:
@@ -425,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=positive_int)
     p.add_argument("--backend", default="numpy", choices=("numpy", "torch", "cupy"),
                    help="whose kernels the memory estimate follows")
+    p.add_argument("--measure", action="store_true",
+                   help="also run one forward with random weights and print its measured peak")
     add_set(p)
     p.set_defaults(fn=cmd_stats)
 

@@ -33,8 +33,10 @@ from attndsl.ir.stats import Stats, compute_stats, human, human_bytes
 from attndsl.passes import OPT_LEVELS, optimize
 from attndsl.passes.dce import eliminate_dead_code
 from attndsl.passes.liveness import peak_memory
+from attndsl.passes.memory_plan import memory_report
 from attndsl.passes.prune_params import prune_parameters
 from attndsl.passes.select_attention import select_attention
+from attndsl.passes.training_memory import training_peaks
 from attndsl.safetensors_io import Entry, SafetensorsFormatError, read_header, read_tensor
 from attndsl.training.losses import loss_spec
 
@@ -344,16 +346,43 @@ class Model:
             ev = s.evaluate(self.last_dims)
             dims = ", ".join(f"{k}={v}" for k, v in self.last_dims.items())
             lines.append(f"forward FLOPs ({dims}): {human(ev['flops'])}")
-            mem = peak_memory(self.graph, self.last_dims, self.backend.name,
-                              8 if self.dtype == "float64" else 4)
-            lines.append(f"activation memory ({dims}): peak {human_bytes(mem.peak)} (liveness, "
-                         f"score buffers included); {human_bytes(mem.naive)} if all were kept")
+            lines += memory_lines(self.graph, self.last_dims, self.backend.name,
+                                  8 if self.dtype == "float64" else 4)
         else:
             lines.append(f"forward FLOPs: {s.flops}")
         return "\n".join(lines)
 
     def to_numpy(self, outputs: dict[str, Any]) -> dict[str, np.ndarray]:
         return {k: self.program.to_numpy(v) for k, v in outputs.items()}
+
+
+def memory_lines(graph: Graph, env: dict[str, int], backend: str, itemsize: int = 4
+                 ) -> list[str]:
+    """What `stats` and `report()` say about memory at the sizes in `env`: one forward
+    (on NumPy the memory plan's peak, the liveness lower bound and the naive sum; on the
+    others the liveness peak) and one training step (`training_peaks`)."""
+    dims = ", ".join(f"{k}={v}" for k, v in env.items())
+    dtype = "float64" if itemsize == 8 else "float32"
+    if backend == "numpy":
+        from attndsl.backends.codegen import EmitOptions, folded_nodes
+        r = memory_report(graph, env, itemsize, folded_nodes(graph, EmitOptions()))
+        forward = (f"planned peak {human_bytes(r.planned)} ({r.buffers} buffers reused by "
+                   f"size, in place where legal; score buffers included); liveness lower "
+                   f"bound {human_bytes(r.lower_bound)}; naive {human_bytes(r.naive)} (a "
+                   f"buffer per tensor)")
+    else:
+        mem = peak_memory(graph, env, backend, itemsize)
+        forward = (f"peak {human_bytes(mem.peak)} (liveness over the emitted program, score "
+                   f"buffers included; no plan: {backend} allocates as it runs); naive "
+                   f"{human_bytes(mem.naive)} (a buffer per tensor)")
+    optimizer = graph.meta.get("train", {}).get("optimizer", {}).get("name", "adamw")
+    peaks = training_peaks(graph, env, optimizer, itemsize)
+    step = (f"one training step ({optimizer}, {dtype}; weights, gradients, optimizer state "
+            f"and saved activations): predicted peak {human_bytes(peaks[0])}")
+    if len(peaks) > 1:
+        step += (f", {human_bytes(min(peaks))} with every repeat iteration recomputed "
+                 f"(--memory-budget, torch)")
+    return [f"activation memory ({dims}, {backend}, {dtype}): {forward}", step]
 
 
 class LoadReport(NamedTuple):
@@ -541,6 +570,7 @@ def compile(spec: str | Path | Graph, backend: str = "numpy",
         optional = set(graph.meta.get("optional_outputs", ()))
         graph.outputs = {k: v for k, v in graph.outputs.items() if k not in optional}
     graph = select_attention(optimize(graph, level=opt_level), attention).graph
+    graph.meta = {**graph.meta, "opt_level": opt_level}    # -O0: no memory plan either
     be = get_backend(backend)
     model = Model(graph, be, None, dtype, options, seed=seed)
     if weights is not None:

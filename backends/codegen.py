@@ -39,6 +39,8 @@ class EmitOptions:
     cached: bool = False
     segments: tuple[tuple[int, int], ...] = ()  # node-id ranges run under `checkpoint`
     folded: frozenset[int] = frozenset()          # computed by `fold(p)`, read from p
+    out: frozenset[int] = frozenset()             # kernels called with out=o.get(nid)
+    hooks: bool = False                           # call after(nid) after every node (debug)
 
 
 def dim_source(d: Dim) -> str:
@@ -179,6 +181,8 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
         if seg is None:
             lines.append(f"    t{nid} = {_call(node, nid, opts, sym, growing)}  # {node.type}")
             free([*node.inputs] + ([nid] if not users[nid] else []), pos)
+            if opts.hooks:
+                lines.append(f"    after({nid})")
         elif seg not in done:
             done.add(seg)
             members = [n for n in order if segment_of.get(n) == seg and n not in skip]
@@ -270,6 +274,8 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
                if isinstance(v, Pattern)]
     if node.op in opts.training_ops:
         kwargs.append("training=training")
+    if nid in opts.out:
+        kwargs.append(f"out=o.get({nid})")
     if node.op in opts.context_ops:
         kwargs += ["device=device", "fdtype=fdtype"]
     if opts.cached and node.op in ("attention", "linear_attention") and node.inputs[1] in growing:

@@ -36,20 +36,20 @@ def op_sinusoidal(*, n, dim, offset):
     return table.astype(DTYPE)
 
 
-def op_add(a, b):
-    return np.add(a, b)
+def op_add(a, b, out=None):
+    return np.add(a, b, out=out)
 
 
-def op_sub(a, b):
-    return np.subtract(a, b)
+def op_sub(a, b, out=None):
+    return np.subtract(a, b, out=out)
 
 
-def op_mul(a, b):
-    return np.multiply(a, b)
+def op_mul(a, b, out=None):
+    return np.multiply(a, b, out=out)
 
 
-def op_div(a, b):
-    return np.true_divide(a, b)
+def op_div(a, b, out=None):
+    return np.true_divide(a, b, out=out)
 
 
 def op_logical_and(a, b):
@@ -68,12 +68,12 @@ def op_pow(a, b):
     return np.power(a, b)
 
 
-def op_maximum(a, b):
-    return np.maximum(a, b)
+def op_maximum(a, b, out=None):
+    return np.maximum(a, b, out=out)
 
 
-def op_minimum(a, b):
-    return np.minimum(a, b)
+def op_minimum(a, b, out=None):
+    return np.minimum(a, b, out=out)
 
 
 def op_less(a, b):
@@ -88,12 +88,12 @@ def op_equal(a, b):
     return np.equal(a, b)
 
 
-def op_neg(x):
-    return np.negative(x)
+def op_neg(x, out=None):
+    return np.negative(x, out=out)
 
 
-def op_exp(x):
-    return np.exp(x)
+def op_exp(x, out=None):
+    return np.exp(x, out=out)
 
 
 def op_log(x):
@@ -104,8 +104,8 @@ def op_sqrt(x):
     return np.sqrt(x)
 
 
-def op_tanh(x):
-    return np.tanh(x)
+def op_tanh(x, out=None):
+    return np.tanh(x, out=out)
 
 
 def op_abs(x):
@@ -145,20 +145,19 @@ def op_sigmoid(x):
     return out
 
 
-def op_relu(x):
-    return np.maximum(x, 0)
+def op_relu(x, out=None):
+    return np.maximum(x, 0, out=out)
 
 
-def op_silu(x):
-    y = op_sigmoid(x)
-    y *= x
-    return y
+def op_silu(x, out=None):
+    return np.multiply(op_sigmoid(x), x, out=out)
 
 
 def _erf(x):
     # Cephes' rational fits (S. L. Moshier), accurate to ~1e-16 in float64 (the former
     # 1.2e-7 Chebyshev fit broke float64 agreement): x T(x^2) / U(x^2) for |x| < 1, else
     # 1 - exp(-x^2) P(|x|) / Q(|x|) with P/Q taken at min(|x|, 8) (erfc(8) < 1e-28).
+    # In place where it can be: five arrays of x's size at most.
     def horner(coefs, v):
         out = np.full_like(v, coefs[0])
         for c in coefs[1:]:
@@ -167,29 +166,44 @@ def _erf(x):
         return out
 
     z = np.abs(x)
-    zz = z * z
+    inside = z < 1.0
+    zz = np.square(z)
     z2 = np.minimum(zz, 1.0)
-    small = x * horner((9.60497373987051638749e0, 9.00260197203842689217e1,
-                        2.23200534594684319226e3, 7.00332514112805075473e3,
-                        5.55923013010394962768e4), z2) / horner(
-        (1.0, 3.35617141647503099647e1, 5.21357949780152679795e2, 4.59432382970980127987e3,
-         2.26290000613890934246e4, 4.92673942608635921086e4), z2)
-    zc = np.clip(z, 1.0, 8.0)
-    erfc = np.exp(-zz) * horner((2.46196981473530512524e-10, 5.64189564831068821977e-1,
-                                 7.46321056442269912687e0, 4.86371970985681366614e1,
-                                 1.96520832956077098242e2, 5.26445194995477358631e2,
-                                 9.34528527171957607540e2, 1.02755188689515710272e3,
-                                 5.57535335369399327526e2), zc) / horner(
-        (1.0, 1.32281951154744992508e1, 8.67072140885989742329e1, 3.54937778887819891062e2,
-         9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
-         1.65666309194161350182e3, 5.57535340817727675546e2), zc)
-    return np.where(z < 1.0, small, np.where(x >= 0, 1.0 - erfc, erfc - 1.0)).astype(x.dtype)
+    small = horner((9.60497373987051638749e0, 9.00260197203842689217e1,
+                    2.23200534594684319226e3, 7.00332514112805075473e3,
+                    5.55923013010394962768e4), z2)
+    small *= x
+    small /= horner((1.0, 3.35617141647503099647e1, 5.21357949780152679795e2,
+                     4.59432382970980127987e3, 2.26290000613890934246e4,
+                     4.92673942608635921086e4), z2)
+    del z2
+    zc = np.clip(z, 1.0, 8.0, out=z)
+    e = np.exp(np.negative(zz, out=zz), out=zz)                      # exp(-x^2)
+    erfc = horner((2.46196981473530512524e-10, 5.64189564831068821977e-1,
+                   7.46321056442269912687e0, 4.86371970985681366614e1,
+                   1.96520832956077098242e2, 5.26445194995477358631e2,
+                   9.34528527171957607540e2, 1.02755188689515710272e3,
+                   5.57535335369399327526e2), zc)
+    erfc *= e
+    del e
+    erfc /= horner((1.0, 1.32281951154744992508e1, 8.67072140885989742329e1,
+                    3.54937778887819891062e2, 9.75708501743205489753e2,
+                    1.82390916687909736289e3, 2.24633760818710981792e3,
+                    1.65666309194161350182e3, 5.57535340817727675546e2), zc)
+    out = np.subtract(1.0, erfc, out=erfc)                           # erfc <= 1: out >= 0
+    np.copysign(out, x, out=out)                                     # erf(-x) = -erf(x)
+    np.copyto(out, small, where=inside)
+    return out.astype(x.dtype, copy=False)
 
 
-def op_gelu(x, *, approximate):
+def op_gelu(x, *, approximate, out=None):
     if approximate == "none":
-        return 0.5 * x * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
-    t = x * x                       # tanh form, computed in place: 0.5x(1 + tanh(c(x + a x^3)))
+        t = _erf(x * (1.0 / math.sqrt(2.0)))
+        t += 1.0
+        t = np.multiply(t, x, out=out)
+        t *= 0.5
+        return t
+    t = np.multiply(x, x, out=out)  # tanh form, in place: 0.5x(1 + tanh(c(x + a x^3)))
     t *= 0.044715
     t += 1.0
     t *= x
@@ -217,8 +231,9 @@ def op_matmul(a, b):
     return np.matmul(a, b)
 
 
-def op_linear(x, w, b=None, *, has_bias):
-    y = np.matmul(x.reshape(-1, x.shape[-1]), w.T)   # (N, out): one GEMM for all rows
+def op_linear(x, w, b=None, *, has_bias, out=None):
+    y = np.matmul(x.reshape(-1, x.shape[-1]), w.T,   # (N, out): one GEMM for all rows
+                  out=None if out is None else out.reshape(-1, w.shape[0]))
     if b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[0],))
@@ -279,8 +294,8 @@ def op_gather(x, index, *, axis):
     return np.take_along_axis(x, index % n, axis=axis)
 
 
-def op_concat(*xs, axis):
-    return np.concatenate(xs, axis=axis)
+def op_concat(*xs, axis, out=None):
+    return np.concatenate(xs, axis=axis, out=out)
 
 
 def op_expand(x, *, shape):
@@ -291,8 +306,8 @@ def op_index(x, *, index):
     return x[tuple(i if isinstance(i, int) else slice(*i) for i in index)]
 
 
-def op_softmax(x, *, axis):
-    e = x - np.max(x, axis=axis, keepdims=True)
+def op_softmax(x, *, axis, out=None):
+    e = np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
     np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     _flush_subnormals(e)
@@ -306,9 +321,9 @@ def _flush_subnormals(p):
     np.copyto(p, 0, where=p < np.finfo(p.dtype).tiny)
 
 
-def op_layer_norm(x, g=None, b=None, *, eps, has_bias):
+def op_layer_norm(x, g=None, b=None, *, eps, has_bias, out=None):
     mu = np.mean(x, axis=-1, keepdims=True)
-    xc = x - mu                                        # (..., d)
+    xc = np.subtract(x, mu, out=out)                   # (..., d)
     var = np.mean(np.square(xc), axis=-1, keepdims=True)
     xc *= 1.0 / np.sqrt(var + eps)
     if g is not None:                                  # affine=false: no gamma, no beta
@@ -318,9 +333,9 @@ def op_layer_norm(x, g=None, b=None, *, eps, has_bias):
     return xc
 
 
-def op_rms_norm(x, g, b=None, *, eps):
+def op_rms_norm(x, g, b=None, *, eps, out=None):
     ms = np.mean(np.square(x), axis=-1, keepdims=True)
-    y = x * (1.0 / np.sqrt(ms + eps))
+    y = np.multiply(x, 1.0 / np.sqrt(ms + eps), out=out)
     y *= g
     if b is not None:
         y += b

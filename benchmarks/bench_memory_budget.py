@@ -4,7 +4,7 @@
 
 GPT (`specs/gpt.attn`, 6 layers, d=256, 4 heads, vocab 256, batch 16 x 256 tokens, AdamW),
 each number of checkpointed repeat iterations k in a fresh process: the predicted peak
-(`attndsl.training.memory_budget.training_peaks`) and the measured growth of the process's
+(`attndsl.passes.training_memory.training_peaks`) and the measured growth of the process's
 peak RSS over 3 training steps, above the RSS after the model is built (the weights are in
 both; the optimizer state and gradients appear in the first step).
 """
@@ -20,7 +20,7 @@ import json, sys
 import numpy as np
 import attndsl
 from attndsl.cli import dims_env
-from attndsl.training.memory_budget import training_peaks
+from attndsl.passes.training_memory import training_peaks
 k = int(sys.argv[1])
 cfg = dict(layers=6, d_model=256, heads=4, vocab=256, ctx=256)
 model = attndsl.compile("specs/gpt.attn", backend="torch", config=cfg, seed=0)

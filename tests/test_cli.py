@@ -101,7 +101,18 @@ def test_stats_with_batch_and_seq(capsys, gpt_spec, tiny_args) -> None:
     model = attndsl.compile(gpt_spec, config=GPT_TINY)
     expected = model.stats.evaluate({"B": 2, "T": 16})["flops"]
     assert int(flops.group(1).replace(",", "")) == expected
-    assert "activation memory (B=2, T=16, numpy, float32): peak" in out
+    assert "activation memory (B=2, T=16, numpy, float32): planned peak" in out
+    assert "one training step (adamw, float32;" in out
+
+
+def test_stats_measure(capsys, gpt_spec, tiny_args) -> None:
+    """--measure runs one forward and prints its peak next to the plan's (their agreement
+    at real sizes: tests/test_memory_plan.py)."""
+    code, out, _ = run_cli(capsys, "stats", gpt_spec, "--batch", "1", "--seq", "32", "--measure",
+                           *tiny_args)
+    assert code == 0
+    assert re.search(r"measured peak of one forward \(B=1, T=32, numpy, random weights\): "
+                     r"[\d.]+ KiB \(tracemalloc\)", out), out
 
 
 # -- run / init ------------------------------------------------------------------------------------
@@ -276,7 +287,7 @@ def test_emit_cupy_needs_no_gpu(capsys, gpt_spec, tiny_args) -> None:
     """Emitting source is pure: --emit cupy works without CuPy installed."""
     assert main(["compile", gpt_spec, *tiny_args, "--emit", "cupy"]) == 0
     out = capsys.readouterr().out
-    assert "import cupy as np" in out and "def forward(p, inputs):" in out
+    assert "import cupy as np" in out and "def forward(p, inputs, o=_NO_OUT):" in out
 
 
 VARIANT_LM = """

@@ -329,7 +329,8 @@ def test_report(gpt_spec, ids) -> None:
     after = model.report()
     assert "parameters: 21,280" in after
     assert "forward FLOPs (B=2, T=10):" in after
-    assert "activation memory (B=2, T=10):" in after
+    assert "activation memory (B=2, T=10, numpy, float32): planned peak" in after
+    assert "liveness lower bound" in after and "one training step (adamw" in after
     for block in ("wte", "wpe", "layers", "ln_f"):
         assert block in after
 

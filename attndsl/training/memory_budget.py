@@ -1,6 +1,6 @@
 """`--memory-budget`: how many `repeat` iterations to checkpoint so a training step fits.
 
-The prediction for one training step (B, T and the float size given):
+The prediction for one training step (`attndsl.passes.training_memory`):
 
     weights + gradients + optimizer state             (1 or 2 moments per parameter)
     + every forward value the backward pass reads     (all non-leaf tensors: a slight
@@ -19,32 +19,8 @@ from typing import Any
 
 from attndsl.errors import TrainingError
 from attndsl.ir.graph import Graph
-from attndsl.ir.ops import numel
-from attndsl.ir.stats import compute_stats, human_bytes
-
-MOMENTS = {"sgd": 1, "adam": 2, "adamw": 2, "radam": 2, "lion": 1, "sophia": 2}
-LEAVES = frozenset({"input", "param", "constant"})
-
-
-def training_peaks(graph: Graph, env: dict[str, int], optimizer: str, itemsize: int = 4
-                   ) -> list[int]:
-    """Predicted peak bytes of one training step with the first k repeat iterations
-    checkpointed, for k = 0 .. number of iterations."""
-    params = compute_stats(graph).params * itemsize
-    fixed = params * (2 + MOMENTS.get(optimizer, 2))
-    sizes = {nid: int(numel(node.type.shape).evaluate(env)) * (
-        8 if node.type.dtype == "int" else 1 if node.type.dtype == "bool" else itemsize)
-        for nid, node in graph.nodes.items() if node.op not in LEAVES}
-    extra = graph.meta.get("segment_extra", {})
-    layers = [tuple(r) for r in graph.meta.get("layers", ())]
-    inside = [sum(b for nid, b in sizes.items()
-                  if r[0] <= nid < r[1] or tuple(extra.get(nid, ())) == r) for r in layers]
-    kept = sum(sizes.values())
-    peaks = []
-    for k in range(len(layers) + 1):
-        saved = sum(inside[:k])
-        peaks.append(fixed + kept - saved + (max(inside[:k]) if k else 0))
-    return peaks
+from attndsl.ir.stats import human_bytes
+from attndsl.passes.training_memory import training_peaks
 
 
 def choose_checkpointing(graph: Graph, env: dict[str, int], optimizer: str, budget: int,
