@@ -91,11 +91,17 @@ def attr_value(value: Any, env: dict[str, int]) -> Any:
 
 def kernel_attrs(node: Node, env: dict[str, int]) -> dict[str, Any]:
     """The keyword arguments the emitted program passes to `op_<node.op>`: the attributes,
-    plus `<name>_blocks` for each pattern attribute (its block layout sources)."""
+    plus `<name>_blocks` and `<name>_band` for each pattern attribute (`pattern_kwargs`)."""
     out = {k: attr_value(v, env) for k, v in node.attrs if k not in SKIP_ATTRS}
-    out.update((f"{k}_blocks", block_sources(v)) for k, v in node.attrs
-               if isinstance(v, Pattern))
+    out.update((f"{k}_{what}", src) for k, v in node.attrs if isinstance(v, Pattern)
+               for what, src in pattern_kwargs(v))
     return out
+
+
+def pattern_kwargs(pattern: Pattern) -> list[tuple[str, Any]]:
+    """What kernels get besides a pattern's source: its block layout sources (`_blocks`)
+    and, when it is a plain band, its (before, after) extent (`_band`)."""
+    return [("blocks", block_sources(pattern)), ("band", pattern.band())]
 
 
 def block_sources(pattern: Pattern) -> tuple[str, str] | None:
@@ -270,8 +276,8 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
         attrs["offset"] = _Raw("past")
     kwargs = [f"{k}={attr_source(v) if not isinstance(v, _Raw) else v.text}"
               for k, v in sorted(attrs.items()) if k not in SKIP_ATTRS]
-    kwargs += [f"{k}_blocks={block_sources(v)!r}" for k, v in sorted(attrs.items())
-               if isinstance(v, Pattern)]
+    kwargs += [f"{k}_{what}={src!r}" for k, v in sorted(attrs.items())
+               if isinstance(v, Pattern) for what, src in pattern_kwargs(v)]
     if node.op in opts.training_ops:
         kwargs.append("training=training")
     if nid in opts.out:

@@ -544,12 +544,14 @@ def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope
 
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(), rope=None,
-                 extras=None, rope_keys=True, impl="dense", pattern_blocks=None):
+                 extras=None, rope_keys=True, impl="dense", pattern_blocks=None,
+                 pattern_band=None):
     """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k (B, Hk, Tk, D),
     v (B, Hk, Tk, Dv) with H a multiple of Hk (K/V are shared, never repeated); fully masked
     rows give zeros. `extras` names the extra operands (default: a key_padding). `impl`:
     'dense' (one score buffer), 'tiled'/'sparse' (query tiles over the live key blocks of
-    `pattern_blocks`, the pattern's block layout) or 'auto' (the cheapest by the cost model)."""
+    `pattern_blocks`, the pattern's block layout) or 'auto' (the cheapest by the cost model).
+    `pattern_band` is for the torch kernel (here the blocked kernels cover bands)."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
     impl = attention_impl(impl, q, k, v, pattern_blocks, score, bias, extras, pattern)
     if impl != "dense":
@@ -568,7 +570,8 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(),
-                         rope=None, extras=None, impl="dense", pattern_blocks=None):
+                         rope=None, extras=None, impl="dense", pattern_blocks=None,
+                         pattern_band=None):
     """The attention probabilities (B, H, Tq, Tk) of `op_attention` with the same operands."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
     return attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras)[0]

@@ -491,7 +491,8 @@ def _assemble(outs, positions, q, v, tq):
 
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scaled", bias=(),
-                 rope=None, extras=None, rope_keys=True, impl="auto", pattern_blocks=None):
+                 rope=None, extras=None, rope_keys=True, impl="auto", pattern_blocks=None,
+                 pattern_band=None):
     """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k/v (B, Hk, Tk, D) with H a
     multiple of Hk; fully masked rows give zeros. SDPA (enable_gqa for grouped heads) for
     dot/scaled/bilinear scores with ALiBi/T5/tensor biases; an explicit path otherwise."""
@@ -504,6 +505,8 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         k = _rope(k, 0, rope) if rope_keys else k
     gqa = q.shape[1] != k.shape[1]
     tracing = torch.compiler.is_compiling()  # torch.export/compile: one path for every size
+    flash = (q.device.type == "cpu" and not gqa and p == 0 and not tracing and tq == tk
+             and v.shape[-1] == q.shape[-1] and "key_padding" not in ex)   # see _band
     if score == "additive" or any(t[0] == "relative" for t in bias) or (tracing and bias):
         qs = torch.matmul(q, ex["score_w"]) if score == "bilinear" else q
         probs = _explicit_probs(qs, k, q, ex, pattern, scale, score, bias)
@@ -513,12 +516,17 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
     if (bias == (("alibi",),) and "key_padding" not in ex and not tracing
             and ((pattern == CAUSAL and tq == tk) or (pattern in (None, CAUSAL) and tq == 1))):
         return _alibi_sdpa(q, k, v, scale, p, gqa, causal=tq > 1)
-    if (len(bias) == 1 and bias[0][0] == "t5" and pattern in (None, CAUSAL) and tq == tk > 1
-            and impl == "auto" and not gqa and p == 0 and "key_padding" not in ex
-            and not tracing and q.device.type == "cpu" and not _records_grad(q, k, v, ex)):
+    if (flash and len(bias) == 1 and bias[0][0] == "t5" and pattern in (None, CAUSAL)
+            and tq > 1 and impl == "auto" and not _records_grad(q, k, v, ex)):
         out = _t5_split_sdpa(q, k, v, ex["bias0"], bias[0], scale, pattern == CAUSAL)
         if out is not None:
             return out
+    band = _narrow_band(pattern_band, tk)
+    if (flash and band is not None and impl == "auto" and all(t[0] in ("alibi", "t5") for t in bias)
+            and not _records_grad(*(ex[f"bias{i}"] for i, t in enumerate(bias) if t[0] == "t5"))):
+        values = sum(_relative_values(t, ex.get(f"bias{i}"), q.shape[1], tq, tk, q.device,
+                                      q.dtype) for i, t in enumerate(bias)) if bias else None
+        return _band(q, k, v, values, scale, *band)[0]
     if not tracing and _use_blocked(impl, q, k, v, pattern, pattern_blocks, bias):
         return _blocked_attention(q, k, v, ex, pattern, pattern_blocks, scale, bias, p,
                                   impl != "tiled")
@@ -605,9 +613,17 @@ def _constant_tail(idx):
 BAND_ROWS = 64
 
 
+def _narrow_band(band, t):
+    """(before, after) of a band pattern narrow enough at length t for `_band`, else None."""
+    if band is None or None in band or band[0] + band[1] - 1 > t // 2:
+        return None
+    return band
+
+
 def _band(q, k, v, values, scale, left, right):
     """Attention of each query i over keys i - left < j < i + right with the relative biases
-    `values` (H, 2T - 1): (output (B, H, T, Dv), log-sum-exp (B, H, T)). Tiles of BAND_ROWS
+    `values` (H, 2T - 1) or none: (output (B, H, T, Dv), log-sum-exp (B, H, T)). The path
+    for sliding windows and T5's near keys; autograd flows to q, k, v (not to `values`). Tiles of BAND_ROWS
     queries with their window of keys (strided views, no copy for B = 1), batched into
     SDPA's CPU kernel with a float mask (bias, -inf outside the band) that is the same for
     every tile away from the sequence ends; the tiles at the ends get their own masks."""
@@ -620,8 +636,10 @@ def _band(q, k, v, values, scale, left, right):
     vw = F.pad(v, pad).unfold(2, span, rows).permute(0, 2, 1, 4, 3)
     rel = (torch.arange(span, device=q.device)[None, :] - left + 1
            - torch.arange(rows, device=q.device)[:, None])                 # (R, S)
-    mask = values[:, (rel + t - 1).clamp(0, 2 * t - 2)].masked_fill(
-        (rel <= -left) | (rel >= right), float("-inf"))[None]             # (1, H, R, S)
+    outside = (rel <= -left) | (rel >= right)
+    mask = (q.new_zeros(1, rows, span).masked_fill(outside, float("-inf")) if values is None
+            else values[:, (rel + t - 1).clamp(0, 2 * t - 2)].masked_fill(outside, float("-inf"))
+            )[None]                                                       # (1, H or 1, R, S)
     first = [i * rows - left + 1 for i in range(tiles)]                    # each window's key 0
     a = sum(f < 0 for f in first)
     z = max(a, sum(f + span <= t for f in first))
@@ -645,7 +663,8 @@ def _band(q, k, v, values, scale, left, right):
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",
-                         bias=(), rope=None, extras=None, impl="auto", pattern_blocks=None):
+                         bias=(), rope=None, extras=None, impl="auto", pattern_blocks=None,
+                         pattern_band=None):
     """The attention probabilities (B, H, Tq, Tk) of `op_attention` with the same operands."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
     ex = {n: x for n, x in zip(extras, extra) if x is not None}

@@ -78,6 +78,11 @@ class Pattern(ABC):
         """True if the pattern never lets a query see a later key (safe for KV caching)."""
         return self.is_causal
 
+    def band(self) -> tuple[int | None, int | None] | None:
+        """(before, after) when the pattern is exactly the band q - before < k < q + after
+        (None: unbounded on that side), else None."""
+        return None
+
 
 @dataclass(frozen=True)
 class Full(Pattern):
@@ -95,6 +100,9 @@ class Full(Pattern):
     @property
     def is_full(self) -> bool:
         return True
+
+    def band(self) -> tuple[int | None, int | None] | None:
+        return None, None
 
     def __str__(self) -> str:
         return "full"
@@ -117,6 +125,9 @@ class Causal(Pattern):
     def is_causal(self) -> bool:
         return True
 
+    def band(self) -> tuple[int | None, int | None] | None:
+        return None, 1
+
     def __str__(self) -> str:
         return "causal"
 
@@ -135,6 +146,9 @@ class Window(Pattern):
 
     def empty_source(self) -> str:
         return f"((q0 - k1 >= {self.size}) | (q1 - k0 <= -{self.size}))"
+
+    def band(self) -> tuple[int | None, int | None] | None:
+        return self.size, self.size
 
     def __str__(self) -> str:
         return f"window({self.size})"
@@ -318,6 +332,13 @@ class And(Pattern):
     @property
     def causal_implied(self) -> bool:
         return self.left.causal_implied or self.right.causal_implied
+
+    def band(self) -> tuple[int | None, int | None] | None:
+        a, b = self.left.band(), self.right.band()
+        if a is None or b is None:
+            return None
+        return tuple(x if y is None else y if x is None else min(x, y)  # type: ignore[return-value]
+                     for x, y in zip(a, b))
 
     def __str__(self) -> str:
         return f"({self.left} & {self.right})"
