@@ -622,18 +622,17 @@ def _narrow_band(band, t):
 
 def _band(q, k, v, values, scale, left, right):
     """Attention of each query i over keys i - left < j < i + right with the relative biases
-    `values` (H, 2T - 1) or none: (output (B, H, T, Dv), log-sum-exp (B, H, T)). The path
-    for sliding windows and T5's near keys; autograd flows to q, k, v (not to `values`). Tiles of BAND_ROWS
-    queries with their window of keys (strided views, no copy for B = 1), batched into
-    SDPA's CPU kernel with a float mask (bias, -inf outside the band) that is the same for
-    every tile away from the sequence ends; the tiles at the ends get their own masks."""
+    `values` (H, 2T - 1) or none: (output (B, H, T, Dv), log-sum-exp (B, H, T)); the path
+    for sliding windows and T5's near keys, autograd flowing to q, k, v (not `values`).
+    Tiles of BAND_ROWS queries with their windows of keys (strided views of k and v, no
+    copy), batched into SDPA's CPU kernel with one float mask (bias, -inf outside the band)
+    for every tile whose window lies inside the sequence; the few tiles at the ends get a
+    padded copy of their keys and their own masks."""
     b, h, t, d = q.shape
     rows, span = BAND_ROWS, BAND_ROWS + left + right - 2
     tiles = -(-t // rows)
-    pad = (0, 0, left - 1, tiles * rows + right - 1 - t)
-    qt = F.pad(q, (0, 0, 0, tiles * rows - t)).view(b, h, tiles, rows, d).transpose(1, 2)
-    kw = F.pad(k, pad).unfold(2, span, rows).permute(0, 2, 1, 4, 3)    # (B, tiles, H, S, D)
-    vw = F.pad(v, pad).unfold(2, span, rows).permute(0, 2, 1, 4, 3)
+    qt = (q if t % rows == 0 else F.pad(q, (0, 0, 0, tiles * rows - t)))
+    qt = qt.view(b, h, tiles, rows, d).transpose(1, 2)                    # (B, tiles, H, R, D)
     rel = (torch.arange(span, device=q.device)[None, :] - left + 1
            - torch.arange(rows, device=q.device)[:, None])                 # (R, S)
     outside = (rel <= -left) | (rel >= right)
@@ -648,15 +647,19 @@ def _band(q, k, v, values, scale, left, right):
     for lo, hi in ((0, a), (a, z), (z, tiles)):
         if lo == hi:
             continue
+        k0, k1 = first[lo], first[hi - 1] + span                         # keys the tiles read
+        pad = (0, 0, max(0, -k0), max(0, k1 - t))
         m = mask
-        if (lo, hi) != (a, z):                                      # windows past an end
+        if any(pad):                                                   # windows past an end
             key = torch.arange(lo, hi, device=q.device)[:, None] * rows - left + 1 + \
                 torch.arange(span, device=q.device)                            # (n, S)
             m = m.masked_fill(((key < 0) | (key >= t))[:, None, None], float("-inf"))
             m = m.repeat(b, 1, 1, 1)                                 # (B n, H, R, S)
+        kw, vw = ((F.pad(x[:, :, max(k0, 0):min(k1, t)], pad) if any(pad) else x[:, :, k0:k1])
+                  .unfold(2, span, rows).permute(0, 2, 1, 4, 3).flatten(0, 1)
+                  for x in (k, v))                                   # (B n, H, S, D)
         o, s = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            *(x[:, lo:hi].flatten(0, 1) for x in (qt, kw, vw)), 0.0, False, attn_mask=m,
-            scale=scale)
+            qt[:, lo:hi].flatten(0, 1), kw, vw, 0.0, False, attn_mask=m, scale=scale)
         out[:, :, lo:hi] = o.unflatten(0, (b, -1)).transpose(1, 2)
         lse[:, :, lo:hi] = s.unflatten(0, (b, -1)).transpose(1, 2)
     return out.flatten(2, 3)[:, :, :t], lse.flatten(2, 3)[:, :, :t]
