@@ -134,9 +134,23 @@ def test_explain_reports_each_distinct_attention_once_with_its_variant():
     assert torch_text.count("(x4)") == 1 and len(torch_text.splitlines()) == 5
     assert "4 query / 2 kv heads (grouped-query)" in torch_text
     assert "bias=alibi()" in torch_text and "rope(theta=500" in torch_text
-    assert "explicit softmax per block of query rows" in torch_text
+    assert "SDPA is_causal=True with ALiBi as one extra q/k feature" in torch_text
     assert "explicit softmax(scores)V" in torch_text           # additive scores
     assert "strided Toeplitz view" in numpy_text
+
+
+def test_explain_names_the_torch_band_and_t5_paths():
+    """Sliding windows and T5 biases name the kernels torch's dispatch picks for them."""
+    g = attndsl.build("""model m {
+        input x: float[B, T, 32]
+        a = attention(x, 4, pattern=causal & window(16))
+        b = attention(a, 4, pattern=causal, bias=t5_bias(bidirectional=false))
+        output y = attention(b, 4, pattern=causal & window(16), kv_heads=2)
+    }""")
+    text = explain(g, "torch")
+    assert "band: query tiles over key windows" in text and "band 15 keys back to 0 ahead" in text
+    assert "T5 split (CPU inference)" in text
+    assert "blocked or SDPA with a mask (cost model)" in text    # grouped heads: no band
 
 
 LONG = """const ctx = 16384

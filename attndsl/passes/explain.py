@@ -32,7 +32,7 @@ def variant(node: Node, graph: Graph) -> str:
     return ", ".join(parts)
 
 
-def choose(node: Node, fused: bool) -> tuple[str, str]:
+def choose(node: Node, graph: Graph, fused: bool) -> tuple[str, str]:
     """(implementation, reason) for one attention node on a backend with (`fused`) or
     without a fused scaled-dot-product attention kernel (its `Backend.fused_attention`)."""
     attrs = node.attr_dict
@@ -41,14 +41,37 @@ def choose(node: Node, fused: bool) -> tuple[str, str]:
     terms = [t.kernel_attr()[0] for t in bias.terms] if bias else []
     blocked = ("blocked: query tiles over the live key blocks of the pattern's layout, or "
                "SDPA/dense, whichever the cost model prices lower per call")
-    if fused and not (pattern.is_full or pattern.is_causal) and not (
-            score == "additive" or {"relative", "tensor"} & set(terms)):
+    if fused and (score == "additive" or "relative" in terms):
+        return ("explicit softmax(scores)V",
+                f"{'additive scores' if score == 'additive' else 'the relative-key term'} "
+                "cannot be expressed as an SDPA mask; the [B, H, Tq, Tk] scores are built")
+    if fused and terms == ["alibi"] and pattern.is_causal and not padded:
+        return ("SDPA is_causal=True with ALiBi as one extra q/k feature",
+                "for keys j <= i, -m|i - j| = m j - m i and m i is constant in a row, so "
+                "q' = [q, m/s], k' = [k, j] gives the same softmax on the fused causal kernel "
+                "(a KV-cache step: the same with one query)")
+    q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
+    flash = (fused and not padded and q.shape[1] == k.shape[1] and q.shape[3] == v.shape[3]
+             and q.shape[2] == k.shape[2] and attrs.get("impl", "auto") == "auto")
+    band = pattern.band()
+    if flash and terms == ["t5"] and (pattern.is_full or pattern.is_causal):
+        return ("T5 split (CPU inference), else explicit softmax per block of query rows",
+                "at inference T5's bucket is constant past some distance n, so keys n or more "
+                "away are plain causal SDPA over shifted q/k (a constant bias per head) and "
+                "only a band of nearer keys gets the bucket values (query tiles over key "
+                "windows in SDPA's CPU kernel), merged by log-sum-exp; the band must be at "
+                "most half the sequence. While training (SDPA's log-sum-exp carries no "
+                "gradient) and on CUDA, the bias is added per 128-row block")
+    if flash and band is not None and None not in band and set(terms) <= {"alibi", "t5"}:
+        return ("band: query tiles over key windows in SDPA's CPU kernel (else blocked)",
+                f"pattern {pattern} is the band {band[0] - 1} keys back to {band[1] - 1} "
+                "ahead: tiles of 64 queries read strided windows of k and v, all in one SDPA "
+                "call with one float mask (bias inside the band, -inf outside); used while "
+                "the band is at most half the sequence, without dropout or a trainable T5 "
+                "table, on the CPU; otherwise the blocked kernel below")
+    if fused and not (pattern.is_full or pattern.is_causal) and "tensor" not in terms:
         return "blocked or SDPA with a mask (cost model)", blocked
     if fused:
-        if score == "additive" or "relative" in terms:
-            return ("explicit softmax(scores)V",
-                    f"{'additive scores' if score == 'additive' else 'the relative-key term'} "
-                    "cannot be expressed as an SDPA mask; the [B, H, Tq, Tk] scores are built")
         if terms:
             return ("explicit softmax per block of query rows",
                     "the bias (and pattern) is evaluated per 128-row block over its live keys "
@@ -146,7 +169,7 @@ def explain(graph: Graph, backend: str, env: dict[str, int] | None = None) -> st
         if node.op == "attention_weights":
             impl, why = ("explicit probabilities", "weights= returns the [B, H, Tq, Tk] map")
         else:
-            impl, why = choose(node, fused)
+            impl, why = choose(node, graph, fused)
         forced = node.attr("impl", "auto")
         if forced != "auto":
             impl = f"{impl} (attention={forced!r})"
