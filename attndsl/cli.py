@@ -534,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel ranks on this machine (torchrun + DDP; gloo on CPU, "
                    "NCCL on GPUs); the global batch is nproc x --batch")
+    p.add_argument("--shard", action="store_true",
+                   help="with --nproc N or torchrun: FSDP instead of DDP, parameters, "
+                   "gradients and optimizer state sharded over the ranks")
     p.add_argument("--seed", type=count, default=1337)
     p.add_argument("--out", default="runs/latest", help="checkpoint directory")
     p.add_argument("--resume", help="continue from this checkpoint directory")

@@ -58,3 +58,30 @@ def test_nproc_is_for_the_torch_backend(tmp_path, capsys) -> None:
     assert main(["train", "specs/nanogpt.attn", "--backend", "numpy", "--nproc", "2",
                  "--out", str(tmp_path / "o")]) == 2
     assert "data-parallel training" in capsys.readouterr().err
+
+
+def test_sharded_ranks_follow_one_process_and_resume_anywhere(tmp_path) -> None:
+    """--shard (FSDP over 2 gloo ranks): the single-process loss curve with twice the batch,
+    one checkpoint with full tensors, which resumes sharded or on one process alike."""
+    done = train("--nproc", "2", "--shard", "--batch", "2", "--steps", "12",
+                 "--out", str(tmp_path / "fsdp"))
+    assert done.stdout.count("checkpoint:") == 1
+    train("--batch", "4", "--steps", "12", "--out", str(tmp_path / "one"))
+    np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp_path / "one"), rtol=1e-5)
+    for d in ("fsdp", "one"):                                    # sharded and plain resumes
+        (tmp_path / f"{d}2").mkdir()
+        for f in (tmp_path / d).iterdir():
+            (tmp_path / f"{d}2" / f.name).write_bytes(f.read_bytes())
+    train("--nproc", "2", "--shard", "--resume", str(tmp_path / "fsdp"), "--steps", "18",
+          "--out", str(tmp_path / "fsdp"))
+    train("--resume", str(tmp_path / "fsdp2"), "--steps", "18", "--out", str(tmp_path / "fsdp2"))
+    train("--resume", str(tmp_path / "one"), "--steps", "18", "--out", str(tmp_path / "one"))
+    for d in ("fsdp", "fsdp2"):
+        np.testing.assert_allclose(losses(tmp_path / d)[12:], losses(tmp_path / "one")[12:],
+                                   rtol=1e-5)
+
+
+def test_shard_needs_ranks(tmp_path, capsys) -> None:
+    from attndsl.cli import main
+    assert main(["train", "specs/nanogpt.attn", "--shard", "--out", str(tmp_path / "o")]) == 2
+    assert "--shard splits the model over data-parallel ranks" in capsys.readouterr().err

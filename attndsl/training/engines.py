@@ -30,7 +30,12 @@ DROPOUT_SEED_OFFSET = 2
 class TorchEngine:
     """In a torch.distributed process group (`torchrun`), the forward runs through
     DistributedDataParallel, which averages gradients over the ranks; reported losses are
-    averaged too, so every rank logs the global batch's loss."""
+    averaged too, so every rank logs the global batch's loss. With `cfg.shard`, FSDP
+    instead (`torch.distributed.fsdp.fully_shard` on the whole generated module: its
+    forward reads every parameter, so the parameters are one unit, gathered for the forward
+    and the backward, sharded between them; gradients and optimizer state stay sharded).
+    Checkpoints gather the full tensors (every rank takes part); after training the model
+    gets a plain unsharded program again."""
 
     def __init__(self, model: Model, cfg: Any):
         import torch
@@ -38,17 +43,24 @@ class TorchEngine:
         from attndsl.training.optim import make_optimizer
         self.model, self.cfg = model, cfg
         self.module = model.module
-        self.named = self.module._params()                 # the spec's parameter names
+        torch.manual_seed(cfg.seed)
+        self.ddp = None
+        self.sharded = False
+        self.loss_spec = loss_spec(model.graph)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if cfg.shard:
+                from torch.distributed.fsdp import fully_shard
+                fully_shard(self.module)
+                self.sharded = True
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+                unused = _params_off_the_loss(model, self.loss_spec["output"])
+                self.ddp = DistributedDataParallel(self.module,
+                                                   find_unused_parameters=bool(unused))
+        self.named = self.module._params()    # the spec's parameter names (sharded: DTensors)
         self.optimizer = make_optimizer(cfg.optimizer, self.named, lr=cfg.lr,
                                         weight_decay=cfg.weight_decay, betas=cfg.betas,
                                         eps=cfg.eps, momentum=cfg.momentum, rho=cfg.rho)
-        torch.manual_seed(cfg.seed)
-        self.ddp = None
-        self.loss_spec = loss_spec(model.graph)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from torch.nn.parallel import DistributedDataParallel
-            unused = _params_off_the_loss(model, self.loss_spec["output"])
-            self.ddp = DistributedDataParallel(self.module, find_unused_parameters=bool(unused))
 
     @property
     def lr(self) -> float:
@@ -77,7 +89,7 @@ class TorchEngine:
                                            keep=keep) * scale
         loss.backward()
         value = loss.detach().float()
-        if self.ddp is not None:                       # the global batch's mean loss
+        if self.ddp is not None or self.sharded:       # the global batch's mean loss
             import torch.distributed as dist
             dist.all_reduce(value)
             value /= dist.get_world_size()
@@ -121,16 +133,56 @@ class TorchEngine:
         from attndsl.training.optim import optimizer_param_names, optimizer_state_tensors
         names = optimizer_param_names(self.optimizer, self.named)
         tensors, meta = optimizer_state_tensors(self.optimizer, names)
-        return ({k: v.detach().cpu().numpy() for k, v in tensors.items()},
+        return ({k: _full(v).cpu().numpy() for k, v in tensors.items()},
                 {"optimizer": meta, "optimizer_names": names, "torch_rng": torch_rng_state()})
 
     def restore(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
         from attndsl.training.checkpoint import set_torch_rng_state
         from attndsl.training.optim import load_optimizer_state, optimizer_param_names
         names = optimizer_param_names(self.optimizer, self.named)
+        if self.sharded:                               # full tensors -> this rank's shards
+            tensors = {k: self._sharded_like(self.named[k[6:].rsplit(".", 1)[0]], v)
+                       if k.startswith("state.") else v for k, v in tensors.items()}
         load_optimizer_state(self.optimizer, names, tensors, state["optimizer"])
         if "torch_rng" in state:                       # absent in a NumPy run's checkpoint
             set_torch_rng_state(state["torch_rng"])
+
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The model's weights as full arrays (sharded: gathered; every rank calls this)."""
+        if not self.sharded:
+            return self.model.state_dict()
+        return {name: _full(p.detach()).cpu().numpy() for name, p in self.named.items()}
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        """Full arrays into the model (sharded: each rank keeps its shard)."""
+        import torch
+        if not self.sharded:
+            self.model.load_state_dict(weights)
+            return
+        for name, value in weights.items():
+            if name not in self.named or tuple(np.shape(value)) != tuple(self.named[name].shape):
+                raise ValueError(f"'{name}' {tuple(np.shape(value))} does not fit the model")
+        with torch.no_grad():
+            for name, p in self.named.items():
+                if name in weights:
+                    p.copy_(self._sharded_like(p, weights[name]))
+
+    @staticmethod
+    def _sharded_like(param: Any, value: Any) -> Any:
+        import torch
+        from torch.distributed.tensor import distribute_tensor
+        full = torch.as_tensor(np.asarray(value)).to(param.dtype)
+        return distribute_tensor(full, param.device_mesh, param.placements)
+
+    def finish(self) -> None:
+        """After training: a sharded model gets a plain program with the full weights
+        (generation and later calls run on one process)."""
+        if self.sharded:
+            model = self.model
+            model.program = model.backend.compile(model.graph, self.weights(), model.dtype,
+                                                  dict(model.options))
+            self.sharded = False
 
 
 def _params_off_the_loss(model: Model, output: str) -> list[str]:
@@ -145,7 +197,15 @@ def _params_off_the_loss(model: Model, output: str) -> list[str]:
     return [name for name, nid in graph.params.items() if nid not in seen]
 
 
+def _full(t: Any) -> Any:
+    """A tensor's full value: a DTensor is gathered from the ranks (collective)."""
+    from torch.distributed.tensor import DTensor
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+
 class ArrayEngine:
+    sharded = False
+
     def __init__(self, model: Model, cfg: Any):
         from attndsl.backends.numpy_autodiff import check_trainable
         from attndsl.training.array_optim import ArrayOptimizer
@@ -225,6 +285,15 @@ class ArrayEngine:
         value = cross_entropy_numpy(outs[self.loss["output"]], np.asarray(targets),
                                     self.loss["label_smoothing"], self.loss["ignore_index"])
         return float(value + sum(coef * float(outs[name]) for coef, name in self.loss["extra"]))
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.model.state_dict()
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        self.model.load_state_dict(weights)
+
+    def finish(self) -> None:
+        """Nothing to undo after training."""
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         from attndsl.training.checkpoint import numpy_rng_state

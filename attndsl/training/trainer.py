@@ -97,6 +97,7 @@ class TrainConfig:
     eval_iters: int = 20
     amp: bool = False
     seed: int = 1337
+    shard: bool = False             # FSDP over the ranks of a process group (torch)
 
     @classmethod
     def from_spec(cls, train: dict[str, Any], **overrides: Any) -> TrainConfig:
@@ -386,6 +387,7 @@ class Trainer:
         bar.close()
         if checkpoint_dir:
             self.save(checkpoint_dir, extra_state or {})
+        self.engine.finish()
         if stop:
             if checkpoint_dir and self.rank == 0:
                 print(f"interrupted: checkpoint of step {self.step} saved to {checkpoint_dir}",
@@ -397,11 +399,15 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any]) -> None:
-        """Write a checkpoint (rank 0 only, under torchrun: the ranks hold the same state)."""
+        """Write a checkpoint (rank 0 only, under torchrun: the ranks hold the same state;
+        sharded, every rank first takes part in gathering it)."""
         from attndsl.training.checkpoint import numpy_rng_state, save_checkpoint
-        if self.rank != 0:
+        if self.rank != 0 and not self.engine.sharded:
             return
         tensors, engine_state = self.engine.state()
+        weights = self.engine.weights()
+        if self.rank != 0:
+            return
         tensors = {**tensors, **{f"memory.{k}": np.asarray(v, np.float32)
                                  for k, v in self.memory.items()}}
         state = {"step": self.step, **engine_state, "rng": numpy_rng_state(self.rng),
@@ -414,13 +420,13 @@ class Trainer:
         if isinstance(self.data, PairedDataset):
             state["specials"] = {"pad": self.data.pad, "bos": self.data.bos,
                                  "eos": self.data.eos}
-        save_checkpoint(directory, self.model.state_dict(), tensors, state)
+        save_checkpoint(directory, weights, tensors, state)
 
     def restore(self, directory: str | Path) -> dict[str, Any]:
         """Weights, optimizer state, step and RNGs from a checkpoint of either backend."""
         from attndsl.training.checkpoint import load_checkpoint, numpy_rng_from_state
         weights, opt_tensors, state = load_checkpoint(directory)
-        self.model.load_state_dict(weights)
+        self.engine.load_weights(weights)
         self.engine.restore(opt_tensors, state)
         self.step = int(state["step"])
         self.rng = numpy_rng_from_state(state["rng"])
@@ -541,6 +547,9 @@ def train_from_cli(args: argparse.Namespace) -> int:
     if (args.nproc > 1 or world > 1) and args.backend != "torch":
         raise TrainingError("data-parallel training (--nproc, torchrun) is for the torch "
                             "backend", None, "add --backend torch")
+    if args.shard and args.nproc == 1 and world == 1:
+        raise TrainingError("--shard splits the model over data-parallel ranks", None,
+                            "add --nproc N (N >= 2), or run under torchrun")
     if args.nproc > 1 and world == 1:
         return launch_ranks(args)
     options: dict[str, Any] = {}
@@ -614,7 +623,8 @@ def train_from_cli(args: argparse.Namespace) -> int:
                                 batch=batch, seq=seq, lr=args.lr, clip=args.clip,
                                 schedule=args.schedule, warmup=args.warmup,
                                 grad_accum=args.grad_accum, eval_every=args.eval_every,
-                                eval_iters=args.eval_iters, amp=args.amp or None, seed=args.seed)
+                                eval_iters=args.eval_iters, amp=args.amp or None, seed=args.seed,
+                                shard=args.shard or None)
     if args.memory_budget is not None:
         if args.checkpointing:
             raise TrainingError("--memory-budget chooses the checkpointed iterations itself",
