@@ -755,8 +755,8 @@ def _attention_vjp(g: Array, ins: tuple[Array, ...], attrs: dict[str, Any],
                                                    score, bias, extras, attrs["pattern"])
     if impl != "dense":
         return _blocked_vjp(g, q, k, v, ex, extras, attrs, layout, impl == "sparse")
-    p, qr, kr = attention_probs(q, k, ins[3:], attrs["pattern"], scale, score, bias, rope,
-                                extras)
+    p, qr, kr = attrs.get("saved") or attention_probs(q, k, ins[3:], attrs["pattern"], scale,
+                                                      score, bias, rope, extras)
     b, h, tq, tk = p.shape
     hk = k.shape[1]
     if weights:

@@ -73,6 +73,7 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
     values: dict[int, Any] = {}
     attrs: dict[int, dict[str, Any]] = {}
     drawn: dict[int, Any] = {}        # training: dropout keep-masks, LayerDrop coin flips
+    saved: dict[int, tuple[Any, ...]] = {}   # dense attention: probabilities, rotated q, k
     for nid in order:
         node = graph.nodes[nid]
         if node.op == "input":
@@ -94,7 +95,16 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                 attrs[nid]["training"] = rng is not None
             if node.op == "batch_norm" and rng is not None and updates is not None:
                 _move_running_stats(graph, node, values, attrs[nid], updates)
-            values[nid] = ops[f"op_{node.op}"](*(values[i] for i in node.inputs), **attrs[nid])
+            args = [values[i] for i in node.inputs]
+            if node.op == "attention" and _keeps_probs(ops, args, attrs[nid]):
+                a = attrs[nid]
+                values[nid], *kept_probs = ops["attention_dense"](
+                    *args[:3], tuple(args[3:]), a["pattern"], a["scale"],
+                    a.get("score", "scaled"), a.get("bias", ()), a.get("rope"),
+                    a.get("extras") or ("key_padding",) * (len(args) - 3))
+                saved[nid] = tuple(kept_probs)
+            else:
+                values[nid] = ops[f"op_{node.op}"](*args, **attrs[nid])
 
     for name in keep or ():
         keep[name] = values[graph.outputs[name]]
@@ -121,7 +131,8 @@ def value_and_grad_numpy(graph: Graph, params: Mapping[str, np.ndarray],
                      else (g, None) if drawn[nid] else (None, g))
         else:
             grads = VJP_RULES[node.op](g, values[nid], (tuple(values[i] for i in node.inputs)),
-                                       attrs[nid])
+                                       {**attrs[nid], "saved": saved.pop(nid)}
+                                       if nid in saved else attrs[nid])
         for src, gi in zip(node.inputs, grads, strict=True):
             if gi is not None and src in needs:
                 cotangents[src] = gi if src not in cotangents else cotangents[src] + gi
@@ -181,6 +192,21 @@ def _ancestors(graph: Graph, nid: int) -> set[int]:
                 seen.add(src)
                 stack.append(src)
     return seen
+
+
+SAVED_PROBS_BYTES = 8 << 20      # keep a dense attention's probabilities up to this size
+
+
+def _keeps_probs(ops: Kernels, args: list[Any], attrs: dict[str, Any]) -> bool:
+    """Whether the forward keeps this attention's probabilities for the backward (which
+    otherwise recomputes them): the dense kernel runs, and [B, H, Tq, Tk] is small."""
+    q, k, v = args[:3]
+    extras = attrs.get("extras") or ("key_padding",) * (len(args) - 3)
+    impl = ops["attention_impl"](attrs.get("impl", "dense"), q, k, v,
+                                 attrs.get("pattern_blocks"), attrs.get("score", "scaled"),
+                                 attrs.get("bias", ()), extras, attrs["pattern"])
+    size = max(q.shape[0], k.shape[0]) * q.shape[1] * q.shape[2] * k.shape[2] * q.itemsize
+    return impl == "dense" and size <= SAVED_PROBS_BYTES
 
 
 def _needs_grad(graph: Graph, order: list[int]) -> set[int]:

@@ -563,10 +563,18 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=
         qs = np.matmul(q, ex["score_w"]) if score == "bilinear" else q
         return blocked_attention(qs, k, v, ex, pattern, pattern_blocks, scale, bias,
                                  impl == "sparse")
-    p, _, _ = attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope_keys)
+    return attention_dense(q, k, v, extra, pattern, scale, score, bias, rope, extras,
+                           rope_keys)[0]
+
+
+def attention_dense(q, k, v, extra, pattern, scale, score, bias, rope, extras, rope_keys=True):
+    """The dense path: (output (B, H, Tq, Dv), probabilities, rotated q, rotated k); the
+    NumPy reverse mode keeps the last three for the backward instead of recomputing them."""
+    p, qr, kr = attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras,
+                                rope_keys)
     b, h, tq, _ = p.shape
     out = np.matmul(_grouped(p, k.shape[1]), v)                            # (B, Hk, G Tq, Dv)
-    return out.reshape(out.shape[0], h, tq, v.shape[-1])                   # (B, H, Tq, Dv)
+    return out.reshape(out.shape[0], h, tq, v.shape[-1]), p, qr, kr         # (B, H, Tq, Dv)
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(),

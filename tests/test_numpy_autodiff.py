@@ -390,3 +390,21 @@ def test_float32_with_the_programs_kernels():
     for name, g in g32.items():
         assert g.dtype == np.float32, name
         np.testing.assert_allclose(g, g64[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("stem", ["gpt", "llama", "t5"])
+def test_kept_and_recomputed_attention_probabilities_give_the_same_gradients(stem, monkeypatch):
+    """The forward keeps small dense attention probabilities for the backward; above
+    SAVED_PROBS_BYTES the backward recomputes them: bitwise the same gradients."""
+    from attndsl.backends import numpy_autodiff
+    model = attndsl.compile(SPECS_DIR / f"{stem}.attn", backend="numpy",
+                            config=TINY_CONFIGS[stem], seed=0, dtype="float64")
+    inputs = random_inputs(model.graph, batch=2, seq=6)
+    targets = targets_for(model, inputs)
+    args = (model.graph, model.state_dict(), inputs, targets, loss_spec(model.graph), "float64")
+    kept = value_and_grad_numpy(*args)
+    monkeypatch.setattr(numpy_autodiff, "SAVED_PROBS_BYTES", 0)
+    recomputed = value_and_grad_numpy(*args)
+    assert kept[0] == recomputed[0]
+    for name, g in kept[1].items():
+        np.testing.assert_array_equal(g, recomputed[1][name], err_msg=name)
