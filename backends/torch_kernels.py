@@ -513,6 +513,11 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
         return _grouped_pv(F.dropout(probs, p, training) if p > 0 else probs, v)
     if score == "bilinear":
         q = torch.matmul(q, ex["score_w"])
+    if (flash and bias == (("alibi",),) and pattern == CAUSAL and q.dtype == torch.float32
+            and impl == "auto" and tq >= ALIBI_SPLIT_MIN):
+        out = _alibi_split_heads(q, k, v, scale)
+        if out is not None:
+            return out
     if (bias == (("alibi",),) and "key_padding" not in ex and not tracing
             and ((pattern == CAUSAL and tq == tk) or (pattern in (None, CAUSAL) and tq == 1))):
         return _alibi_sdpa(q, k, v, scale, p, gqa, causal=tq > 1)
@@ -546,7 +551,7 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scal
     return _biased_rows(q, k, v, ex, pattern, pattern_blocks, scale, bias, p)
 
 
-def _alibi_sdpa(q, k, v, scale, p, gqa, causal):
+def _alibi_sdpa(q, k, v, scale, p, gqa, causal, slopes=None):
     """ALiBi on SDPA's fused causal kernel. For keys j <= i, -m_h |i - j| = m_h j - m_h i, and
     the m_h i is the same for the whole row, so softmax(s q.k - m_h |i - j|) equals
     softmax(s q.k + m_h j): one more feature, q' = [q, m_h / s], k' = [k, j - (Tk - 1)] (the
@@ -555,7 +560,8 @@ def _alibi_sdpa(q, k, v, scale, p, gqa, causal):
     blocks above the diagonal."""
     b, h, tq, _ = q.shape
     tk = k.shape[-2]
-    slopes = (_alibi_slopes(h, q.device) / scale).to(q.dtype).view(1, h, 1, 1)
+    slopes = ((_alibi_slopes(h, q.device) if slopes is None else slopes) / scale
+              ).to(q.dtype).view(1, h, 1, 1)
     pos = (torch.arange(tk, device=q.device, dtype=torch.float64) - (tk - 1)).to(q.dtype)
     qa = torch.cat([q, slopes.expand(q.shape[0], h, tq, 1)], dim=-1)
     ka = torch.cat([k, pos.view(1, 1, tk, 1).expand(*k.shape[:3], 1)], dim=-1)
@@ -663,6 +669,42 @@ def _band(q, k, v, values, scale, left, right):
         out[:, :, lo:hi] = o.unflatten(0, (b, -1)).transpose(1, 2)
         lse[:, :, lo:hi] = s.unflatten(0, (b, -1)).transpose(1, 2)
     return out.flatten(2, 3)[:, :, :t], lse.flatten(2, 3)[:, :, :t]
+
+
+ALIBI_SPLIT_MIN = 1536  # below, the fused kernel is faster (measured crossover, BENCHMARKS.md)
+
+
+def _alibi_split_heads(q, k, v, scale):
+    """Causal ALiBi in float32 with its steep heads as bands. With |s q.k| <= b for every
+    pair (b from the largest query and key norms), a key d positions back weighs at most
+    exp(2b - m_h d) of its row's largest weight, so beyond W_h = (2b + 88 + ln T) / m_h
+    the keys of a row together weigh under exp(-88) of it: below float32's smallest
+    normal, so leaving them out changes no float32 result beyond that size, while
+    computing them feeds subnormals to the GEMMs (~10x slower on x86; inside SDPA's worker
+    threads, where flush-to-zero cannot be set). Heads with W_h at most half the sequence
+    run `_band` over their window; the others the fused causal kernel (`_alibi_sdpa`).
+    None when no head qualifies."""
+    b, h, t, _ = q.shape
+    slopes = _alibi_slopes(h, q.device)
+    with torch.no_grad():
+        bound = scale * float(q.norm(dim=-1).max()) * float(k.norm(dim=-1).max())
+    windows = [math.ceil((2 * bound + 88 + math.log(t)) / float(m)) for m in slopes]
+    steep = [i for i, w in enumerate(windows) if w <= t // 2]
+    if not steep:
+        return None
+    rest = [i for i in range(h) if i not in steep]
+    out = q.new_empty(b, h, t, v.shape[-1])
+    rel = torch.arange(-(t - 1), t, device=q.device).abs()
+    for i in steep:
+        values = (-slopes[i] * rel).to(q.dtype)[None]                    # (1, 2T - 1)
+        out[:, i:i + 1] = _band(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], values, scale,
+                                windows[i], 1)[0]
+    if rest:
+        sel = torch.tensor(rest, device=q.device)
+        qs = q.index_select(1, sel)
+        out[:, sel] = _alibi_sdpa(qs, k.index_select(1, sel), v.index_select(1, sel), scale,
+                                  0.0, False, True, _alibi_slopes(h, q.device)[sel])
+    return out
 
 
 def op_attention_weights(q, k, v, *extra, pattern, scale, dropout, training, score="scaled",

@@ -249,3 +249,35 @@ def test_torch_tensor_bias_never_takes_the_blocked_path():
     for backend in ("numpy", "torch"):
         m = attndsl.compile(spec, backend=backend, dtype="float64")
         np.testing.assert_allclose(m.to_numpy(m(**inputs))["y"], want, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_alibi_steep_heads_as_bands(monkeypatch):
+    """Causal ALiBi in float32 at T >= ALIBI_SPLIT_MIN: heads whose far keys provably weigh
+    under float32's smallest normal run as bands over their window; outputs and gradients
+    match the paper's formula (float64) to float32 accuracy, and the band path ran."""
+    torch = pytest.importorskip("torch")
+    from attndsl.backends import torch_kernels as TK
+    rng = np.random.default_rng(7)
+    t, h = TK.ALIBI_SPLIT_MIN, 8                           # a power of two: 2^-(i+1)
+    q, k, v = (rng.standard_normal((1, h, t, 8)).astype(np.float32) * 0.5 for _ in range(3))
+    slopes = np.array([2.0 ** (-8 * (i + 1) / h) for i in range(h)])      # Press et al.
+    rel = np.arange(t)[None, :] - np.arange(t)[:, None]
+    s = np.einsum("bhid,bhjd->bhij", q.astype(np.float64), k.astype(np.float64)) * 0.3
+    s = np.where(rel <= 0, s - slopes[:, None, None] * np.abs(rel), -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    want = w @ v.astype(np.float64)
+    split, calls = TK._alibi_split_heads, []
+    monkeypatch.setattr(TK, "_alibi_split_heads",
+                        lambda *a: calls.append(out := split(*a)) or out)
+    ts = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    out = TK.op_attention(*ts, pattern=TK.CAUSAL, scale=0.3, dropout=0.0, training=False,
+                          bias=(("alibi",),), pattern_blocks=None)
+    assert len(calls) == 1 and calls[0] is not None           # some heads ran as bands
+    np.testing.assert_allclose(out.detach().numpy(), want, atol=2e-5)
+    out.backward(torch.ones_like(out))
+    grads = [x.grad.numpy() for x in ts]
+    ts2 = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    TK._alibi_sdpa(*ts2, 0.3, 0.0, False, True).backward(torch.ones_like(out))
+    for got, ref in zip(grads, (x.grad.numpy() for x in ts2)):
+        np.testing.assert_allclose(got, ref, atol=5e-4)
