@@ -12,7 +12,8 @@ array); a reshape of a transposed array copies, as NumPy does. Workspaces: atten
 materializes what its kernel does — on NumPy the implementation the cost model picks at
 these sizes (dense: the [B, H, Tq, Tk] scores plus a cached [Tq, Tk] mask; tiled/sparse:
 one step's scores and gathers), on torch nothing of that size for SDPA's full/causal
-paths, three row blocks of scores for biased attention (scores, biased scores,
+paths, two outputs' worth for sliding windows and T5 at inference (the CPU band/split
+kernels), three row blocks of scores for biased attention (scores, biased scores,
 probabilities), and the scores twice for the explicit path;
 layer_norm, rms_norm, softmax, sigmoid and silu allocate one temporary of their output's
 size, the exact gelu four, rope a rotated copy of q and k. Linear attention holds the
@@ -73,6 +74,13 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
     if backend == "torch":
         if attrs.get("score") == "additive" or "relative" in terms:
             return 2 * scores                    # the explicit path: scores and probabilities
+        band = pattern.band()
+        flash = (h == hk and d == dv and tq == tk and attrs.get("impl", "auto") == "auto"
+                 and "key_padding" not in attrs.get("extras", ()))
+        narrow = band is not None and None not in band and band[0] + band[1] - 1 <= tk // 2
+        if flash and (narrow and terms <= {"alibi", "t5"} or terms == {"t5"} and (
+                pattern.is_full or pattern.is_causal)):
+            return 2 * b * h * tq * dv * itemsize   # band/T5 split: SDPA's outputs, merged
         if terms:                                # per row block: scores, biased, probabilities
             return min(2 * scores, 3 * b * h * min(tq, BLOCK) * tk * itemsize)
         return 0 if pattern.is_full or pattern.is_causal else tq * tk
