@@ -364,8 +364,7 @@ def memory_lines(graph: Graph, env: dict[str, int], backend: str, itemsize: int 
     dims = ", ".join(f"{k}={v}" for k, v in env.items())
     dtype = "float64" if itemsize == 8 else "float32"
     if backend == "numpy":
-        from attndsl.backends.codegen import EmitOptions, folded_nodes
-        r = memory_report(graph, env, itemsize, folded_nodes(graph, EmitOptions()))
+        r = memory_report(graph, env, itemsize)
         forward = (f"planned peak {human_bytes(r.planned)} ({r.buffers} buffers reused by "
                    f"size, in place where legal; score buffers included); liveness lower "
                    f"bound {human_bytes(r.lower_bound)}; naive {human_bytes(r.naive)} (a "

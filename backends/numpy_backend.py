@@ -128,6 +128,7 @@ class NumpyProgram(Program):
         self.dtype = NUMPY_DTYPES[dtype]
         self.namespaces: dict[tuple[bool, bool], dict[str, Any]] = {}
         self._plan: tuple[BufferPlan | None] | None = None  # the memory plan, once
+        self._shapes: dict[tuple, dict[int, tuple[int, ...]]] = {}
         self.float_inputs = {name for name, nid in graph.inputs.items()
                              if graph.nodes[nid].type.dtype == "float"}
         self.int_params = {name for name, t in graph.param_types().items()
@@ -149,9 +150,20 @@ class NumpyProgram(Program):
         made for the sizes of the first call and valid for all."""
         if self._plan is None:
             opts = emit_options(self.graph)
-            self._plan = (plan_buffers(self.graph, env, np.dtype(self.dtype).itemsize,
-                                       opts.folded) if opts.out and self.xp is np else None,)
+            self._plan = (plan_buffers(self.graph, env, np.dtype(self.dtype).itemsize)
+                          if opts.out and self.xp is np else None,)
         return self._plan[0]
+
+    def planned_shapes(self, plan: BufferPlan, env: dict[str, int]
+                       ) -> dict[int, tuple[int, ...]]:
+        """Each planned node's concrete shape at these sizes, kept for the last few sizes."""
+        key = tuple(sorted(env.items()))
+        if key not in self._shapes:
+            if len(self._shapes) >= 8:
+                self._shapes.clear()
+            self._shapes[key] = {n: tuple(int(d.evaluate(env)) for d in
+                                          self.graph.nodes[n].type.shape) for n in plan.buffer}
+        return self._shapes[key]
 
     def convert_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Backend arrays: floats in the program's dtype, ints as int64."""
@@ -180,7 +192,7 @@ class NumpyProgram(Program):
         if plan is None:
             return self.namespace(False)["forward"](self.folded(), xs)
         poison = os.environ.get("ATTNDSL_DEBUG") == "1"
-        pool = BufferPool(plan, self.graph, env, self.dtype, poison)
+        pool = BufferPool(plan, self.planned_shapes(plan, env), self.dtype, poison)
         if poison:
             return self.namespace(False, True)["forward"](self.folded(), xs, pool, pool.after)
         return self.namespace(False)["forward"](self.folded(), xs, pool)
@@ -238,11 +250,9 @@ class BufferPool:
     filled with NaN whenever no tensor holds them: a plan that overlaps live tensors gives
     NaN outputs instead of plausible wrong numbers."""
 
-    def __init__(self, plan: BufferPlan, graph: Graph, env: dict[str, int], dtype: Any,
+    def __init__(self, plan: BufferPlan, shapes: dict[int, tuple[int, ...]], dtype: Any,
                  poison: bool = False):
-        self.plan, self.dtype, self.poison = plan, dtype, poison
-        self.shapes = {n: tuple(int(d.evaluate(env)) for d in graph.nodes[n].type.shape)
-                       for n in plan.buffer}
+        self.plan, self.shapes, self.dtype, self.poison = plan, shapes, dtype, poison
         self.live: dict[int, np.ndarray] = {}
 
     def get(self, nid: int) -> np.ndarray | None:

@@ -694,16 +694,14 @@ def _alibi_split_heads(q, k, v, scale):
         return None
     rest = [i for i in range(h) if i not in steep]
     out = q.new_empty(b, h, t, v.shape[-1])
-    rel = torch.arange(-(t - 1), t, device=q.device).abs()
+    values = _relative_values(("alibi",), None, h, t, t, q.device, q.dtype)   # (H, 2T - 1)
     for i in steep:
-        values = (-slopes[i] * rel).to(q.dtype)[None]                    # (1, 2T - 1)
-        out[:, i:i + 1] = _band(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], values, scale,
-                                windows[i], 1)[0]
+        out[:, i:i + 1] = _band(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1], values[i:i + 1],
+                                scale, windows[i], 1)[0]
     if rest:
         sel = torch.tensor(rest, device=q.device)
-        qs = q.index_select(1, sel)
-        out[:, sel] = _alibi_sdpa(qs, k.index_select(1, sel), v.index_select(1, sel), scale,
-                                  0.0, False, True, _alibi_slopes(h, q.device)[sel])
+        out[:, sel] = _alibi_sdpa(q.index_select(1, sel), k.index_select(1, sel),
+                                  v.index_select(1, sel), scale, 0.0, False, True, slopes[sel])
     return out
 
 

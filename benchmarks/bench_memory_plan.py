@@ -19,7 +19,6 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from attndsl.backends.codegen import EmitOptions, folded_nodes
 
 import attndsl
 from attndsl.passes.memory_plan import memory_report
@@ -59,7 +58,7 @@ def main() -> None:
         if "attention_mask" in inputs:
             inputs["attention_mask"] = np.ones((1, seq), bool)
         env = {"B": 1, "T": seq}
-        r = memory_report(model.graph, env, folded=folded_nodes(model.graph, EmitOptions()))
+        r = memory_report(model.graph, env)
         model(**inputs)
         plan = model.program._plan
         planned_peak = peak(model, inputs)

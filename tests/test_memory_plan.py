@@ -13,7 +13,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from attndsl.backends.codegen import EmitOptions, folded_nodes
 from helpers import OP_SPECS, SPECS_DIR, random_inputs, spec_paths, tiny_config
 
 import attndsl
@@ -106,7 +105,7 @@ def test_report_and_measured_peak(spec, seq, outputs):
     within 15% of the plan."""
     model = attndsl.compile(SPECS_DIR / f"{spec}.attn", config={"layers": 6}, outputs=outputs)
     env = {"B": 1, "T": seq}
-    report = memory_report(model.graph, env, folded=folded_nodes(model.graph, EmitOptions()))
+    report = memory_report(model.graph, env)
     assert report.planned <= 1.1 * report.lower_bound
     assert 3 * report.planned <= report.naive
     inputs = random_inputs(model.graph, batch=1, seq=seq)

@@ -32,6 +32,27 @@ def variant(node: Node, graph: Graph) -> str:
     return ", ".join(parts)
 
 
+def torch_cpu_path(node: Node, graph: Graph) -> str | None:
+    """The CPU flash path torch's `op_attention` takes for this attention at inference, as
+    far as the graph tells: 'split' (one T5 bias, full or causal pattern), 'band' (a band
+    pattern with ALiBi/T5 biases at most; whether it is narrow enough is checked per call)
+    or None. Both need equal query/key lengths and heads, one head size, no key padding."""
+    attrs = node.attr_dict
+    pattern, bias = attrs["pattern"], attrs.get("bias")
+    terms = [t.kernel_attr()[0] for t in bias.terms] if bias else []
+    q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
+    if ("key_padding" in attrs.get("extras", ()) or attrs.get("score") == "additive"
+            or q.shape[1] != k.shape[1] or q.shape[3] != v.shape[3] or q.shape[2] != k.shape[2]
+            or attrs.get("impl", "auto") != "auto"):
+        return None
+    if terms == ["t5"] and (pattern.is_full or pattern.is_causal):
+        return "split"
+    band = pattern.band()
+    if band is not None and None not in band and set(terms) <= {"alibi", "t5"}:
+        return "band"
+    return None
+
+
 def choose(node: Node, graph: Graph, fused: bool) -> tuple[str, str]:
     """(implementation, reason) for one attention node on a backend with (`fused`) or
     without a fused scaled-dot-product attention kernel (its `Backend.fused_attention`)."""
@@ -53,11 +74,8 @@ def choose(node: Node, graph: Graph, fused: bool) -> tuple[str, str]:
                 "the CPU, heads whose keys beyond a window provably weigh below float32's "
                 "smallest normal (a bound from the query and key norms) run as bands over "
                 "that window (their subnormal weights slow the fused kernel's GEMMs)")
-    q, k, v = (graph.nodes[i].type for i in node.inputs[:3])
-    flash = (fused and not padded and q.shape[1] == k.shape[1] and q.shape[3] == v.shape[3]
-             and q.shape[2] == k.shape[2] and attrs.get("impl", "auto") == "auto")
-    band = pattern.band()
-    if flash and terms == ["t5"] and (pattern.is_full or pattern.is_causal):
+    path = torch_cpu_path(node, graph) if fused else None
+    if path == "split":
         return ("T5 split (CPU inference), else explicit softmax per block of query rows",
                 "at inference T5's bucket is constant past some distance n, so keys n or more "
                 "away are plain causal SDPA over shifted q/k (a constant bias per head) and "
@@ -65,7 +83,8 @@ def choose(node: Node, graph: Graph, fused: bool) -> tuple[str, str]:
                 "windows in SDPA's CPU kernel), merged by log-sum-exp; the band must be at "
                 "most half the sequence. While training (SDPA's log-sum-exp carries no "
                 "gradient) and on CUDA, the bias is added per 128-row block")
-    if flash and band is not None and None not in band and set(terms) <= {"alibi", "t5"}:
+    if path == "band":
+        band = pattern.band()
         return ("band: query tiles over key windows in SDPA's CPU kernel (else blocked)",
                 f"pattern {pattern} is the band {band[0] - 1} keys back to {band[1] - 1} "
                 "ahead: tiles of 64 queries read strided windows of k and v, all in one SDPA "

@@ -74,12 +74,10 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
     if backend == "torch":
         if attrs.get("score") == "additive" or "relative" in terms:
             return 2 * scores                    # the explicit path: scores and probabilities
+        from attndsl.passes.explain import torch_cpu_path
+        path = torch_cpu_path(node, graph)
         band = pattern.band()
-        flash = (h == hk and d == dv and tq == tk and attrs.get("impl", "auto") == "auto"
-                 and "key_padding" not in attrs.get("extras", ()))
-        narrow = band is not None and None not in band and band[0] + band[1] - 1 <= tk // 2
-        if flash and (narrow and terms <= {"alibi", "t5"} or terms == {"t5"} and (
-                pattern.is_full or pattern.is_causal)):
+        if path == "split" or path == "band" and sum(band) - 1 <= tk // 2:
             return 2 * b * h * tq * dv * itemsize   # band/T5 split: SDPA's outputs, merged
         if terms:                                # per row block: scores, biased, probabilities
             return min(2 * scores, 3 * b * h * min(tq, BLOCK) * tk * itemsize)

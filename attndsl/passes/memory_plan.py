@@ -78,10 +78,17 @@ def plannable(graph: Graph, folded: frozenset[int] = frozenset()) -> frozenset[i
         and all(graph.nodes[i].type.dtype == "float" for i in node.inputs))
 
 
+def program_folded(graph: Graph) -> frozenset[int]:
+    """The nodes the NumPy program folds (computed from the parameters, read from them)."""
+    from attndsl.backends.codegen import EmitOptions, folded_nodes
+    return folded_nodes(graph, EmitOptions())
+
+
 def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
-                 folded: frozenset[int] = frozenset(), backend: str = "numpy") -> BufferPlan:
-    """Buffer assignment for the forward emitted from `graph` (folded nodes are read from
-    the parameters). `env` only prices the choices: the plan is correct for every size."""
+                 backend: str = "numpy") -> BufferPlan:
+    """Buffer assignment for the forward the NumPy program emits from `graph`. `env` only
+    prices the choices: the plan is correct for every size."""
+    folded = program_folded(graph)
     order = tuple(n for n in graph.topological_order()
                   if graph.nodes[n].op not in ("input", "param") and n not in folded)
     pos = {n: i for i, n in enumerate(order)}
@@ -190,11 +197,10 @@ def nbytes(node: Node, env: dict[str, int], itemsize: int) -> int:
 
 
 def memory_report(graph: Graph, env: dict[str, int], itemsize: int = 4,
-                  folded: frozenset[int] = frozenset(), backend: str = "numpy"
-                  ) -> MemoryReport:
+                  backend: str = "numpy") -> MemoryReport:
     """Naive, liveness lower bound and planned peak of the forward for the sizes in `env`
     ({'B': 1, 'T': 1024})."""
-    plan = plan_buffers(graph, env, itemsize, folded, backend)
+    plan = plan_buffers(graph, env, itemsize, backend)
     order, end = plan.order, plan.end
     size = {n: nbytes(graph.nodes[n], env, itemsize) for n in order}
     fresh = {n: end[n] for n in order if allocates(graph, graph.nodes[n])}

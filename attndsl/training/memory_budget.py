@@ -1,15 +1,8 @@
 """`--memory-budget`: how many `repeat` iterations to checkpoint so a training step fits.
 
-The prediction for one training step (`attndsl.passes.training_memory`):
-
-    weights + gradients + optimizer state             (1 or 2 moments per parameter)
-    + every forward value the backward pass reads     (all non-leaf tensors: a slight
-                                                       overestimate, views counted too)
-    - the values inside the first k repeat iterations (checkpointed: only their inputs are
-                                                       kept, they are recomputed) ...
-    + the largest of those iterations                 (... one at a time, during backward)
-
-`choose_checkpointing` picks the smallest k whose prediction fits, or raises a
+The prediction for one training step is `attndsl.passes.training_memory.training_peaks`
+(weights, gradients, optimizer state and saved activations, minus what checkpointing
+recomputes). `choose_checkpointing` picks the smallest k whose prediction fits, or raises a
 TrainingError naming the smallest budget that can fit (every iteration checkpointed).
 """
 
