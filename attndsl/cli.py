@@ -55,6 +55,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from attndsl.frontend.ast import dump
     from attndsl.ir.printer import print_graph, to_dot
     from attndsl.passes import optimize
+    if args.grad and args.emit not in ("numpy", "graph"):
+        raise ConfigError(f"--grad is for --emit numpy or graph, not {args.emit} (the torch "
+                          "backend differentiates with autograd)", None)
     if args.emit == "ast":
         print(dump(parse(args.spec)))
         return 0
@@ -62,7 +65,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     level = 0 if args.no_opt else args.opt_level
     from attndsl.passes.select_attention import select_attention
     graph = select_attention(optimize(graph, level=level), args.attention).graph
-    if args.emit == "graph":
+    if args.grad:
+        from attndsl.backends.numpy_autodiff import grad_module_source
+        from attndsl.passes.reverse_mode import reverse_mode
+        from attndsl.training.losses import loss_outputs, loss_spec
+        if args.emit == "numpy":
+            print(grad_module_source(graph, loss_spec(graph)), end="")
+        else:
+            print(print_graph(reverse_mode(graph, loss_outputs(loss_spec(graph)),
+                                           training=True).graph, spans=args.spans), end="")
+    elif args.emit == "graph":
         print(print_graph(graph, spans=args.spans), end="")
     elif args.emit == "dot":
         print(to_dot(graph), end="")
@@ -441,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emit", choices=("ast", "graph", "dot", "numpy", "torch", "cupy"),
                    default="graph")
     p.add_argument("--spans", action="store_true", help="with --emit graph: source locations")
+    p.add_argument("--grad", action="store_true",
+                   help="with --emit numpy or graph: the forward and backward program of the "
+                        "spec's training loss (reverse mode, as NumPy training runs it)")
     p.add_argument("--no-opt", action="store_true", help="the same as -O0")
     add_opt_level(p)
     p.add_argument("--explain", action="store_true",

@@ -214,8 +214,8 @@ class Model:
     def value_and_grad(self, targets: Any, **inputs: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The spec's training loss on (inputs, targets) and its gradient for every parameter,
         keyed like `state_dict()`. torch differentiates with autograd in the module's current
-        mode (eval by default, so dropout is off); NumPy runs reverse mode over the graph with
-        the rules in `attndsl.autodiff` (inference semantics: dropout off)."""
+        mode (eval by default, so dropout is off); NumPy runs the program reverse mode derives
+        from the graph (`passes/reverse_mode.py`; inference semantics: dropout off)."""
         if not self.backend.differentiable:
             raise TrainingError(f"the {self.backend.name} backend computes no gradients",
                                 None, "compile with backend='numpy' or backend='torch'")

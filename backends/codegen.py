@@ -27,6 +27,7 @@ from typing import Any
 from attndsl.ir.dims import Dim
 from attndsl.ir.graph import Graph, Node
 from attndsl.ir.patterns import Pattern
+from attndsl.passes.reverse_mode import SEED, VJP
 
 SKIP_ATTRS = {"type", "name", "init", "std"}
 
@@ -173,6 +174,8 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
             segment_of[nid] = tuple(seg)
     done: set[tuple[int, int]] = set()
     skip = opts.folded - set(read)        # only feed other folded values: inside fold(p)
+    groups = vjp_groups(graph)            # reverse mode (`passes/reverse_mode.py`)
+    keeps = kept_attentions(graph, groups)
 
     def free(nids: list[int], upto: int) -> None:
         dead = [n for n in dict.fromkeys(nids) if last_use.get(n, -1) <= upto and n not in outputs]
@@ -184,7 +187,14 @@ def emit_forward(graph: Graph, opts: EmitOptions, name: str = "forward") -> str:
         if nid in skip:
             continue
         seg = segment_of.get(nid)
-        if seg is None:
+        if node.op == VJP:
+            lines += _vjp_lines(graph, groups[nid], opts, keeps) if nid in groups else []
+            free([*node.inputs] + ([nid] if not users[nid] else []), pos)
+        elif nid in keeps:                # may keep (probabilities, rotated q, k) for its VJP
+            call = _call(node, nid, opts, sym, growing, kernel="attention_keep")
+            lines.append(f"    t{nid}, s{nid} = {call}  # {node.type}")
+            free([*node.inputs], pos)
+        elif seg is None:
             lines.append(f"    t{nid} = {_call(node, nid, opts, sym, growing)}  # {node.type}")
             free([*node.inputs] + ([nid] if not users[nid] else []), pos)
             if opts.hooks:
@@ -263,21 +273,29 @@ def emit_fold(graph: Graph, opts: EmitOptions) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set[int]) -> str:
+def _kwargs(node: Node, sym: str | None) -> list[str]:
+    """`name=source` of each attribute the kernel takes (what `kernel_attrs` evaluates)."""
+    attrs = dict(node.attrs)
+    if sym and node.op in ("arange", "sinusoidal") and sym in attrs["n"].symbols():
+        attrs["offset"] = _Raw("past")
+    kwargs = [f"{k}={attr_source(v) if not isinstance(v, _Raw) else v.text}"
+              for k, v in sorted(attrs.items()) if k not in SKIP_ATTRS]
+    return kwargs + [f"{k}_{what}={src!r}" for k, v in sorted(attrs.items())
+                     if isinstance(v, Pattern) for what, src in pattern_kwargs(v)]
+
+
+def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set[int],
+          kernel: str | None = None) -> str:
     if nid in opts.folded:
         return f"p[{fold_key(nid)!r}]"
     if node.op == "input":
         return f"inputs[{node.attr('name')!r}]"
     if node.op == "param":
         return f"p[{node.attr('name')!r}]"
+    if node.op == SEED:
+        return f"seed({node.attr('name')!r}, t{node.inputs[0]})"
     args = [f"t{i}" for i in node.inputs]
-    attrs = dict(node.attrs)
-    if sym and node.op in ("arange", "sinusoidal") and sym in attrs["n"].symbols():
-        attrs["offset"] = _Raw("past")
-    kwargs = [f"{k}={attr_source(v) if not isinstance(v, _Raw) else v.text}"
-              for k, v in sorted(attrs.items()) if k not in SKIP_ATTRS]
-    kwargs += [f"{k}_{what}={src!r}" for k, v in sorted(attrs.items())
-               if isinstance(v, Pattern) for what, src in pattern_kwargs(v)]
+    kwargs = _kwargs(node, sym)
     if node.op in opts.training_ops:
         kwargs.append("training=training")
     if nid in opts.out:
@@ -288,7 +306,39 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
         # self-attention while decoding: attend over cached keys/values plus the new ones
         # (linear attention: update its recurrent state)
         return f"op_{node.op}_cached(cache, {nid}, {', '.join(args + kwargs)})"
-    return f"op_{node.op}({', '.join(args + kwargs)})"
+    return f"{kernel or 'op_' + node.op}({', '.join(args + kwargs)})"
+
+
+def vjp_groups(graph: Graph) -> dict[int, list[int]]:
+    """The `vjp` nodes of one forward node (same inputs), keyed by the first: one rule call
+    gives all their cotangents."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for nid in graph.topological_order():
+        if graph.nodes[nid].op == VJP:
+            groups.setdefault(graph.nodes[nid].inputs, []).append(nid)
+    return {members[0]: members for members in groups.values()}
+
+
+def kept_attentions(graph: Graph, groups: dict[int, list[int]]) -> set[int]:
+    """Attentions whose backward runs here: their forward may keep its probabilities."""
+    return {graph.nodes[m].inputs[1] for m in groups
+            if graph.nodes[graph.nodes[m].inputs[1]].op == "attention"}
+
+
+def _vjp_lines(graph: Graph, members: list[int], opts: EmitOptions, keeps: set[int]
+               ) -> list[str]:
+    """One call of the forward op's rule, `vjp(op, g, out, ins, attrs, wanted)`, unpacked
+    into the cotangents of the inputs the graph uses."""
+    cot, fwd, *ins = graph.nodes[members[0]].inputs
+    f = graph.nodes[fwd]
+    kw = _kwargs(f, None) + (["training=training"] if f.op in opts.training_ops else [])
+    kw += [f"saved=s{fwd}"] if fwd in keeps else []
+    tup = "(" + ", ".join(f"t{i}" for i in ins) + ("," if len(ins) == 1 else "") + ")"
+    index = tuple(graph.nodes[m].attr("index") for m in members)
+    names = ", ".join(f"t{m}" for m in members) + ("," if len(members) == 1 else "")
+    wrt = ", ".join(f"t{ins[i]}" for i in index)
+    return [f"    {names} = vjp({f.op!r}, t{cot}, t{fwd}, {tup}, dict({', '.join(kw)}), "
+            f"{index!r})  # d/d {wrt}"] + ([f"    del s{fwd}"] if fwd in keeps else [])
 
 
 @dataclass(frozen=True)
@@ -307,6 +357,8 @@ def kernel_names(graph: Graph) -> list[str]:
     """The kernels a graph needs, in first-use order."""
     seen: dict[str, None] = {}
     for node in graph.nodes.values():
-        if node.op not in ("input", "param"):
+        if node.op not in ("input", "param", SEED, VJP):
             seen[f"op_{node.op}"] = None
+    if kept_attentions(graph, vjp_groups(graph)):
+        seen["attention_keep"] = None
     return list(seen)

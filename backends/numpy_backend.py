@@ -127,6 +127,7 @@ class NumpyProgram(Program):
         self.graph, self.xp = graph, array_module
         self.dtype = NUMPY_DTYPES[dtype]
         self.namespaces: dict[tuple[bool, bool], dict[str, Any]] = {}
+        self.grad_programs: dict[tuple, Any] = {}   # (loss, kept outputs, training) -> program
         self._plan: tuple[BufferPlan | None] | None = None  # the memory plan, once
         self._shapes: dict[tuple, dict[int, tuple[int, ...]]] = {}
         self.float_inputs = {name for name, nid in graph.inputs.items()
@@ -209,10 +210,14 @@ class NumpyProgram(Program):
         """Loss and gradients; with `rng`, training semantics (dropout and LayerDrop drawn,
         batch statistics, whose moved running buffers go to `updates`); the outputs named
         in `keep` are filled in."""
-        from attndsl.backends.numpy_autodiff import value_and_grad_numpy
+        from attndsl.backends.numpy_autodiff import GradProgram, value_and_grad_numpy
+        dtype = np.dtype(self.dtype).name
+        key = (repr(sorted(loss.items())), tuple(keep or ()), rng is not None)
+        if key not in self.grad_programs:
+            self.grad_programs[key] = GradProgram(self.graph, loss, dtype, key[1], key[2])
         return value_and_grad_numpy(self.graph, self.params, inputs, np.asarray(targets), loss,
-                                    np.dtype(self.dtype).name, kernels=self.namespace(False),
-                                    rng=rng, updates=updates, keep=keep)
+                                    dtype, rng=rng, updates=updates, keep=keep,
+                                    program=self.grad_programs[key])
 
     def get_params(self) -> dict[str, np.ndarray]:
         return {k: self.to_numpy(v).copy() for k, v in self.params.items()}

@@ -567,6 +567,27 @@ def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=
                            rope_keys)[0]
 
 
+SAVED_PROBS_BYTES = 8 << 20      # the reverse mode keeps dense probabilities up to this size
+
+
+def attention_keep(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(),
+                   rope=None, extras=None, rope_keys=True, impl="dense", pattern_blocks=None,
+                   pattern_band=None):
+    """`op_attention` in a program that also runs its backward: (output, saved), saved the
+    dense path's (probabilities, rotated q, rotated k) when [B, H, Tq, Tk] takes at most
+    SAVED_PROBS_BYTES (the VJP then does not recompute them), else None."""
+    ex = ("key_padding",) * len(extra) if extras is None else extras
+    size = max(q.shape[0], k.shape[0]) * q.shape[1] * q.shape[2] * k.shape[2] * q.itemsize
+    if (size <= SAVED_PROBS_BYTES
+            and attention_impl(impl, q, k, v, pattern_blocks, score, bias, ex, pattern) == "dense"):
+        out, *saved = attention_dense(q, k, v, extra, pattern, scale, score, bias, rope, ex,
+                                      rope_keys)
+        return out, tuple(saved)
+    return op_attention(q, k, v, *extra, pattern=pattern, scale=scale, dropout=dropout,
+                        score=score, bias=bias, rope=rope, extras=extras, rope_keys=rope_keys,
+                        impl=impl, pattern_blocks=pattern_blocks), None
+
+
 def attention_dense(q, k, v, extra, pattern, scale, score, bias, rope, extras, rope_keys=True):
     """The dense path: (output (B, H, Tq, Dv), probabilities, rotated q, rotated k); the
     NumPy reverse mode keeps the last three for the backward instead of recomputing them."""

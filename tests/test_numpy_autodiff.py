@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attndsl.backends import numpy_kernels as K
-from attndsl.backends.numpy_autodiff import value_and_grad_numpy
+from attndsl.backends.numpy_autodiff import GradProgram, value_and_grad_numpy
 from helpers import SPECS_DIR, TINY_CONFIGS, random_inputs, spec_paths
 from test_training import targets_for
 
@@ -374,17 +374,16 @@ def test_loss_and_gradients_match_torch(torch_model):
         np.testing.assert_allclose(g, expected[name], rtol=1e-7, atol=1e-9, err_msg=name)
 
 
-def test_float32_with_the_programs_kernels():
-    """float32 gradients, computed with a NumPy program's own kernel namespace, stay in
-    float32 and agree with float64 to float32 accuracy."""
+def test_float32_through_the_program():
+    """float32 gradients, computed by a NumPy program's own (cached) gradient program, stay
+    in float32 and agree with float64 to float32 accuracy."""
     model = attndsl.compile(SPECS_DIR / "gpt.attn", backend="numpy", config=TINY_CONFIGS["gpt"],
                             seed=0)
     inputs = random_inputs(model.graph, batch=2, seq=6)
     targets = targets_for(model, inputs)
     spec = loss_spec(model.graph)
     params = model.state_dict()
-    loss32, g32 = value_and_grad_numpy(model.graph, params, inputs, targets, spec, "float32",
-                                       kernels=model.program.namespace(False))
+    loss32, g32 = model.program.value_and_grad(inputs, targets, spec)
     loss64, g64 = value_and_grad_numpy(model.graph, params, inputs, targets, spec, "float64")
     assert loss32 == pytest.approx(loss64, rel=1e-5)
     for name, g in g32.items():
@@ -396,15 +395,29 @@ def test_float32_with_the_programs_kernels():
 def test_kept_and_recomputed_attention_probabilities_give_the_same_gradients(stem, monkeypatch):
     """The forward keeps small dense attention probabilities for the backward; above
     SAVED_PROBS_BYTES the backward recomputes them: bitwise the same gradients."""
-    from attndsl.backends import numpy_autodiff
     model = attndsl.compile(SPECS_DIR / f"{stem}.attn", backend="numpy",
                             config=TINY_CONFIGS[stem], seed=0, dtype="float64")
     inputs = random_inputs(model.graph, batch=2, seq=6)
     targets = targets_for(model, inputs)
-    args = (model.graph, model.state_dict(), inputs, targets, loss_spec(model.graph), "float64")
-    kept = value_and_grad_numpy(*args)
-    monkeypatch.setattr(numpy_autodiff, "SAVED_PROBS_BYTES", 0)
-    recomputed = value_and_grad_numpy(*args)
+    spec = loss_spec(model.graph)
+    args = (model.graph, model.state_dict(), inputs, targets, spec, "float64")
+    monkeypatch.delenv("ATTNDSL_DEBUG", raising=False)     # the spied module is the plain one
+    program = GradProgram(model.graph, spec, "float64")
+    ns, saved = program.namespace, []
+    keep = ns["attention_keep"]
+
+    def spy(*a: object, **k: object) -> tuple:
+        out = keep(*a, **k)
+        saved.append(out[1] is not None)
+        return out
+
+    ns["attention_keep"] = spy
+    kept = value_and_grad_numpy(*args, program=program)
+    assert saved and all(saved)
+    saved.clear()
+    ns["SAVED_PROBS_BYTES"] = 0
+    recomputed = value_and_grad_numpy(*args, program=program)
+    assert saved and not any(saved)                  # nothing kept: the VJP recomputed
     assert kept[0] == recomputed[0]
     for name, g in kept[1].items():
         np.testing.assert_array_equal(g, recomputed[1][name], err_msg=name)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from attndsl.ir.graph import Graph, Node
 from attndsl.ir.ops import numel
 from attndsl.passes.liveness import DTYPE_BYTES, workspace_bytes
+from attndsl.passes.reverse_mode import SEED, VJP
 
 # Kernels that take `out=` (backends/numpy_kernels.py) and write their whole result there.
 OUT_OPS = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "neg", "exp", "tanh",
@@ -42,6 +43,15 @@ FRESH = OUT_OPS | frozenset({
     "softplus", "sqrt", "log", "abs", "sin", "cos", "sign", "pow", "where", "sum", "mean",
     "max", "min", "cumsum", "one_hot", "gather", "less", "greater", "equal", "logical_and",
     "logical_or", "logical_not", "constant", "arange", "sinusoidal", "size"})
+
+
+def view_sources(node: Node) -> tuple[int, ...]:
+    """The inputs the node's result may be a view of: none for FRESH ops and the reverse
+    mode's seeds; for a `vjp` only its cotangent (a cotangent is linear in it: a new array
+    or a view of it, never of a forward value); every input otherwise."""
+    if node.op in FRESH or node.op == SEED:
+        return ()
+    return node.inputs[:1] if node.op == VJP else node.inputs
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,8 @@ def plannable(graph: Graph, folded: frozenset[int] = frozenset()) -> frozenset[i
     escaping = set(graph.outputs.values())
     for nid in reversed(graph.topological_order()):          # users before their inputs
         node = graph.nodes[nid]
-        if nid in escaping and node.op not in FRESH:
-            escaping.update(node.inputs)                      # it may be a view of them
+        if nid in escaping:
+            escaping.update(view_sources(node))               # it may be a view of them
     return frozenset(
         nid for nid, node in graph.nodes.items()
         if node.op in OUT_OPS and nid not in escaping and nid not in folded
@@ -85,10 +95,11 @@ def program_folded(graph: Graph) -> frozenset[int]:
 
 
 def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
-                 backend: str = "numpy") -> BufferPlan:
-    """Buffer assignment for the forward the NumPy program emits from `graph`. `env` only
+                 backend: str = "numpy", folded: frozenset[int] | None = None) -> BufferPlan:
+    """Buffer assignment for the forward the NumPy program emits from `graph` (or any
+    program emitted with these `folded` nodes: the reverse mode's folds none). `env` only
     prices the choices: the plan is correct for every size."""
-    folded = program_folded(graph)
+    folded = program_folded(graph) if folded is None else folded
     order = tuple(n for n in graph.topological_order()
                   if graph.nodes[n].op not in ("input", "param") and n not in folded)
     pos = {n: i for i, n in enumerate(order)}
@@ -98,9 +109,10 @@ def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
             end[n] = len(order)
     for n in reversed(order):
         node = graph.nodes[n]
+        views = view_sources(node)
         for src in node.inputs:
             if src in end:
-                end[src] = max(end[src], pos[n] if node.op in FRESH else max(pos[n], end[n]))
+                end[src] = max(end[src], max(pos[n], end[n]) if src in views else pos[n])
     planned = plannable(graph, folded)
     group: dict[int, int] = {}                                 # planned node -> in-place chain
     roots: dict[int, frozenset[int]] = {}                      # chains a value may read
@@ -110,7 +122,7 @@ def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
             chain = _in_place(graph, node, p, end, group, roots, planned)
             group[n] = n if chain is None else chain
         roots[n] = (frozenset({group[n]} if n in group else ()) if node.op in FRESH else
-                    frozenset().union(*(roots.get(i, frozenset()) for i in node.inputs)))
+                    frozenset().union(*(roots.get(i, frozenset()) for i in view_sources(node))))
     chains: dict[int, list[int]] = {}
     for n in order:
         if n in group:

@@ -77,3 +77,8 @@ def loss_spec(graph: Any) -> dict[str, Any]:
                "label_smoothing": 0.0, "ignore_index": -100, "target": "causal_lm",
                "extra": []}   # (coefficient, scalar output) terms added to the loss
     return {**default, **train.get("loss", {})}
+
+
+def loss_outputs(loss: dict[str, Any]) -> tuple[str, ...]:
+    """The outputs a loss setting differentiates: its output, then its extra terms'."""
+    return tuple(dict.fromkeys([loss["output"], *(name for _, name in loss.get("extra", []))]))
