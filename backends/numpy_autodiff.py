@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from attndsl.backends.codegen import EmitOptions, dim_bindings, emit_forward, kernel_names
-from attndsl.backends.numpy_backend import BufferPool, kernel_sources
+from attndsl.backends.numpy_backend import BufferPool, kernel_sources, share_threads
 from attndsl.backends.numpy_kernels import __file__ as kernels_file
 from attndsl.backends.numpy_kernels import _batch_stats as kernels_batch_stats
 
@@ -98,6 +98,7 @@ class GradProgram:
         self.graph, self.draws, self.loss = grad.graph, grad.draws, dict(loss)
         self.forward_graph, self.training = graph, training
         self.dtype = np.dtype(dtype)
+        self.planned = grad_planned(grad.graph)
         self.source = _module_source(grad.graph, dtype)
         self.namespace = self._load(self.source)
         self._debug: dict[str, Any] | None = None     # the module with after() hooks
@@ -107,13 +108,13 @@ class GradProgram:
         ns: dict[str, Any] = {}
         exec(compile(source, f"<attndsl:{self.forward_graph.meta.get('name')}:grad>", "exec"),  # noqa: S102 - our own generated code
              ns)
-        return ns
+        return share_threads(ns)
 
     def call(self, ps: dict[str, Any], xs: dict[str, Any], seed: Any, training: bool
              ) -> dict[str, Any]:
         """The emitted `value_and_grad` with the memory plan's buffers (made at the first
         call's sizes, valid for all); ATTNDSL_DEBUG=1 fills idle buffers with NaN."""
-        if not grad_planned(self.graph):
+        if not self.planned:
             return self.namespace["value_and_grad"](ps, xs, seed, training)
         env = bind_dims(self.graph, xs)
         if self._plan is None:

@@ -37,14 +37,19 @@ def kernel_definitions(path: str) -> dict[str, str]:
     """Top-level functions and UPPER_CASE numeric constants of a kernel file, name -> source,
     read with `ast` (no import: emitting torch source must not import torch)."""
     text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+
+    def source(node: ast.stmt) -> str:     # whole lines (top-level statements start at col 0)
+        return "\n".join(lines[node.lineno - 1:node.end_lineno])
+
     out: dict[str, str] = {}
     for node in ast.parse(text).body:
         if isinstance(node, ast.FunctionDef):
-            out[node.name] = ast.get_source_segment(text, node) or ""
+            out[node.name] = source(node)
         elif (isinstance(node, ast.Assign) and len(node.targets) == 1
               and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper()
               and isinstance(node.value, (ast.Constant, ast.BinOp, ast.UnaryOp))):
-            out[node.targets[0].id] = ast.get_source_segment(text, node) or ""
+            out[node.targets[0].id] = source(node)
     return out
 
 
@@ -110,6 +115,13 @@ def load_module(graph: Graph, dtype: str, cached: bool = False, hooks: bool = Fa
     ns: dict[str, Any] = {}
     source = emit_module(graph, dtype, cached, hooks)
     exec(compile(source, f"<attndsl:{graph.meta.get('name')}>", "exec"), ns)  # noqa: S102 - our own generated code
+    return share_threads(ns)
+
+
+def share_threads(ns: dict[str, Any]) -> dict[str, Any]:
+    """Programs run in this process share one kernel thread pool (`_workers`)."""
+    if "_workers" in ns:
+        ns["_workers"] = kernels._workers
     return ns
 
 

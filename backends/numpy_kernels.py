@@ -196,14 +196,59 @@ def _erf(x):
     return out.astype(x.dtype, copy=False)
 
 
+PARALLEL_MIN = 1 << 16       # elements: below this a kernel runs in one thread
+
+
+def _in_threads(fn, out, *rows):
+    """fn(*row ranges of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
+    the ranges in threads when large, as torch's elementwise kernels use the cores; for
+    elementwise and row-wise work the same numbers as one call. NumPy only: with `np`
+    bound to CuPy, one call."""
+    if out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or _workers() < 2:
+        fn(*rows, out=out)
+        return out
+    n = out.shape[0]
+    parts = min(_workers(), n)
+    cut = [n * i // parts for i in range(parts + 1)]
+    jobs = [_workers.pool.submit(fn, *(r[lo:hi] for r in rows), out=out[lo:hi])
+            for lo, hi in zip(cut[1:-1], cut[2:])]
+    fn(*(r[:cut[1]] for r in rows), out=out[:cut[1]])
+    for job in jobs:
+        job.result()
+    return out
+
+
+def _workers():
+    """Threads for `_in_threads` (the CPUs this process may use, at most 8); the pool is
+    made at the first call."""
+    if not hasattr(_workers, "pool"):
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+        _workers.count = min(len(os.sched_getaffinity(0)), 8)
+        _workers.pool = ThreadPoolExecutor(max(_workers.count - 1, 1), "attndsl-kernel")
+    return _workers.count
+
+
+def _rows(x):
+    """x as 2-D rows (..., d) -> (N, d), a view when x is contiguous."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+
+
 def op_gelu(x, *, approximate, out=None):
-    if approximate == "none":
-        t = _erf(x * (1.0 / math.sqrt(2.0)))
-        t += 1.0
-        t = np.multiply(t, x, out=out)
-        t *= 0.5
-        return t
-    t = np.multiply(x, x, out=out)  # tanh form, in place: 0.5x(1 + tanh(c(x + a x^3)))
+    y = np.empty(x.shape, x.dtype) if out is None else out
+    _in_threads(_gelu_exact if approximate == "none" else _gelu_tanh, _rows(y), _rows(x))
+    return y
+
+
+def _gelu_exact(x, out):
+    t = _erf(x * (1.0 / math.sqrt(2.0)))
+    t += 1.0
+    np.multiply(t, x, out=out)
+    out *= 0.5
+
+
+def _gelu_tanh(x, out):
+    t = np.multiply(x, x, out=out)  # in place: 0.5x(1 + tanh(c(x + a x^3)))
     t *= 0.044715
     t += 1.0
     t *= x
@@ -212,7 +257,6 @@ def op_gelu(x, *, approximate, out=None):
     t += 1.0
     t *= x
     t *= 0.5
-    return t
 
 
 def op_cast(x, *, dtype):
@@ -322,15 +366,20 @@ def _flush_subnormals(p):
 
 
 def op_layer_norm(x, g=None, b=None, *, eps, has_bias, out=None):
-    mu = np.mean(x, axis=-1, keepdims=True)
-    xc = np.subtract(x, mu, out=out)                   # (..., d)
-    var = np.mean(np.square(xc), axis=-1, keepdims=True)
-    xc *= 1.0 / np.sqrt(var + eps)
-    if g is not None:                                  # affine=false: no gamma, no beta
-        xc *= g
-    if b is not None:
-        xc += b
-    return xc
+    y = np.empty(x.shape, x.dtype) if out is None else out
+
+    def rows(x, out):                                  # x, out: (N, d)
+        mu = np.mean(x, axis=-1, keepdims=True)
+        xc = np.subtract(x, mu, out=out)
+        var = np.mean(np.square(xc), axis=-1, keepdims=True)
+        xc *= 1.0 / np.sqrt(var + eps)
+        if g is not None:                              # affine=false: no gamma, no beta
+            xc *= g
+        if b is not None:
+            xc += b
+
+    _in_threads(rows, _rows(y), _rows(x))
+    return y
 
 
 def op_rms_norm(x, g, b=None, *, eps, out=None):

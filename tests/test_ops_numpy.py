@@ -663,3 +663,31 @@ def test_language_gaps_spec_values() -> None:
     np.testing.assert_array_equal(out["hot"], np.eye(5)[ids])
     close(out["elementwise"], np.maximum(x, x[..., :1]) + np.minimum(x, 0.5))
     close(out["in_block"], x / 5)
+
+
+def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
+    """GELU, LayerNorm and their VJPs split rows over threads above PARALLEL_MIN elements:
+    bitwise what one call gives."""
+    from attndsl.autodiff import VJP_RULES
+    if K._workers() < 2:
+        pytest.skip("one CPU: kernels run in one thread")
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((2, 2, 3, 50, 64)).astype(np.float32)
+    x[0, 0, 0, :3] = 0.0                                   # GELU's VJP at x = 0
+    gamma, beta = rng.standard_normal((2, 64)).astype(np.float32)
+
+    def run() -> list:
+        out = []
+        for form in ("tanh", "none"):
+            y = K.op_gelu(x, approximate=form)
+            out += [y, *VJP_RULES["gelu"](g, y, (x,), {"approximate": form})]
+        y = K.op_layer_norm(x, gamma, beta, eps=1e-5, has_bias=True)
+        return out + [y, *VJP_RULES["layer_norm"](g, y, (x, gamma, beta), {"eps": 1e-5})]
+
+    monkeypatch.setattr(K, "PARALLEL_MIN", 1 << 60)
+    one = run()
+    monkeypatch.setattr(K, "PARALLEL_MIN", 1)
+    split = run()
+    assert K._workers.pool._threads                      # the other rows ran there
+    for a, b in zip(one, split, strict=True):
+        np.testing.assert_array_equal(a, b)
