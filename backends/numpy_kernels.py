@@ -275,12 +275,35 @@ def op_matmul(a, b):
     return np.matmul(a, b)
 
 
-def op_linear(x, w, b=None, *, has_bias, out=None):
+def op_linear(x, w, b=None, *, has_bias, activation=None, out=None):
     y = np.matmul(x.reshape(-1, x.shape[-1]), w.T,   # (N, out): one GEMM for all rows
                   out=None if out is None else out.reshape(-1, w.shape[0]))
-    if b is not None:
+    if activation is not None:                       # fused: bias and activation per row block
+        _in_threads(lambda y, out: _bias_activation(y, b, activation), y, y)
+    elif b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+ACTIVATION_BLOCK = 1 << 14   # elements per block of the fused bias + activation (cache-sized)
+
+
+def _bias_activation(y, b, activation):
+    """y (N, d) <- act(y + b) in place, a block of rows at a time (the same operations, so
+    the same numbers, as the bias add and the activation's kernel one after the other)."""
+    rows = max(ACTIVATION_BLOCK // y.shape[1], 1)
+    for i in range(0, y.shape[0], rows):
+        z = y[i:i + rows]
+        if b is not None:
+            z += b
+        if activation == "relu":
+            op_relu(z, out=z)
+        elif activation == "silu":
+            op_silu(z, out=z)
+        elif activation == "gelu":
+            _gelu_exact(z, out=z)                    # reads x only before each write
+        else:
+            _gelu_tanh(z.copy(), out=z)
 
 
 def op_linear_int8(x, w, scale, b=None, *, has_bias):

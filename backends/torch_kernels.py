@@ -186,8 +186,15 @@ def op_matmul(a, b):
     return torch.matmul(a, b)
 
 
-def op_linear(x, w, b=None, *, has_bias):
-    return F.linear(x, w, b)
+def op_linear(x, w, b=None, *, has_bias, activation=None):
+    y = F.linear(x, w, b)
+    if activation is None:
+        return y
+    if activation == "relu":
+        return F.relu(y)
+    if activation == "silu":
+        return F.silu(y)
+    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
 
 
 def op_linear_int8(x, w, scale, b=None, *, has_bias):

@@ -45,7 +45,7 @@ def test_dense_attention_scores_are_counted():
     model = attndsl.compile(SPECS_DIR / "gpt.attn", config=CONFIG, attention="dense")
     report = peak_memory(model.graph, {"B": 1, "T": 1024})
     assert report.workspace >= 4 * 1024 * 1024 * 4            # heads * T * T * float32
-    assert report.naive > 2 * report.peak > 2 * report.workspace
+    assert report.naive > 1.5 * report.peak > 1.5 * report.workspace
 
 
 def _malloc_in_use():

@@ -362,3 +362,42 @@ def test_expose_attention_adds_a_weights_output_per_attention():
     assert result.graph.meta["attention_maps"] == [("attention.line3", 3, None, False)]
     verify(result.graph)
     assert print_graph(before).count("attention_weights") == 0      # the input is unchanged
+
+
+def test_fuse_bias_activation_golden(repo_root):
+    """Before (-O1) and after (-O2): the GELU and ReLU move into the linears they read; the
+    SiLU stays (its linear has a second reader); unfusing gives the -O1 graph's ops back."""
+    from attndsl.passes.fuse_bias_activation import fuse_bias_activation, unfuse_bias_activation
+    golden = repo_root / "tests" / "golden"
+    spec = golden / "fuse_bias_activation.attn"
+    before = attndsl.compile(spec, opt_level=1).graph
+    assert print_graph(before) == (golden / "fuse_bias_activation.before.ir").read_text()
+    after = fuse_bias_activation(before)
+    assert after.modified
+    assert print_graph(after.graph) == (golden / "fuse_bias_activation.after.ir").read_text()
+    assert print_graph(attndsl.compile(spec).graph) == print_graph(after.graph)
+    back = unfuse_bias_activation(after.graph).graph
+    assert sorted(n.op for n in back.nodes.values()) == sorted(
+        n.op for n in before.nodes.values())
+
+
+@pytest.mark.parametrize("be", ["numpy", "torch"])
+def test_bias_activation_fusion_changes_no_number(spec_path, be):
+    """Every spec: the -O2 graph with its fused linears split back (the pass off) gives
+    bitwise the outputs of the fused one, float32, on NumPy and torch."""
+    from attndsl.backends import get_backend
+
+    from attndsl.passes.fuse_bias_activation import unfuse_bias_activation
+    if be == "torch":
+        pytest.importorskip("torch")
+    model = attndsl.compile(spec_path, config=tiny_config(spec_path.stem), seed=1)
+    split = unfuse_bias_activation(model.graph)
+    if not split.modified:
+        pytest.skip("no linear + activation in this spec")
+    inputs = random_inputs(model.graph, seed=3)
+    params = model.state_dict()
+    outs = [get_backend(be).compile(g, params, "float32", {}).run(inputs)
+            for g in (model.graph, split.graph)]
+    for name in outs[0]:
+        np.testing.assert_array_equal(np.asarray(outs[0][name]), np.asarray(outs[1][name]),
+                                      err_msg=name)

@@ -8,6 +8,7 @@ networkx directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -81,6 +82,16 @@ class Graph:
 
     def replace_node(self, nid: int, **changes: Any) -> None:
         self.nodes[nid] = replace(self.nodes[nid], **changes)
+
+    def join_layer(self, new: Iterable[int], like: int) -> None:
+        """Record nodes a pass added as members of `like`'s `repeat` iteration
+        (`meta["segment_extra"]`: activation checkpointing recomputes them with it)."""
+        extra = dict(self.meta.get("segment_extra", {}))
+        layer = extra.get(like) or next((tuple(r) for r in self.meta.get("layers", ())
+                                         if r[0] <= like < r[1]), None)
+        if layer is not None:
+            extra.update({n: layer for n in new})
+            self.meta["segment_extra"] = extra
 
     def to_networkx(self) -> nx.DiGraph:
         g = nx.DiGraph()

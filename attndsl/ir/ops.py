@@ -237,9 +237,16 @@ def _linear(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     return TensorType(x.shape[:-1] + (w.shape[0],), "float")
 
 
+# the activations bias-activation fusion puts on a linear, and their FLOPs per element
+LINEAR_ACTIVATIONS = {"relu": 1, "silu": 5, "gelu": 8, "gelu_tanh": 8}
+
+
 register("linear", "composite", _linear,
-         lambda ins, out, a: numel(out.shape) * ins[1].shape[1] * 2,
-         attrs=("has_bias",), doc="y = x @ W^T + b with W: [out, in] (matmul, transpose, add).")
+         lambda ins, out, a: numel(out.shape) * (ins[1].shape[1] * 2 + LINEAR_ACTIVATIONS.get(
+             a.get("activation"), 0)),
+         attrs=("has_bias", "activation"),
+         doc="y = act(x @ W^T + b) with W: [out, in] (matmul, transpose, add); act, when "
+             "fused, one of relu, silu, gelu (exact), gelu_tanh.")
 
 
 def _linear_int8(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:

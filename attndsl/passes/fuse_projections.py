@@ -28,7 +28,8 @@ def fuse_projections(graph: Graph) -> PassResult:
     groups: dict[tuple[int, bool, Dim], list[int]] = {}
     for nid in graph.topological_order():
         node = graph.nodes[nid]
-        if node.op != "linear" or not all(graph.nodes[i].op == "param" for i in node.inputs[1:]):
+        if (node.op != "linear" or node.attr("activation") is not None
+                or not all(graph.nodes[i].op == "param" for i in node.inputs[1:])):
             continue
         w = graph.nodes[node.inputs[1]].type
         groups.setdefault((node.inputs[0], node.attr("has_bias"), w.shape[1]), []).append(nid)
@@ -58,11 +59,7 @@ def _fuse(graph: Graph, ids: list[int]) -> None:
     x_type = graph.nodes[x].type
     fused = graph.add("linear", tuple(inputs), {"has_bias": has_bias},
                       TensorType(x_type.shape[:-1] + (total,), "float"), span)
-    layer = next((tuple(r) for r in graph.meta.get("layers", ()) if r[0] <= ids[0] < r[1]), None)
-    if layer is not None:            # new nodes belong to the repeat iteration of the originals
-        extra = dict(graph.meta.get("segment_extra", {}))
-        extra.update({n: layer for n in range(w, fused + 1)})
-        graph.meta["segment_extra"] = extra
+    graph.join_layer(range(w, fused + 1), ids[0])   # the originals' repeat iteration
     start = Dim.of(0)
     lead = tuple((None, None) for _ in range(x_type.rank - 1))
     for nid, width in zip(ids, widths):

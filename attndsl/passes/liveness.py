@@ -53,6 +53,10 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
         return _bytes(node, env, itemsize)
     if node.op == "gelu":          # tanh form in place; the exact form's erf: a few temps
         return _bytes(node, env, itemsize) * (0 if node.attr("approximate") == "tanh" else 4)
+    if node.op == "linear" and node.attr("activation") is not None:
+        from attndsl.backends.numpy_kernels import ACTIVATION_BLOCK
+        temps = {"relu": 0, "gelu_tanh": 1, "silu": 2}.get(node.attr("activation"), 4)
+        return min(_bytes(node, env, itemsize), 2 * ACTIVATION_BLOCK * itemsize) * temps
     if node.op == "linear_attention":
         return _linear_attention_workspace(node, graph, env, itemsize)
     if node.op not in ("attention", "attention_weights"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from attndsl.ir.graph import Graph, TensorType
+from attndsl.passes.fuse_bias_activation import unfuse_bias_activation
 from attndsl.passes.manager import PassResult
 
 SCALE_SUFFIX = "_scale"
@@ -72,9 +73,11 @@ def quantizable(graph: Graph) -> dict[int, list[int]]:
 
 
 def quantize_weights(graph: Graph) -> PassResult:
+    split = unfuse_bias_activation(graph)           # int8 linears take no activation
+    graph = split.graph
     matched = quantizable(graph)
     if not matched:
-        return PassResult(graph, False)
+        return split
     out = graph.copy()
     scales: dict[int, int] = {}                      # weight param -> its scale param
     params: dict[str, int] = {}
@@ -102,19 +105,9 @@ def quantize_weights(graph: Graph) -> PassResult:
                 out.replace_node(via, type=TensorType(w.type.shape, "int"))
                 done[via] = out.add("concat", tuple(scales[p] for p in ps), {"axis": 0},
                                     TensorType(w.type.shape[:1], "float"), w.span)
-                _same_layer(out, done[via], via)
+                out.join_layer((done[via],), via)
         inputs = (node.inputs[0], via, done[via], *node.inputs[2:])
         out.replace_node(nid, op="linear_int8", inputs=inputs)
     # scale nodes were appended after their readers' operands: restore creation = topo order
     out.nodes = {nid: out.nodes[nid] for nid in out.topological_order()}
     return PassResult(out, True)
-
-
-def _same_layer(graph: Graph, new: int, like: int) -> None:
-    """Record `new` as a member of `like`'s `repeat` iteration (`meta["segment_extra"]`)."""
-    extra = dict(graph.meta.get("segment_extra", {}))
-    layer = extra.get(like) or next((tuple(r) for r in graph.meta.get("layers", ())
-                                     if r[0] <= like < r[1]), None)
-    if layer is not None:
-        extra[new] = layer
-        graph.meta["segment_extra"] = extra

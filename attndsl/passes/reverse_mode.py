@@ -1,6 +1,7 @@
 """Reverse mode as a graph transformation: the forward graph plus its backward, in one graph.
 
-Requires: an optimized forward graph. Guarantees: the result computes the forward, then a
+Requires: an optimized forward graph (fused bias + activation linears are split back
+first: the activation's VJP reads the pre-activation). Guarantees: the result computes the forward, then a
 `seed` node per loss output (the loss's cotangent of that output, given by the caller at
 run time), then for every float node that depends on a trained parameter its cotangent:
 the sum (`add` nodes) of one `vjp` node per use. A `vjp` node reads (cotangent, forward
@@ -25,6 +26,7 @@ from attndsl.ir.graph import Graph, TensorType
 from attndsl.ir.ops import OPS
 from attndsl.passes.cse import eliminate_common_subexpressions
 from attndsl.passes.dce import eliminate_dead_code
+from attndsl.passes.fuse_bias_activation import unfuse_bias_activation
 
 SEED, VJP = "seed", "vjp"
 
@@ -51,6 +53,7 @@ def reverse_mode(graph: Graph, losses: tuple[str, ...], keep: tuple[str, ...] = 
     """The forward and backward graph of the outputs `losses` (each gets a cotangent seed)
     with the outputs `keep` computed as well; `training` turns dropout and LayerDrop into
     drawn inputs and exports batch_norm inputs."""
+    graph = unfuse_bias_activation(graph).graph    # the VJPs read the pre-activation
     g = graph.copy()
     g.outputs = {}
     roots = [graph.outputs[n] for n in (*losses, *keep)]
