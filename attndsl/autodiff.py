@@ -680,6 +680,14 @@ def _layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
     return dx, dgamma
 
 
+@vjp("add_layer_norm")
+def _add_layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
+                    attrs: dict[str, Any]) -> Cotangents:
+    """layer_norm(a + b): the norm's VJP at the sum, whose cotangent both operands get."""
+    dx, *rest = _layer_norm(g, out, (ins[0] + ins[1], *ins[2:]), attrs)
+    return (dx, dx, *rest)
+
+
 @vjp("rms_norm")
 def _rms_norm(g: Array, out: Array, ins: tuple[Array, ...],
               attrs: dict[str, Any]) -> Cotangents:

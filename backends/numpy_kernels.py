@@ -390,18 +390,34 @@ def _flush_subnormals(p):
 
 def op_layer_norm(x, g=None, b=None, *, eps, has_bias, out=None):
     y = np.empty(x.shape, x.dtype) if out is None else out
+    _in_threads(lambda x, out: _layer_norm_rows(x, g, b, eps, out), _rows(y), _rows(x))
+    return y
 
-    def rows(x, out):                                  # x, out: (N, d)
-        mu = np.mean(x, axis=-1, keepdims=True)
-        xc = np.subtract(x, mu, out=out)
-        var = np.mean(np.square(xc), axis=-1, keepdims=True)
-        xc *= 1.0 / np.sqrt(var + eps)
-        if g is not None:                              # affine=false: no gamma, no beta
-            xc *= g
-        if b is not None:
-            xc += b
 
-    _in_threads(rows, _rows(y), _rows(x))
+def _layer_norm_rows(x, g, b, eps, out):
+    """out (N, d) <- layer_norm(x) row by row; out may be x."""
+    mu = np.mean(x, axis=-1, keepdims=True)
+    xc = np.subtract(x, mu, out=out)
+    var = np.mean(np.square(xc), axis=-1, keepdims=True)
+    xc *= 1.0 / np.sqrt(var + eps)
+    if g is not None:                                  # affine=false: no gamma, no beta
+        xc *= g
+    if b is not None:
+        xc += b
+
+
+def op_add_layer_norm(a, r, g=None, b=None, *, eps, has_bias, out=None):
+    """layer_norm(a + r), a cache-sized block of rows at a time: the sum is normalized
+    while in cache (the same operations as the add and the norm one after the other)."""
+    y = np.empty(a.shape, a.dtype) if out is None else out
+
+    def blocks(a, r, out):
+        rows = max(ACTIVATION_BLOCK // out.shape[1], 1)
+        for i in range(0, out.shape[0], rows):
+            z = np.add(a[i:i + rows], r[i:i + rows], out=out[i:i + rows])
+            _layer_norm_rows(z, g, b, eps, z)
+
+    _in_threads(blocks, _rows(y), _rows(a), _rows(r))
     return y
 
 

@@ -269,6 +269,10 @@ def op_layer_norm(x, g=None, b=None, *, eps, has_bias):
     return F.layer_norm(x, (x.shape[-1],), g, b, eps)
 
 
+def op_add_layer_norm(a, r, g=None, b=None, *, eps, has_bias):
+    return F.layer_norm(a + r, (a.shape[-1],), g, b, eps)
+
+
 def op_rms_norm(x, g, b=None, *, eps):
     y = F.rms_norm(x, (x.shape[-1],), g, eps)
     return y if b is None else y + b

@@ -121,13 +121,14 @@ def test_opt_level_0_runs_without_a_plan():
 @pytest.mark.parametrize("spec, seq, outputs", [("gpt", 512, ["hidden"]), ("bert", 256, None)])
 def test_report_and_measured_peak(spec, seq, outputs):
     """Six GPT-2/BERT-base layers: planned peak within 10% of the liveness lower bound and
-    3x below naive; the measured peak of a real run (tracemalloc sees NumPy's allocations)
-    within 15% of the plan."""
+    2.5x below naive (3x before -O2's fusions took intermediates out of the naive sum: BERT
+    at T=256 is 2.99x); the measured peak of a real run (tracemalloc sees NumPy's
+    allocations) within 15% of the plan."""
     model = attndsl.compile(SPECS_DIR / f"{spec}.attn", config={"layers": 6}, outputs=outputs)
     env = {"B": 1, "T": seq}
     report = memory_report(model.graph, env)
     assert report.planned <= 1.1 * report.lower_bound
-    assert 3 * report.planned <= report.naive
+    assert 2.5 * report.planned <= report.naive
     inputs = random_inputs(model.graph, batch=1, seq=seq)
     model(**inputs)
     tracemalloc.start()

@@ -157,6 +157,8 @@ CASES: list[tuple[str, str, tuple[np.ndarray, ...], dict[str, Any]]] = [
     ("softmax-axis1", "softmax", (randn(2, 3, 5),), {"axis": 1}),
     ("layer_norm", "layer_norm", (randn(2, 3, 6), randn(6), randn(6)),
      {"eps": 1e-5, "has_bias": True}),
+    ("add_layer_norm", "add_layer_norm", (randn(2, 3, 6), randn(2, 3, 6), randn(6), randn(6)),
+     {"eps": 1e-5, "has_bias": True}),
     ("layer_norm-nobias", "layer_norm", (randn(2, 3, 6), randn(6)),
      {"eps": 1e-5, "has_bias": False}),
     ("rms_norm", "rms_norm", (randn(2, 3, 6), randn(6)), {"eps": 1e-6}),

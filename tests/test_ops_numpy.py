@@ -166,7 +166,7 @@ COMPARE = {"less": lambda a, b: a < b, "greater": lambda a, b: a > b,
 TESTED_ELSEWHERE = {
     "constant", "arange", "sinusoidal", "gelu", "cast", "dropout", "layer_drop", "where", "matmul", "linear",
     "transpose", "reshape", "sum", "mean", "max", "concat", "expand", "index", "softmax",
-    "layer_norm", "rms_norm", "embedding", "attention", "attention_weights", "size", "clip",
+    "layer_norm", "add_layer_norm", "rms_norm", "embedding", "attention", "attention_weights", "size", "clip",
     "logical_and", "logical_or", "logical_not", "min", "cumsum", "one_hot", "top_k_indices",
     "gather", "linear_int8", "linear_attention", "moe_route", "moe_dispatch", "moe_counts",
     "moe_combine", "moe_aux", "moe_dropped", "grouped_linear", "conv1d", "lsh_attention",
@@ -400,6 +400,23 @@ def test_layer_norm(bias: bool, dtype: str) -> None:
     assert y.dtype == np.dtype(dtype)
     close(y, layer_norm_ref(x, g, b, 1e-5), dtype)
     np.testing.assert_array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layer_norm(dtype: str) -> None:
+    """layer_norm(a + r) against the formula; inputs unchanged; rows beyond one block (the
+    kernel works a block of rows at a time), and affine=false."""
+    r = rng()
+    a, res = (r.standard_normal((2, 300, 64)) * 3 + 1).astype(dtype)
+    g, b = r.standard_normal((2, 64)).astype(dtype)
+    before = a.copy(), res.copy()
+    y = K.op_add_layer_norm(a, res, g, b, eps=1e-5, has_bias=True)
+    assert y.dtype == np.dtype(dtype)
+    close(y, layer_norm_ref(a + res, g, b, 1e-5), dtype)
+    np.testing.assert_array_equal(a, before[0])
+    np.testing.assert_array_equal(res, before[1])
+    close(K.op_add_layer_norm(a, res, eps=1e-5, has_bias=False),
+          layer_norm_ref(a + res, np.ones(64, dtype), None, 1e-5), dtype)
 
 
 def test_layer_norm_of_a_constant_row_is_beta() -> None:

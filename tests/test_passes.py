@@ -381,23 +381,41 @@ def test_fuse_bias_activation_golden(repo_root):
         n.op for n in before.nodes.values())
 
 
+def test_fuse_residual_norm_golden(repo_root):
+    """Before (-O1) and after (-O2): the post-norm residual add moves into its layer_norm;
+    the last add, read again after its norm, stays."""
+    from attndsl.passes.fuse_residual_norm import fuse_residual_norm
+    golden = repo_root / "tests" / "golden"
+    spec = golden / "fuse_residual_norm.attn"
+    before = attndsl.compile(spec, opt_level=1).graph
+    assert print_graph(before) == (golden / "fuse_residual_norm.before.ir").read_text()
+    after = fuse_residual_norm(before)
+    assert after.modified
+    assert print_graph(after.graph) == (golden / "fuse_residual_norm.after.ir").read_text()
+    assert print_graph(attndsl.compile(spec).graph) == print_graph(after.graph)
+
+
+@pytest.mark.parametrize("fusion", ["fuse_bias_activation", "fuse_residual_norm"])
 @pytest.mark.parametrize("be", ["numpy", "torch"])
-def test_bias_activation_fusion_changes_no_number(spec_path, be):
-    """Every spec: the -O2 graph with its fused linears split back (the pass off) gives
-    bitwise the outputs of the fused one, float32, on NumPy and torch."""
+def test_fusions_change_no_number(spec_path, be, fusion):
+    """Every spec: -O2 with and without each fusion pass gives bitwise the same outputs,
+    float32, on NumPy and torch."""
     from attndsl.backends import get_backend
 
-    from attndsl.passes.fuse_bias_activation import unfuse_bias_activation
+    from attndsl.frontend import build
+    from attndsl.passes import PIPELINES
     if be == "torch":
         pytest.importorskip("torch")
     model = attndsl.compile(spec_path, config=tiny_config(spec_path.stem), seed=1)
-    split = unfuse_bias_activation(model.graph)
-    if not split.modified:
-        pytest.skip("no linear + activation in this spec")
+    without = PassManager([p for p in PIPELINES[2] if p[0] != fusion]).run(
+        build(spec_path, tiny_config(spec_path.stem)))
+    without.meta["opt_level"] = 2
+    if len(without.nodes) == len(model.graph.nodes):
+        pytest.skip(f"{fusion} finds nothing in this spec")
     inputs = random_inputs(model.graph, seed=3)
     params = model.state_dict()
     outs = [get_backend(be).compile(g, params, "float32", {}).run(inputs)
-            for g in (model.graph, split.graph)]
+            for g in (model.graph, without)]
     for name in outs[0]:
         np.testing.assert_array_equal(np.asarray(outs[0][name]), np.asarray(outs[1][name]),
                                       err_msg=name)

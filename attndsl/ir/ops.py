@@ -460,6 +460,16 @@ register("batch_norm", "composite", _norm, _per_output(8), attrs=("eps", "moment
 register("layer_norm", "composite", _norm, _per_output(8), attrs=("eps", "has_bias"),
          doc="gamma * (x - mean) / sqrt(var + eps) + beta over the last axis (inputs x, then "
              "gamma and beta unless affine=false).")
+def _add_norm(ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    if ins[0] != ins[1]:
+        raise ShapeError(f"add_layer_norm needs two operands of one type, got {ins[0]} and "
+                         f"{ins[1]}")
+    return _norm([ins[0], *ins[2:]], attrs)
+
+
+register("add_layer_norm", "composite", _add_norm, _per_output(9), attrs=("eps", "has_bias"),
+         doc="layer_norm(a + b): a residual add and the norm that is its only reader, fused "
+             "(inputs a, b, then gamma and beta unless affine=false).")
 register("rms_norm", "composite", _norm, _per_output(4), attrs=("eps",),
          doc="gamma * x / sqrt(mean(x^2) + eps) (+ beta if given) over the last axis.")
 

@@ -31,8 +31,8 @@ ELEMENTWISE = frozenset({
     "where", "neg", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "gelu", "silu",
     "cast", "dropout", "layer_drop", "sin", "cos", "softplus", "sign", "clip", "logical_and",
     "logical_or", "logical_not"})
-FEATURE_OPS = frozenset({"linear", "linear_int8", "layer_norm", "rms_norm",  # last axis whole
-                         "batch_norm"})                # (at inference: running statistics)
+FEATURE_OPS = frozenset({"linear", "linear_int8", "layer_norm", "add_layer_norm",  # last axis
+                         "rms_norm", "batch_norm"})    # whole (batch_norm: running statistics)
 REDUCTIONS = frozenset({"sum", "mean", "max", "min"})
 
 

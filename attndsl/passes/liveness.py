@@ -29,7 +29,7 @@ from attndsl.ir.graph import Graph, Node
 from attndsl.ir.ops import LINEAR_ATTENTION_CHUNK, numel
 
 VIEWS = frozenset({"transpose", "expand", "index"})
-TEMPORARY = frozenset({"layer_norm", "rms_norm", "softmax"})
+TEMPORARY = frozenset({"layer_norm", "add_layer_norm", "rms_norm", "softmax"})
 DTYPE_BYTES = {"int": 8, "bool": 1}
 
 

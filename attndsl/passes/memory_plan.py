@@ -32,8 +32,8 @@ from attndsl.passes.reverse_mode import SEED, VJP
 
 # Kernels that take `out=` (backends/numpy_kernels.py) and write their whole result there.
 OUT_OPS = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "neg", "exp", "tanh",
-                     "relu", "gelu", "silu", "linear", "layer_norm", "rms_norm", "softmax",
-                     "concat"})
+                     "relu", "gelu", "silu", "linear", "layer_norm", "add_layer_norm",
+                     "rms_norm", "softmax", "concat"})
 # ufuncs applied element by element: exact with `out` equal to an input of the same shape.
 IN_PLACE = frozenset({"add", "sub", "mul", "div", "maximum", "minimum", "neg", "exp", "tanh",
                       "relu"})
