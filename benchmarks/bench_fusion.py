@@ -45,8 +45,10 @@ def main() -> None:
             programs[name] = get_backend("numpy").compile(graph, params, "float32", {})
             planned[name] = memory_report(graph, {"B": 1, "T": seq}).planned
         ids = np.random.default_rng(0).integers(0, 1000, (1, seq))
-        inputs = {n: ids if model.graph.nodes[i].type.dtype == "int" else
-                  np.ones((1, seq), bool) for n, i in model.graph.inputs.items()}
+        kinds = [model.graph.nodes[i].type.dtype for i in model.graph.inputs.values()]
+        inputs = {n: (ids if j == 0 else np.zeros_like(ids)) if kind == "int" else
+                  np.ones((1, seq), bool)        # token ids, segment ids, no padding
+                  for j, (n, kind) in enumerate(zip(model.graph.inputs, kinds))}
         base = programs["-O2"].run(inputs)
         for name, prog in programs.items():              # the same numbers, and a warm-up
             for k, v in prog.run(inputs).items():
