@@ -21,7 +21,12 @@ from typing import Any
 
 import numpy as np
 from attndsl.backends.codegen import EmitOptions, dim_bindings, emit_forward, kernel_names
-from attndsl.backends.numpy_backend import BufferPool, kernel_sources, share_threads
+from attndsl.backends.numpy_backend import (
+    BufferPool,
+    kernel_sources,
+    planned_shapes,
+    share_threads,
+)
 from attndsl.backends.numpy_kernels import __file__ as kernels_file
 from attndsl.backends.numpy_kernels import _batch_stats as kernels_batch_stats
 
@@ -103,6 +108,7 @@ class GradProgram:
         self.namespace = self._load(self.source)
         self._debug: dict[str, Any] | None = None     # the module with after() hooks
         self._plan: BufferPlan | None = None
+        self._shapes: dict[tuple, dict[int, tuple[int, ...]]] = {}
 
     def _load(self, source: str) -> dict[str, Any]:
         ns: dict[str, Any] = {}
@@ -119,8 +125,7 @@ class GradProgram:
         env = bind_dims(self.graph, xs)
         if self._plan is None:
             self._plan = plan_buffers(self.graph, env, self.dtype.itemsize, folded=frozenset())
-        shapes = {n: tuple(int(d.evaluate(env)) for d in self.graph.nodes[n].type.shape)
-                  for n in self._plan.buffer}
+        shapes = planned_shapes(self._shapes, self.graph, self._plan, env)
         poison = os.environ.get("ATTNDSL_DEBUG") == "1"
         pool = BufferPool(self._plan, shapes, self.dtype.type, poison)
         if not poison:

@@ -169,14 +169,7 @@ class NumpyProgram(Program):
 
     def planned_shapes(self, plan: BufferPlan, env: dict[str, int]
                        ) -> dict[int, tuple[int, ...]]:
-        """Each planned node's concrete shape at these sizes, kept for the last few sizes."""
-        key = tuple(sorted(env.items()))
-        if key not in self._shapes:
-            if len(self._shapes) >= 8:
-                self._shapes.clear()
-            self._shapes[key] = {n: tuple(int(d.evaluate(env)) for d in
-                                          self.graph.nodes[n].type.shape) for n in plan.buffer}
-        return self._shapes[key]
+        return planned_shapes(self._shapes, self.graph, plan, env)
 
     def convert_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Backend arrays: floats in the program's dtype, ints as int64."""
@@ -258,6 +251,19 @@ class NumpyBackend(Backend):
 
     def emit(self, graph: Graph) -> str:
         return emit_module(graph)
+
+
+def planned_shapes(cache: dict[tuple, dict[int, tuple[int, ...]]], graph: Graph,
+                   plan: BufferPlan, env: dict[str, int]) -> dict[int, tuple[int, ...]]:
+    """Each planned node's concrete shape at these sizes, kept in `cache` for the last few
+    sizes."""
+    key = tuple(sorted(env.items()))
+    if key not in cache:
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = {n: tuple(int(d.evaluate(env)) for d in graph.nodes[n].type.shape)
+                      for n in plan.buffer}
+    return cache[key]
 
 
 class BufferPool:

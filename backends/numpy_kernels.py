@@ -236,8 +236,17 @@ def _rows(x):
 
 def op_gelu(x, *, approximate, out=None):
     y = np.empty(x.shape, x.dtype) if out is None else out
-    _in_threads(_gelu_exact if approximate == "none" else _gelu_tanh, _rows(y), _rows(x))
+    fn = _gelu_exact if approximate == "none" else _gelu_tanh
+    _in_threads(lambda x, out: _by_blocks(fn, out, x), _rows(y), _rows(x))
     return y
+
+
+def _by_blocks(fn, out, *rows):
+    """fn(*rows, out=out) a cache-sized block of rows (ACTIVATION_BLOCK elements) at a time:
+    the temporaries of a many-pass elementwise kernel stay in cache."""
+    step = max(ACTIVATION_BLOCK // max(out.shape[1], 1), 1)
+    for i in range(0, out.shape[0], step):
+        fn(*(r[i:i + step] for r in rows), out=out[i:i + step])
 
 
 def _gelu_exact(x, out):
@@ -291,9 +300,7 @@ ACTIVATION_BLOCK = 1 << 14   # elements per block of the fused bias + activation
 def _bias_activation(y, b, activation):
     """y (N, d) <- act(y + b) in place, a block of rows at a time (the same operations, so
     the same numbers, as the bias add and the activation's kernel one after the other)."""
-    rows = max(ACTIVATION_BLOCK // y.shape[1], 1)
-    for i in range(0, y.shape[0], rows):
-        z = y[i:i + rows]
+    def block(z, out):
         if b is not None:
             z += b
         if activation == "relu":
@@ -304,6 +311,8 @@ def _bias_activation(y, b, activation):
             _gelu_exact(z, out=z)                    # reads x only before each write
         else:
             _gelu_tanh(z.copy(), out=z)
+
+    _by_blocks(block, y, y)
 
 
 def op_linear_int8(x, w, scale, b=None, *, has_bias):
@@ -390,7 +399,8 @@ def _flush_subnormals(p):
 
 def op_layer_norm(x, g=None, b=None, *, eps, has_bias, out=None):
     y = np.empty(x.shape, x.dtype) if out is None else out
-    _in_threads(lambda x, out: _layer_norm_rows(x, g, b, eps, out), _rows(y), _rows(x))
+    rows = lambda x, out: _layer_norm_rows(x, g, b, eps, out)  # noqa: E731
+    _in_threads(lambda x, out: _by_blocks(rows, out, x), _rows(y), _rows(x))
     return y
 
 
@@ -411,13 +421,10 @@ def op_add_layer_norm(a, r, g=None, b=None, *, eps, has_bias, out=None):
     while in cache (the same operations as the add and the norm one after the other)."""
     y = np.empty(a.shape, a.dtype) if out is None else out
 
-    def blocks(a, r, out):
-        rows = max(ACTIVATION_BLOCK // out.shape[1], 1)
-        for i in range(0, out.shape[0], rows):
-            z = np.add(a[i:i + rows], r[i:i + rows], out=out[i:i + rows])
-            _layer_norm_rows(z, g, b, eps, z)
+    def block(a, r, out):
+        _layer_norm_rows(np.add(a, r, out=out), g, b, eps, out)
 
-    _in_threads(blocks, _rows(y), _rows(a), _rows(r))
+    _in_threads(lambda a, r, out: _by_blocks(block, out, a, r), _rows(y), _rows(a), _rows(r))
     return y
 
 

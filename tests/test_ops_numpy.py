@@ -683,8 +683,9 @@ def test_language_gaps_spec_values() -> None:
 
 
 def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
-    """GELU, LayerNorm and their VJPs split rows over threads above PARALLEL_MIN elements:
-    bitwise what one call gives."""
+    """GELU, LayerNorm and their VJPs split rows over threads above PARALLEL_MIN elements
+    and work a block of ACTIVATION_BLOCK elements at a time: bitwise what one call over the
+    whole array gives."""
     from attndsl.autodiff import VJP_RULES
     if K._workers() < 2:
         pytest.skip("one CPU: kernels run in one thread")
@@ -702,8 +703,10 @@ def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
         return out + [y, *VJP_RULES["layer_norm"](g, y, (x, gamma, beta), {"eps": 1e-5})]
 
     monkeypatch.setattr(K, "PARALLEL_MIN", 1 << 60)
+    monkeypatch.setattr(K, "ACTIVATION_BLOCK", 1 << 60)
     one = run()
     monkeypatch.setattr(K, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(K, "ACTIVATION_BLOCK", 1000)              # several blocks per thread
     split = run()
     assert K._workers.pool._threads                      # the other rows ran there
     for a, b in zip(one, split, strict=True):
