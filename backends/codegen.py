@@ -42,6 +42,7 @@ class EmitOptions:
     folded: frozenset[int] = frozenset()          # computed by `fold(p)`, read from p
     out: frozenset[int] = frozenset()             # kernels called with out=o.get(nid)
     hooks: bool = False                           # call after(nid) after every node (debug)
+    rope_in_place: frozenset[int] = frozenset()   # attentions that may rotate q, k in place
 
 
 def dim_source(d: Dim) -> str:
@@ -300,6 +301,8 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
         kwargs.append("training=training")
     if nid in opts.out:
         kwargs.append(f"out=o.get({nid})")
+    if nid in opts.rope_in_place:
+        kwargs.append("rope_in_place=True")
     if node.op in opts.context_ops:
         kwargs += ["device=device", "fdtype=fdtype"]
     if opts.cached and node.op in ("attention", "linear_attention") and node.inputs[1] in growing:

@@ -26,7 +26,7 @@ from attndsl.backends.codegen import (
 )
 
 from attndsl.ir.graph import Graph
-from attndsl.passes.memory_plan import BufferPlan, plan_buffers, plannable
+from attndsl.passes.memory_plan import BufferPlan, plan_buffers, plannable, rope_in_place
 
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64}
 _NAME = re.compile(r"\b(op_\w+|_[a-z]\w*|attention_\w+|blocked_\w+|[A-Z][A-Z0-9_]+)\b")
@@ -80,13 +80,15 @@ def kernel_sources(path: str, names: list[str], shared: str | None = None) -> li
 
 def emit_options(graph: Graph, cached: bool = False, hooks: bool = False) -> EmitOptions:
     """Folding; for the plain forward at -O1 and above also the memory plan's `out=`
-    arguments (`forward(p, inputs, o)`, o: node -> array, see `BufferPool`), and with
-    `hooks` an `after(nid)` call after every node."""
+    arguments (`forward(p, inputs, o)`, o: node -> array, see `BufferPool`), RoPE rotating
+    q and k in place where they die, and with `hooks` an `after(nid)` call after every
+    node."""
     opts = EmitOptions(cached=cached)
     opts = replace(opts, folded=folded_nodes(graph, opts))
     if cached or graph.meta.get("opt_level", 2) < 1:
         return opts
     return replace(opts, out=plannable(graph, opts.folded), hooks=hooks,
+                   rope_in_place=rope_in_place(graph, opts.folded),
                    signature_extra=("o=_NO_OUT",) + (("after=None",) if hooks else ()))
 
 

@@ -481,9 +481,10 @@ def _rope_inv_freq(rope):
     return inv
 
 
-def _rope(x, offset, rope, inverse=False):
+def _rope(x, offset, rope, inverse=False, in_place=False):
     """Rotate the first `dims` features of x (B, H, T, D) at positions offset..offset+T-1;
-    `inverse` rotates back (the transpose, used by the gradient)."""
+    `inverse` rotates back (the transpose, used by the gradient); `in_place` overwrites x,
+    ROPE_ROWS positions at a time (temporaries of that size)."""
     _, dims, layout, _ = rope
     ang = np.arange(offset, offset + x.shape[-2], dtype=np.float64)[:, None] * _rope_inv_freq(
         rope)[None, :]                                                      # (T, dims/2)
@@ -492,11 +493,24 @@ def _rope(x, offset, rope, inverse=False):
         sin = -sin
     first, second = (slice(0, dims // 2), slice(dims // 2, dims)) if layout == "half" else (
         slice(0, dims, 2), slice(1, dims, 2))
+    if in_place:
+        for t in range(0, x.shape[-2], ROPE_ROWS):
+            x1, x2 = x[..., t:t + ROPE_ROWS, first], x[..., t:t + ROPE_ROWS, second]
+            c, s = cos[t:t + ROPE_ROWS], sin[t:t + ROPE_ROWS]
+            x1s = x1 * s                                     # the same products as below
+            x1 *= c
+            x1 -= x2 * s
+            x2 *= c
+            x2 += x1s
+        return x
     x1, x2 = x[..., first], x[..., second]                                  # (B, H, T, dims/2)
     out = x.copy()
     out[..., first] = x1 * cos - x2 * sin
     out[..., second] = x2 * cos + x1 * sin
     return out
+
+
+ROPE_ROWS = 64   # positions per block of the in-place rotation
 
 
 def _alibi_slopes(heads):
@@ -640,14 +654,21 @@ def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, score="scaled", bias=(), rope=None,
                  extras=None, rope_keys=True, impl="dense", pattern_blocks=None,
-                 pattern_band=None):
+                 pattern_band=None, rope_in_place=False):
     """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k (B, Hk, Tk, D),
     v (B, Hk, Tk, Dv) with H a multiple of Hk (K/V are shared, never repeated); fully masked
     rows give zeros. `extras` names the extra operands (default: a key_padding). `impl`:
     'dense' (one score buffer), 'tiled'/'sparse' (query tiles over the live key blocks of
     `pattern_blocks`, the pattern's block layout) or 'auto' (the cheapest by the cost model).
-    `pattern_band` is for the torch kernel (here the blocked kernels cover bands)."""
+    `pattern_band` is for the torch kernel (here the blocked kernels cover bands). With
+    `rope_in_place` (the compiler proved nothing reads q and k afterwards) the rotation
+    overwrites them instead of making rotated copies."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
+    if rope_in_place and rope is not None:
+        tq, tk = q.shape[-2], k.shape[-2]
+        q = _rope(q, tk - tq, rope, in_place=True)
+        k = _rope(k, 0, rope, in_place=True) if rope_keys else k
+        rope = None
     impl = attention_impl(impl, q, k, v, pattern_blocks, score, bias, extras, pattern)
     if impl != "dense":
         ex = {n: x for n, x in zip(extras, extra) if x is not None}

@@ -138,3 +138,34 @@ def test_report_and_measured_peak(spec, seq, outputs):
     finally:
         tracemalloc.stop()
     assert abs(measured - report.planned) <= 0.15 * report.planned, (measured, report)
+
+
+ROPE = """model r {{
+    input x: float[B, T, 16]
+    q = split_heads(linear(x, 16, name="q"), 2)
+    k = split_heads(linear(x, 16, name="k"), 2)
+    v = split_heads(linear(x, 16, name="v"), 2)
+    a = sdpa({q}, {k}, v, pattern=causal, rope=rope())
+    output y = merge_heads(a){extra}
+}}"""
+
+
+@pytest.mark.parametrize("q, k, extra, in_place", [
+    ("q", "k", "", True),                          # one GEMM, q and k disjoint slices of it
+    ("q", "k", "\n    output q_out = merge_heads(q)", False),   # q read after the attention
+    ("q", "q", "", False),                          # q is k: rotating it twice
+    ("q * 1.0", "k", "", True),                     # a fresh product: overwritten
+])
+def test_rope_rotates_in_place_only_what_nothing_reads_afterwards(q, k, extra, in_place):
+    """NumPy rotates q and k in place (no rotated copies) only where the compiler proves
+    nothing reads them after the attention; outputs bitwise those of the rotated copies."""
+    from attndsl.backends.numpy_backend import emit_options
+    model = attndsl.compile(ROPE.format(q=q, k=k, extra=extra), backend="numpy", seed=0)
+    opts = emit_options(model.graph)
+    assert bool(opts.rope_in_place) == in_place
+    inputs = random_inputs(model.graph, batch=2, seq=70)       # past one ROPE_ROWS block
+    got = model(**inputs)
+    copies = attndsl.compile(ROPE.format(q=q, k=k, extra=extra), backend="numpy", seed=0,
+                             opt_level=0)(**inputs)
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, copies[name], err_msg=name)

@@ -16,7 +16,8 @@ paths, two outputs' worth for sliding windows and T5 at inference (the CPU band/
 kernels), three row blocks of scores for biased attention (scores, biased scores,
 probabilities), and the scores twice for the explicit path;
 layer_norm, rms_norm, softmax, sigmoid and silu allocate one temporary of their output's
-size, the exact gelu four, rope a rotated copy of q and k. Linear attention holds the
+size, the exact gelu four, rope a rotated copy of q and k (none where the NumPy program
+rotates them in place). Linear attention holds the
 features of q and k, [v, 1], the numerator/normalizer rows and (causal) one chunk's
 [B, H, chunk, chunk] block: O(T), never T x T.
 """
@@ -89,6 +90,10 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
     supported = not explicit
     layout = block_sources(pattern)
     rotated = (b * h * tq * d + b * hk * tk * d) * itemsize if attrs.get("rope") else 0
+    if rotated and graph.meta.get("opt_level", 2) >= 1:
+        from attndsl.passes.memory_plan import program_folded, rope_in_place
+        if node in (graph.nodes[n] for n in rope_in_place(graph, program_folded(graph))):
+            rotated = 0                          # q and k rotated where they are
     costs = attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, not pattern.is_full,
                             supported)
     impl = attention_choice(attrs.get("impl", "auto"), b, h, hk, tq, tk, d, dv, itemsize,

@@ -54,6 +54,67 @@ def view_sources(node: Node) -> tuple[int, ...]:
     return node.inputs[:1] if node.op == VJP else node.inputs
 
 
+def rope_in_place(graph: Graph, folded: frozenset[int] = frozenset()) -> frozenset[int]:
+    """Attentions with rope that may rotate q and k where they are (the NumPy forward at
+    inference, `op_attention(..., rope_in_place=True)`) instead of in rotated copies: each
+    of q and k is a chain of views of one fresh intermediate (not an input, parameter,
+    folded value or output) that nothing reads after the attention, and when q and k view
+    the same intermediate, they are `index` slices of disjoint ranges of its last axis."""
+    order = [n for n in graph.topological_order() if n not in folded]
+    pos = {n: i for i, n in enumerate(order)}
+    end = dict(pos)
+    for n in graph.outputs.values():
+        end[n] = len(order)
+    for n in reversed(order):
+        for src in view_sources(graph.nodes[n]):
+            end[src] = max(end.get(src, pos[src]), end[n])
+        for src in graph.nodes[n].inputs:
+            end[src] = max(end.get(src, pos.get(src, -1)), pos[n])
+
+    def root(n: int) -> tuple[int, int | None]:
+        """The fresh node `n` views, and the index node right on it (None if none)."""
+        first = None
+        while graph.nodes[n].op in VIEW_OPS:
+            first, n = n, graph.nodes[n].inputs[0]
+        return n, first
+
+    out = set()
+    for nid, node in graph.nodes.items():
+        if node.op != "attention" or node.attr("rope") is None or nid not in pos:
+            continue
+        q, k = node.inputs[:2]
+        rotated = [q, k] if node.attr("rope_keys", True) else [q]
+        roots = [root(x) for x in rotated]
+        if q == k or not all(
+                graph.nodes[r].op in FRESH and graph.nodes[r].op not in ("input", "param")
+                and r not in folded and end[r] == pos[nid] for r, _ in roots):
+            continue
+        if len(roots) == 2 and roots[0][0] == roots[1][0] and not _disjoint(
+                graph, roots[0][1], roots[1][1]):
+            continue
+        out.add(nid)
+    return frozenset(out)
+
+
+VIEW_OPS = frozenset({"transpose", "reshape", "index"})
+
+
+def _disjoint(graph: Graph, a: int | None, b: int | None) -> bool:
+    """Two `index` views of one array that select disjoint ranges of its last axis (every
+    other axis whole)."""
+    if a is None or b is None or graph.nodes[a].op != "index" or graph.nodes[b].op != "index":
+        return False
+    ia, ib = graph.nodes[a].attr("index"), graph.nodes[b].attr("index")
+    if len(ia) != len(ib) or any(x != (None, None) for x in (*ia[:-1], *ib[:-1])):
+        return False
+    last = (ia[-1], ib[-1])
+    if not all(isinstance(r, tuple) and len(r) == 2 and all(
+            isinstance(v, int) and v >= 0 for v in r) for r in last):
+        return False
+    (sa, ea), (sb, eb) = last
+    return ea <= sb or eb <= sa
+
+
 @dataclass(frozen=True)
 class BufferPlan:
     """Which buffer each planned node writes; independent of the sizes."""
