@@ -21,6 +21,7 @@ from attndsl.backends.codegen import (
 from attndsl.backends.numpy_backend import kernel_sources
 
 from attndsl.ir.graph import Graph
+from attndsl.passes.memory_plan import rope_in_place
 
 TRAINING_OPS = frozenset({"dropout", "attention", "attention_weights", "layer_drop",
                           "moe_route", "batch_norm"})
@@ -125,6 +126,8 @@ def emit_module(graph: Graph, checkpointing: bool | int = False) -> str:
     segments = layers if checkpointing is True else layers[:int(checkpointing)]
     plain = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, segments=segments)
     plain = replace(plain, folded=folded_nodes(graph, plain))
+    if graph.meta.get("opt_level", 2) >= 1:
+        plain = replace(plain, rope_in_place=rope_in_place(graph, plain.folded))
     cached = EmitOptions(extra, TRAINING_OPS, CONTEXT_OPS, cached=True, folded=plain.folded)
     buffers = set(graph.meta.get("buffers", ()))
     params = "{\n" + "".join(

@@ -337,6 +337,28 @@ def _rope(x, offset, rope):
     return torch.cat([pairs.flatten(-2), rest], dim=-1)
 
 
+def _rope_(x, offset, rope):
+    """`_rope` overwriting x, ROPE_ROWS positions at a time (the same products, so the same
+    numbers; temporaries of one block)."""
+    _, dims, layout, _ = rope
+    pos = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
+    ang = pos[:, None] * _rope_inv_freq(rope, x.device)[None, :]          # (T, dims/2)
+    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    first, second = ((slice(0, dims // 2), slice(dims // 2, dims)) if layout == "half"
+                     else (slice(0, dims, 2), slice(1, dims, 2)))
+    for t in range(0, x.shape[-2], ROPE_ROWS):
+        rows = slice(t, t + ROPE_ROWS)
+        x1, x2 = x[..., rows, first], x[..., rows, second]
+        c, s = cos[rows], sin[rows]
+        x1s = x1 * s
+        x1.mul_(c).sub_(x2 * s)
+        x2.mul_(c).add_(x1s)
+    return x
+
+
+ROPE_ROWS = 256   # positions per block of the in-place rotation
+
+
 def _alibi_slopes(heads, device):
     """Press et al.'s head slopes (see the NumPy kernel)."""
     def power_of_two(n):
@@ -503,19 +525,22 @@ def _assemble(outs, positions, q, v, tq):
 
 def op_attention(q, k, v, *extra, pattern, scale, dropout, training, score="scaled", bias=(),
                  rope=None, extras=None, rope_keys=True, impl="auto", pattern_blocks=None,
-                 pattern_band=None):
+                 pattern_band=None, rope_in_place=False):
     """softmax(score(q, k) + bias + mask) v on q (B, H, Tq, D), k/v (B, Hk, Tk, D) with H a
     multiple of Hk; fully masked rows give zeros. SDPA (enable_gqa for grouped heads) for
-    dot/scaled/bilinear scores with ALiBi/T5/tensor biases; an explicit path otherwise."""
+    dot/scaled/bilinear scores with ALiBi/T5/tensor biases; an explicit path otherwise.
+    `rope_in_place`: the compiler proved nothing reads q and k afterwards, so without
+    autograd recording the rotation overwrites them (no rotated copies)."""
     extras = ("key_padding",) * len(extra) if extras is None else extras
     ex = {n: x for n, x in zip(extras, extra) if x is not None}
     p = dropout if training else 0.0
     tq, tk = q.shape[-2], k.shape[-2]
-    if rope is not None:
-        q = _rope(q, tk - tq, rope)
-        k = _rope(k, 0, rope) if rope_keys else k
-    gqa = q.shape[1] != k.shape[1]
     tracing = torch.compiler.is_compiling()  # torch.export/compile: one path for every size
+    if rope is not None:
+        rotate = _rope_ if rope_in_place and not torch.is_grad_enabled() and not tracing else _rope
+        q = rotate(q, tk - tq, rope)
+        k = rotate(k, 0, rope) if rope_keys else k
+    gqa = q.shape[1] != k.shape[1]
     flash = (q.device.type == "cpu" and not gqa and p == 0 and not tracing and tq == tk
              and v.shape[-1] == q.shape[-1] and "key_padding" not in ex)   # see _band
     if score == "additive" or any(t[0] == "relative" for t in bias) or (tracing and bias):

@@ -169,3 +169,32 @@ def test_rope_rotates_in_place_only_what_nothing_reads_afterwards(q, k, extra, i
                              opt_level=0)(**inputs)
     for name, value in got.items():
         np.testing.assert_array_equal(value, copies[name], err_msg=name)
+
+
+def test_torch_rope_rotates_in_place_at_inference_only():
+    """The torch program takes the same proof: at inference (no autograd recording) q and k
+    are rotated in place, bitwise as the copies; gradients still flow (copies then)."""
+    pytest.importorskip("torch")
+    source = ROPE.format(q="q", k="k", extra="")
+    model = attndsl.compile(source, backend="torch", seed=0)
+    ns = type(model.program.module).forward.__globals__
+    inputs = random_inputs(model.graph, batch=2, seq=300)    # past one ROPE_ROWS block
+    calls = []
+    in_place = ns["_rope_"]
+    ns["_rope_"] = lambda *a: calls.append(1) or in_place(*a)
+    try:
+        got = model(**inputs)
+        assert calls                                          # the in-place path ran
+        ns["_rope_"] = ns["_rope"]                            # rotated copies instead
+        want = model(**inputs)
+    finally:
+        ns["_rope_"] = in_place
+    np.testing.assert_array_equal(got["y"], want["y"])
+    targets = np.random.default_rng(1).integers(0, 16, (2, 300))
+    calls.clear()
+    _, grads = model.value_and_grad(targets, **inputs)           # autograd records: copies
+    assert not calls
+    _, expected = attndsl.compile(source, backend="numpy", seed=0).value_and_grad(
+        targets, **inputs)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, expected[name], rtol=2e-3, atol=1e-5, err_msg=name)
