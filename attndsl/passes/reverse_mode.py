@@ -95,7 +95,6 @@ def reverse_mode(graph: Graph, losses: tuple[str, ...], keep: tuple[str, ...] = 
         for nid in order:
             if g.nodes[nid].op == "batch_norm":
                 g.outputs[f"stats:{nid}"] = g.nodes[nid].inputs[0]
-    g.meta["grad_of"] = tuple(losses)
     g = eliminate_dead_code(eliminate_common_subexpressions(g).graph).graph
     return GradGraph(g, draws)
 
