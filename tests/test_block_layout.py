@@ -281,3 +281,28 @@ def test_torch_alibi_steep_heads_as_bands(monkeypatch):
     TK._alibi_sdpa(*ts2, 0.3, 0.0, False, True).backward(torch.ones_like(out))
     for got, ref in zip(grads, (x.grad.numpy() for x in ts2)):
         np.testing.assert_allclose(got, ref, atol=5e-4)
+
+
+@pytest.mark.parametrize("kv_heads", [12, 4])
+def test_torch_alibi_head_by_head_at_inference_is_the_all_heads_call(kv_heads):
+    """Without autograd recording, ALiBi on the fused kernel pads a few heads at a time
+    (two, or one K/V head with its query heads) instead of all: bitwise the all-heads call
+    (with grouped heads too), which autograd still gets."""
+    torch = pytest.importorskip("torch")
+    from attndsl.backends import torch_kernels as tk
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 12, 300, 64, generator=gen)
+    k, v = (torch.randn(2, kv_heads, 300, 64, generator=gen) for _ in range(2))
+    calls = []
+    padded = tk._alibi_padded
+    tk._alibi_padded = lambda *a: calls.append(a[0].shape[1]) or padded(*a)
+    try:
+        with torch.inference_mode():
+            heads = tk._alibi_sdpa(q, k, v, 0.125, 0.0, kv_heads != 12, True)
+        assert calls == ([2] * 6 if kv_heads == 12 else [3] * 4)   # query heads per call
+        calls.clear()
+        whole = tk._alibi_sdpa(q.requires_grad_(), k, v, 0.125, 0.0, kv_heads != 12, True)
+        assert calls == [12]
+    finally:
+        tk._alibi_padded = padded
+    assert torch.equal(heads, whole.detach())
