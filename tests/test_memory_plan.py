@@ -69,35 +69,10 @@ MLP = """model mlp {
 }"""
 
 
-def test_golden_plan():
-    """Each op, the buffer it writes (letters in order of first use), '-' when not planned:
-    the residual adds write into the linear output they consume (in place); the second
-    layer_norm does not take the first one's idle buffer, which would be held through the
-    widest op (gelu); the output and the scalar are left to the allocator. At -O1, so the
-    GELU is its own op (-O2 fuses it into the linear: `test_golden_plan_with_fusion`)."""
-    graph = attndsl.compile(MLP, backend="numpy", opt_level=1).graph
-    plan = plan_buffers(graph, {"B": 2, "T": 5})
-    letters: dict[int, str] = {}
-    got = []
-    for n in plan.order:
-        b = plan.buffer.get(n)
-        if b is not None:
-            letters.setdefault(b, "ABCDEFGH"[len(letters)])
-        got.append((graph.nodes[n].op, letters.get(b, "-")))
-    assert got == [("layer_norm", "A"), ("linear", "B"), ("gelu", "C"), ("linear", "D"),
-                   ("add", "D"), ("layer_norm", "E"), ("linear", "F"), ("add", "D"),
-                   ("constant", "-"), ("mul", "-"), ("transpose", "-")]
-    idle = {graph.nodes[n].op + str(plan.order.index(n)): sorted(letters[b] for b in bs)
-            for n, bs in plan.free_after.items()}
-    assert idle == {"linear1": ["A"], "gelu2": ["B"], "linear3": ["C"], "linear6": ["E"],
-                    "add7": ["F"], "mul9": ["D"]}
-
-
-def test_golden_plan_with_fusion():
-    """At -O2 the GELU runs inside its linear (bias + activation fused): one buffer fewer;
-    the second linear takes the first layer_norm's buffer, and the residual adds write
-    into it in place."""
-    graph = attndsl.compile(MLP, backend="numpy").graph
+def lettered_plan(opt_level: int) -> tuple[list[tuple], dict[str, list[str]], object]:
+    """The MLP's plan: per op (op, its activation, the buffer letter in order of first use
+    or '-'), and the buffers idle after each op."""
+    graph = attndsl.compile(MLP, backend="numpy", opt_level=opt_level).graph
     plan = plan_buffers(graph, {"B": 2, "T": 5})
     letters: dict[int, str] = {}
     got = []
@@ -106,6 +81,31 @@ def test_golden_plan_with_fusion():
         if b is not None:
             letters.setdefault(b, "ABCDEFGH"[len(letters)])
         got.append((graph.nodes[n].op, graph.nodes[n].attr("activation"), letters.get(b, "-")))
+    idle = {graph.nodes[n].op + str(plan.order.index(n)): sorted(letters[b] for b in bs)
+            for n, bs in plan.free_after.items()}
+    return got, idle, plan
+
+
+def test_golden_plan():
+    """Each op, the buffer it writes (letters in order of first use), '-' when not planned:
+    the residual adds write into the linear output they consume (in place); the second
+    layer_norm does not take the first one's idle buffer, which would be held through the
+    widest op (gelu); the output and the scalar are left to the allocator. At -O1, so the
+    GELU is its own op (-O2 fuses it into the linear: `test_golden_plan_with_fusion`)."""
+    got, idle, _ = lettered_plan(1)
+    assert [(op, letter) for op, _, letter in got] == [
+        ("layer_norm", "A"), ("linear", "B"), ("gelu", "C"), ("linear", "D"), ("add", "D"),
+        ("layer_norm", "E"), ("linear", "F"), ("add", "D"), ("constant", "-"), ("mul", "-"),
+        ("transpose", "-")]
+    assert idle == {"linear1": ["A"], "gelu2": ["B"], "linear3": ["C"], "linear6": ["E"],
+                    "add7": ["F"], "mul9": ["D"]}
+
+
+def test_golden_plan_with_fusion():
+    """At -O2 the GELU runs inside its linear (bias + activation fused): one buffer fewer;
+    the second linear takes the first layer_norm's buffer, and the residual adds write
+    into it in place."""
+    got, _, _ = lettered_plan(2)
     assert got == [("layer_norm", None, "A"), ("linear", "gelu_tanh", "B"),
                    ("linear", None, "A"), ("add", None, "A"), ("layer_norm", None, "C"),
                    ("linear", None, "D"), ("add", None, "A"), ("constant", None, "-"),

@@ -364,35 +364,31 @@ def test_expose_attention_adds_a_weights_output_per_attention():
     assert print_graph(before).count("attention_weights") == 0      # the input is unchanged
 
 
-def test_fuse_bias_activation_golden(repo_root):
-    """Before (-O1) and after (-O2): the GELU and ReLU move into the linears they read; the
-    SiLU stays (its linear has a second reader); unfusing gives the -O1 graph's ops back."""
-    from attndsl.passes.fuse_bias_activation import fuse_bias_activation, unfuse_bias_activation
+@pytest.mark.parametrize("name", ["fuse_bias_activation", "fuse_residual_norm"])
+def test_fusion_golden(repo_root, name):
+    """Before (-O1) and after (-O2), tests/golden/<pass>.*: bias-activation moves the GELU
+    and ReLU into the linears they read and leaves the SiLU (its linear has a second
+    reader); residual-norm moves the post-norm add into its layer_norm and leaves the
+    last add (read again after its norm). -O2 is exactly -O1 plus the pass here."""
+    import importlib
+    fuse = getattr(importlib.import_module(f"attndsl.passes.{name}"), name)
     golden = repo_root / "tests" / "golden"
-    spec = golden / "fuse_bias_activation.attn"
+    spec = golden / f"{name}.attn"
     before = attndsl.compile(spec, opt_level=1).graph
-    assert print_graph(before) == (golden / "fuse_bias_activation.before.ir").read_text()
-    after = fuse_bias_activation(before)
+    assert print_graph(before) == (golden / f"{name}.before.ir").read_text()
+    after = fuse(before)
     assert after.modified
-    assert print_graph(after.graph) == (golden / "fuse_bias_activation.after.ir").read_text()
+    assert print_graph(after.graph) == (golden / f"{name}.after.ir").read_text()
     assert print_graph(attndsl.compile(spec).graph) == print_graph(after.graph)
-    back = unfuse_bias_activation(after.graph).graph
+
+
+def test_unfuse_bias_activation_gives_the_ops_back(repo_root):
+    from attndsl.passes.fuse_bias_activation import unfuse_bias_activation
+    spec = repo_root / "tests" / "golden" / "fuse_bias_activation.attn"
+    before, after = (attndsl.compile(spec, opt_level=level).graph for level in (1, 2))
+    back = unfuse_bias_activation(after).graph
     assert sorted(n.op for n in back.nodes.values()) == sorted(
         n.op for n in before.nodes.values())
-
-
-def test_fuse_residual_norm_golden(repo_root):
-    """Before (-O1) and after (-O2): the post-norm residual add moves into its layer_norm;
-    the last add, read again after its norm, stays."""
-    from attndsl.passes.fuse_residual_norm import fuse_residual_norm
-    golden = repo_root / "tests" / "golden"
-    spec = golden / "fuse_residual_norm.attn"
-    before = attndsl.compile(spec, opt_level=1).graph
-    assert print_graph(before) == (golden / "fuse_residual_norm.before.ir").read_text()
-    after = fuse_residual_norm(before)
-    assert after.modified
-    assert print_graph(after.graph) == (golden / "fuse_residual_norm.after.ir").read_text()
-    assert print_graph(attndsl.compile(spec).graph) == print_graph(after.graph)
 
 
 @pytest.mark.parametrize("fusion", ["fuse_bias_activation", "fuse_residual_norm"])

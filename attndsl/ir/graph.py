@@ -104,6 +104,17 @@ class Graph:
     def topological_order(self) -> list[int]:
         return list(nx.lexicographical_topological_sort(self.to_networkx()))
 
+    def ancestors(self, roots: Iterable[int]) -> set[int]:
+        """`roots` and every node they read, transitively."""
+        seen = set(roots)
+        stack = list(seen)
+        while stack:
+            for src in self.nodes[stack.pop()].inputs:
+                if src not in seen:
+                    seen.add(src)
+                    stack.append(src)
+        return seen
+
     def users(self) -> dict[int, list[int]]:
         """Map each node to the nodes that read it (one entry per use)."""
         out: dict[int, list[int]] = {n: [] for n in self.nodes}

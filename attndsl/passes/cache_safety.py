@@ -59,7 +59,7 @@ def cache_safety(graph: Graph, symbol: str | None, output: str) -> CacheVerdict:
     if symbol is None:
         return CacheVerdict(False, "the spec has no int input with a sequence dim to decode")
     axes: dict[int, int | None] = {}
-    live = _ancestors(graph, graph.outputs[output])
+    live = graph.ancestors([graph.outputs[output]])
     for nid in graph.topological_order():
         if nid not in live:
             continue
@@ -73,16 +73,6 @@ def cache_safety(graph: Graph, symbol: str | None, output: str) -> CacheVerdict:
         return CacheVerdict(False, f"output '{output}' does not have positions on axis 1",
                             out, graph.nodes[out].span)
     return CacheVerdict(True)
-
-
-def _ancestors(graph: Graph, nid: int) -> set[int]:
-    seen, stack = {nid}, [nid]
-    while stack:
-        for src in graph.nodes[stack.pop()].inputs:
-            if src not in seen:
-                seen.add(src)
-                stack.append(src)
-    return seen
 
 
 def _is_symbol(d: Dim, symbol: str) -> bool:

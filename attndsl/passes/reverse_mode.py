@@ -57,7 +57,7 @@ def reverse_mode(graph: Graph, losses: tuple[str, ...], keep: tuple[str, ...] = 
     g = graph.copy()
     g.outputs = {}
     roots = [graph.outputs[n] for n in (*losses, *keep)]
-    live = _ancestors(graph, roots)
+    live = graph.ancestors(roots)
     order = [n for n in graph.topological_order() if n in live]
     draws = _draw_inputs(g, order) if training else ()
 
@@ -125,13 +125,3 @@ def _sum(g: Graph, terms: list[int], type_: TensorType) -> int:
     for t in terms[1:]:
         total = g.add("add", (total, t), {}, type_)
     return total
-
-
-def _ancestors(graph: Graph, roots: list[int]) -> set[int]:
-    seen, stack = set(roots), list(roots)
-    while stack:
-        for src in graph.nodes[stack.pop()].inputs:
-            if src not in seen:
-                seen.add(src)
-                stack.append(src)
-    return seen

@@ -188,12 +188,7 @@ class TorchEngine:
 def _params_off_the_loss(model: Model, output: str) -> list[str]:
     """Parameters the loss output does not read (DDP must be told some get no gradient)."""
     graph = model.graph
-    seen, stack = set(), [graph.outputs[output]]
-    while stack:
-        nid = stack.pop()
-        if nid not in seen:
-            seen.add(nid)
-            stack.extend(graph.nodes[nid].inputs)
+    seen = graph.ancestors([graph.outputs[output]])
     return [name for name, nid in graph.params.items() if nid not in seen]
 
 
