@@ -220,12 +220,13 @@ def _in_threads(fn, out, *rows):
 
 def _workers():
     """Threads for `_in_threads` (the CPUs this process may use, at most 8); the pool is
-    made at the first call."""
-    if not hasattr(_workers, "pool"):
-        import os
+    made at the first call in each process (a forked child's copy has no threads)."""
+    import os
+    if getattr(_workers, "pid", None) != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
         _workers.count = min(len(os.sched_getaffinity(0)), 8)
         _workers.pool = ThreadPoolExecutor(max(_workers.count - 1, 1), "attndsl-kernel")
+        _workers.pid = os.getpid()
     return _workers.count
 
 

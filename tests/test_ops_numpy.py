@@ -711,3 +711,28 @@ def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
     assert K._workers.pool._threads                      # the other rows ran there
     for a, b in zip(one, split, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_kernel_threads_work_in_a_forked_child(monkeypatch):
+    """A process forked after the kernels used their thread pool gets its own pool (the
+    copy it inherits has no threads: waiting on it would hang forever)."""
+    import os
+    import time
+    if K._workers() < 2 or not hasattr(os, "fork"):
+        pytest.skip("one CPU or no fork: kernels run in one thread")
+    monkeypatch.setattr(K, "PARALLEL_MIN", 1)
+    x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    want = K.op_gelu(x, approximate="tanh")              # the parent's pool has run
+    pid = os.fork()
+    if pid == 0:                                         # the child: exit 0 if right
+        ok = np.array_equal(K.op_gelu(x, approximate="tanh"), want)
+        os._exit(0 if ok else 1)
+    for _ in range(200):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on the kernel thread pool")
