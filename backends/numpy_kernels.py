@@ -203,8 +203,11 @@ def _in_threads(fn, out, *rows):
     """fn(*row ranges of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
     the ranges in threads when large, as torch's elementwise kernels use the cores; for
     elementwise and row-wise work the same numbers as one call. NumPy only: with `np`
-    bound to CuPy, one call."""
-    if out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or _workers() < 2:
+    bound to CuPy, one call; inside a kernel thread, one call (waiting there on the pool
+    could wait on itself)."""
+    import threading
+    if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or _workers() < 2
+            or threading.current_thread().name.startswith("attndsl-kernel")):
         fn(*rows, out=out)
         return out
     n = out.shape[0]

@@ -711,6 +711,8 @@ def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
     assert K._workers.pool._threads                      # the other rows ran there
     for a, b in zip(one, split, strict=True):
         np.testing.assert_array_equal(a, b)
+    nested = K._workers.pool.submit(K.op_gelu, x, approximate="tanh")   # from a pool thread:
+    np.testing.assert_array_equal(nested.result(timeout=30), one[0])   # one call, no wait
 
 
 def test_kernel_threads_work_in_a_forked_child(monkeypatch):
