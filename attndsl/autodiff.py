@@ -27,7 +27,6 @@ from attndsl.backends.numpy_kernels import (
     BLOCK,
     TILE_ELEMENTS,
     _batch_stats,
-    _by_blocks,
     _causal_product,
     _grouped,
     _in_threads,
@@ -245,8 +244,7 @@ def _gelu(g: Array, out: Array, ins: tuple[Array, ...], attrs: dict[str, Any]) -
         pdf *= g
         return (pdf,)
     d = np.empty(x.shape, x.dtype)
-    _in_threads(lambda *rows, out: _by_blocks(_gelu_tanh_vjp, out, *rows), _rows(d), _rows(g),
-                _rows(out), _rows(x))
+    _in_threads(_gelu_tanh_vjp, _rows(d), _rows(g), _rows(out), _rows(x))
     return (d,)
 
 
@@ -672,8 +670,7 @@ def _layer_norm(g: Array, out: Array, ins: tuple[Array, ...],
         dxr -= np.mean(gx, axis=-1, keepdims=True)
         dxr *= rstd
 
-    _in_threads(lambda *r, out: _by_blocks(rows, out, *r), _rows(dx), _rows(x), _rows(g),
-                _rows(xhat))
+    _in_threads(rows, _rows(dx), _rows(x), _rows(g), _rows(xhat))
     if len(ins) == 1:                                                         # affine=false
         return (dx,)
     g2 = g.reshape(-1, d)

@@ -313,10 +313,11 @@ def _call(node: Node, nid: int, opts: EmitOptions, sym: str | None, growing: set
 
 
 def vjp_groups(graph: Graph) -> dict[int, list[int]]:
-    """The `vjp` nodes of one forward node (same inputs), keyed by the first: one rule call
-    gives all their cotangents."""
+    """The `vjp` nodes of one forward node (same inputs), keyed by the first emitted (the
+    lowest id: they are ready together, and the emitted order takes the lowest ready id
+    first): one rule call gives all their cotangents."""
     groups: dict[tuple[int, ...], list[int]] = {}
-    for nid in graph.topological_order():
+    for nid in sorted(graph.nodes):
         if graph.nodes[nid].op == VJP:
             groups.setdefault(graph.nodes[nid].inputs, []).append(nid)
     return {members[0]: members for members in groups.values()}

@@ -200,22 +200,24 @@ PARALLEL_MIN = 1 << 16       # elements: below this a kernel runs in one thread
 
 
 def _in_threads(fn, out, *rows):
-    """fn(*row ranges of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
-    the ranges in threads when large, as torch's elementwise kernels use the cores; for
-    elementwise and row-wise work the same numbers as one call. NumPy only: with `np`
-    bound to CuPy, one call; inside a kernel thread, one call (waiting there on the pool
-    could wait on itself)."""
+    """fn(*row blocks of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
+    ACTIVATION_BLOCK elements at a time (the temporaries of a many-pass kernel stay in
+    cache), the blocks split over threads when large, as torch's elementwise kernels use the
+    cores; for elementwise and row-wise work the same numbers as one call. NumPy only: with
+    `np` bound to CuPy, one thread; inside a kernel thread, one thread (waiting there on the
+    pool could wait on itself)."""
     import threading
-    if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or _workers() < 2
+    workers = _workers()
+    if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or workers < 2
             or threading.current_thread().name.startswith("attndsl-kernel")):
-        fn(*rows, out=out)
+        _by_blocks(fn, out, *rows)
         return out
     n = out.shape[0]
-    parts = min(_workers(), n)
+    parts = min(workers, n)
     cut = [n * i // parts for i in range(parts + 1)]
-    jobs = [_workers.pool.submit(fn, *(r[lo:hi] for r in rows), out=out[lo:hi])
+    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows))
             for lo, hi in zip(cut[1:-1], cut[2:])]
-    fn(*(r[:cut[1]] for r in rows), out=out[:cut[1]])
+    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows))
     for job in jobs:
         job.result()
     return out
@@ -240,14 +242,12 @@ def _rows(x):
 
 def op_gelu(x, *, approximate, out=None):
     y = np.empty(x.shape, x.dtype) if out is None else out
-    fn = _gelu_exact if approximate == "none" else _gelu_tanh
-    _in_threads(lambda x, out: _by_blocks(fn, out, x), _rows(y), _rows(x))
+    _in_threads(_gelu_exact if approximate == "none" else _gelu_tanh, _rows(y), _rows(x))
     return y
 
 
 def _by_blocks(fn, out, *rows):
-    """fn(*rows, out=out) a cache-sized block of rows (ACTIVATION_BLOCK elements) at a time:
-    the temporaries of a many-pass elementwise kernel stay in cache."""
+    """fn(*rows, out=out) a block of rows (ACTIVATION_BLOCK elements) at a time."""
     step = max(ACTIVATION_BLOCK // max(out.shape[1], 1), 1)
     for i in range(0, out.shape[0], step):
         fn(*(r[i:i + step] for r in rows), out=out[i:i + step])
@@ -292,7 +292,7 @@ def op_linear(x, w, b=None, *, has_bias, activation=None, out=None):
     y = np.matmul(x.reshape(-1, x.shape[-1]), w.T,   # (N, out): one GEMM for all rows
                   out=None if out is None else out.reshape(-1, w.shape[0]))
     if activation is not None:                       # fused: bias and activation per row block
-        _in_threads(lambda y, out: _bias_activation(y, b, activation), y, y)
+        _in_threads(lambda z, out: _bias_activation(z, b, activation), y, y)
     elif b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[0],))
@@ -301,22 +301,19 @@ def op_linear(x, w, b=None, *, has_bias, activation=None, out=None):
 ACTIVATION_BLOCK = 1 << 14   # elements per block of the fused bias + activation (cache-sized)
 
 
-def _bias_activation(y, b, activation):
-    """y (N, d) <- act(y + b) in place, a block of rows at a time (the same operations, so
-    the same numbers, as the bias add and the activation's kernel one after the other)."""
-    def block(z, out):
-        if b is not None:
-            z += b
-        if activation == "relu":
-            op_relu(z, out=z)
-        elif activation == "silu":
-            op_silu(z, out=z)
-        elif activation == "gelu":
-            _gelu_exact(z, out=z)                    # reads x only before each write
-        else:
-            _gelu_tanh(z.copy(), out=z)
-
-    _by_blocks(block, y, y)
+def _bias_activation(z, b, activation):
+    """z (rows, d) <- act(z + b) in place (the same operations, so the same numbers, as the
+    bias add and the activation's kernel one after the other)."""
+    if b is not None:
+        z += b
+    if activation == "relu":
+        op_relu(z, out=z)
+    elif activation == "silu":
+        op_silu(z, out=z)
+    elif activation == "gelu":
+        _gelu_exact(z, out=z)                        # reads x only before each write
+    else:
+        _gelu_tanh(z.copy(), out=z)
 
 
 def op_linear_int8(x, w, scale, b=None, *, has_bias):
@@ -403,8 +400,7 @@ def _flush_subnormals(p):
 
 def op_layer_norm(x, g=None, b=None, *, eps, has_bias, out=None):
     y = np.empty(x.shape, x.dtype) if out is None else out
-    rows = lambda x, out: _layer_norm_rows(x, g, b, eps, out)  # noqa: E731
-    _in_threads(lambda x, out: _by_blocks(rows, out, x), _rows(y), _rows(x))
+    _in_threads(lambda x, out: _layer_norm_rows(x, g, b, eps, out), _rows(y), _rows(x))
     return y
 
 
@@ -428,7 +424,7 @@ def op_add_layer_norm(a, r, g=None, b=None, *, eps, has_bias, out=None):
     def block(a, r, out):
         _layer_norm_rows(np.add(a, r, out=out), g, b, eps, out)
 
-    _in_threads(lambda a, r, out: _by_blocks(block, out, a, r), _rows(y), _rows(a), _rows(r))
+    _in_threads(block, _rows(y), _rows(a), _rows(r))
     return y
 
 
@@ -487,8 +483,8 @@ def _rope_inv_freq(rope):
 
 def _rope(x, offset, rope, inverse=False, in_place=False):
     """Rotate the first `dims` features of x (B, H, T, D) at positions offset..offset+T-1;
-    `inverse` rotates back (the transpose, used by the gradient); `in_place` overwrites x,
-    ROPE_ROWS positions at a time (temporaries of that size)."""
+    `inverse` rotates back (the transpose, used by the gradient); into a copy, or with
+    `in_place` into x itself, ROPE_ROWS positions at a time (temporaries of that size)."""
     _, dims, layout, _ = rope
     ang = np.arange(offset, offset + x.shape[-2], dtype=np.float64)[:, None] * _rope_inv_freq(
         rope)[None, :]                                                      # (T, dims/2)
@@ -497,20 +493,15 @@ def _rope(x, offset, rope, inverse=False, in_place=False):
         sin = -sin
     first, second = (slice(0, dims // 2), slice(dims // 2, dims)) if layout == "half" else (
         slice(0, dims, 2), slice(1, dims, 2))
-    if in_place:
-        for t in range(0, x.shape[-2], ROPE_ROWS):
-            x1, x2 = x[..., t:t + ROPE_ROWS, first], x[..., t:t + ROPE_ROWS, second]
-            c, s = cos[t:t + ROPE_ROWS], sin[t:t + ROPE_ROWS]
-            x1s = x1 * s                                     # the same products as below
-            x1 *= c
-            x1 -= x2 * s
-            x2 *= c
-            x2 += x1s
-        return x
-    x1, x2 = x[..., first], x[..., second]                                  # (B, H, T, dims/2)
-    out = x.copy()
-    out[..., first] = x1 * cos - x2 * sin
-    out[..., second] = x2 * cos + x1 * sin
+    out = x if in_place else x.copy()
+    for t in range(0, x.shape[-2], ROPE_ROWS):
+        x1, x2 = out[..., t:t + ROPE_ROWS, first], out[..., t:t + ROPE_ROWS, second]
+        c, s = cos[t:t + ROPE_ROWS], sin[t:t + ROPE_ROWS]
+        x1s = x1 * s                                 # x1 cos - x2 sin, x2 cos + x1 sin
+        x1 *= c
+        x1 -= x2 * s
+        x2 *= c
+        x2 += x1s
     return out
 
 

@@ -323,12 +323,18 @@ def _rope_inv_freq(rope, device):
     return inv
 
 
-def _rope(x, offset, rope):
-    """Rotate the first `dims` features of x (B, H, T, D) at positions offset..offset+T-1."""
-    _, dims, layout, _ = rope
+def _rope_tables(x, offset, rope):
+    """cos and sin (T, dims/2) of the rotation angles at positions offset..offset+T-1."""
     pos = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
     ang = pos[:, None] * _rope_inv_freq(rope, x.device)[None, :]          # (T, dims/2)
-    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    return torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+
+
+def _rope(x, offset, rope):
+    """Rotate the first `dims` features of x (B, H, T, D) at positions offset..offset+T-1
+    (out of place: autograd may record it)."""
+    _, dims, layout, _ = rope
+    cos, sin = _rope_tables(x, offset, rope)
     if layout == "half":
         x1, x2, rest = x[..., :dims // 2], x[..., dims // 2:dims], x[..., dims:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
@@ -341,9 +347,7 @@ def _rope_(x, offset, rope):
     """`_rope` overwriting x, ROPE_ROWS positions at a time (the same products, so the same
     numbers; temporaries of one block)."""
     _, dims, layout, _ = rope
-    pos = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64, device=x.device)
-    ang = pos[:, None] * _rope_inv_freq(rope, x.device)[None, :]          # (T, dims/2)
-    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    cos, sin = _rope_tables(x, offset, rope)
     first, second = ((slice(0, dims // 2), slice(dims // 2, dims)) if layout == "half"
                      else (slice(0, dims, 2), slice(1, dims, 2)))
     for t in range(0, x.shape[-2], ROPE_ROWS):

@@ -48,8 +48,10 @@ def _bytes(node: Node, env: dict[str, int], itemsize: int) -> int:
 
 
 def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
-                    itemsize: int) -> int:
-    """Transient bytes an op's kernel allocates beyond its output while it runs."""
+                    itemsize: int, rope_in_place: bool = False) -> int:
+    """Transient bytes an op's kernel allocates beyond its output while it runs
+    (`rope_in_place`: the NumPy program rotates this attention's q and k where they are,
+    see `memory_plan.program_rope_in_place`)."""
     if node.op in TEMPORARY or node.op in ("sigmoid", "silu"):
         return _bytes(node, env, itemsize)
     if node.op == "gelu":          # tanh form in place; the exact form's erf: a few temps
@@ -89,11 +91,8 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
         return 0 if pattern.is_full or pattern.is_causal else tq * tk
     supported = not explicit
     layout = block_sources(pattern)
-    rotated = (b * h * tq * d + b * hk * tk * d) * itemsize if attrs.get("rope") else 0
-    if rotated and graph.meta.get("opt_level", 2) >= 1:
-        from attndsl.passes.memory_plan import program_folded, rope_in_place
-        if node in (graph.nodes[n] for n in rope_in_place(graph, program_folded(graph))):
-            rotated = 0                          # q and k rotated where they are
+    rotated = ((b * h * tq * d + b * hk * tk * d) * itemsize
+               if attrs.get("rope") and not rope_in_place else 0)
     costs = attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, not pattern.is_full,
                             supported)
     impl = attention_choice(attrs.get("impl", "auto"), b, h, hk, tq, tk, d, dv, itemsize,
@@ -104,6 +103,8 @@ def workspace_bytes(node: Node, graph: Graph, env: dict[str, int], backend: str,
 def peak_memory(graph: Graph, env: dict[str, int], backend: str = "numpy",
                 itemsize: int = 4) -> MemoryReport:
     """Liveness over the emitted order for the sizes in `env` ({'B': 1, 'T': 1024})."""
+    from attndsl.passes.memory_plan import program_rope_in_place
+    in_place = program_rope_in_place(graph) if backend != "torch" else frozenset()
     order = graph.topological_order()
     last_use: dict[int, int] = {}
     for pos, nid in enumerate(order):
@@ -122,7 +123,7 @@ def peak_memory(graph: Graph, env: dict[str, int], backend: str = "numpy",
         base = owner.get(node.inputs[0]) if node.inputs else None
         view = base is not None and (node.op in VIEWS or (
             node.op == "reshape" and graph.nodes[node.inputs[0]].op != "transpose"))
-        work = workspace_bytes(node, graph, env, backend, itemsize)
+        work = workspace_bytes(node, graph, env, backend, itemsize, nid in in_place)
         largest = max(largest, work)
         if view:
             owner[nid] = base

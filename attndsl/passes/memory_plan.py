@@ -60,16 +60,9 @@ def rope_in_place(graph: Graph, folded: frozenset[int] = frozenset()) -> frozens
     of q and k is a chain of views of one fresh intermediate (not an input, parameter,
     folded value or output) that nothing reads after the attention, and when q and k view
     the same intermediate, they are `index` slices of disjoint ranges of its last axis."""
-    order = [n for n in graph.topological_order() if n not in folded]
+    order = emitted_order(graph, folded)
     pos = {n: i for i, n in enumerate(order)}
-    end = dict(pos)
-    for n in graph.outputs.values():
-        end[n] = len(order)
-    for n in reversed(order):
-        for src in view_sources(graph.nodes[n]):
-            end[src] = max(end.get(src, pos[src]), end[n])
-        for src in graph.nodes[n].inputs:
-            end[src] = max(end.get(src, pos.get(src, -1)), pos[n])
+    end = last_reads(graph, order)
 
     def root(n: int) -> tuple[int, int | None]:
         """The fresh node `n` views, and the index node right on it (None if none)."""
@@ -85,15 +78,21 @@ def rope_in_place(graph: Graph, folded: frozenset[int] = frozenset()) -> frozens
         q, k = node.inputs[:2]
         rotated = [q, k] if node.attr("rope_keys", True) else [q]
         roots = [root(x) for x in rotated]
-        if q == k or not all(
-                graph.nodes[r].op in FRESH and graph.nodes[r].op not in ("input", "param")
-                and r not in folded and end[r] == pos[nid] for r, _ in roots):
+        if q == k or not all(r in end and graph.nodes[r].op in FRESH and end[r] == pos[nid]
+                             for r, _ in roots):                  # not input, param, folded
             continue
         if len(roots) == 2 and roots[0][0] == roots[1][0] and not _disjoint(
                 graph, roots[0][1], roots[1][1]):
             continue
         out.add(nid)
     return frozenset(out)
+
+
+def program_rope_in_place(graph: Graph) -> frozenset[int]:
+    """`rope_in_place` of the NumPy program's forward (none at -O0)."""
+    if graph.meta.get("opt_level", 2) < 1:
+        return frozenset()
+    return rope_in_place(graph, program_folded(graph))
 
 
 VIEW_OPS = frozenset({"transpose", "reshape", "index"})
@@ -155,16 +154,17 @@ def program_folded(graph: Graph) -> frozenset[int]:
     return folded_nodes(graph, EmitOptions())
 
 
-def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
-                 backend: str = "numpy", folded: frozenset[int] | None = None) -> BufferPlan:
-    """Buffer assignment for the forward the NumPy program emits from `graph` (or any
-    program emitted with these `folded` nodes: the reverse mode's folds none). `env` only
-    prices the choices: the plan is correct for every size."""
-    folded = program_folded(graph) if folded is None else folded
-    order = tuple(n for n in graph.topological_order()
-                  if graph.nodes[n].op not in ("input", "param") and n not in folded)
+def emitted_order(graph: Graph, folded: frozenset[int]) -> tuple[int, ...]:
+    """The nodes the program computes, in its order (no inputs, parameters, folded)."""
+    return tuple(n for n in graph.topological_order()
+                 if graph.nodes[n].op not in ("input", "param") and n not in folded)
+
+
+def last_reads(graph: Graph, order: tuple[int, ...]) -> dict[int, int]:
+    """Node of `order` -> the position of its last read, through anything that may be a
+    view of it (an output: past the end)."""
     pos = {n: i for i, n in enumerate(order)}
-    end = {n: pos[n] for n in order}                           # last read, through views
+    end = dict(pos)
     for n in graph.outputs.values():
         if n in end:
             end[n] = len(order)
@@ -174,6 +174,18 @@ def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
         for src in node.inputs:
             if src in end:
                 end[src] = max(end[src], max(pos[n], end[n]) if src in views else pos[n])
+    return end
+
+
+def plan_buffers(graph: Graph, env: dict[str, int], itemsize: int = 4,
+                 backend: str = "numpy", folded: frozenset[int] | None = None) -> BufferPlan:
+    """Buffer assignment for the forward the NumPy program emits from `graph` (or any
+    program emitted with these `folded` nodes: the reverse mode's folds none). `env` only
+    prices the choices: the plan is correct for every size."""
+    folded = program_folded(graph) if folded is None else folded
+    order = emitted_order(graph, folded)
+    pos = {n: i for i, n in enumerate(order)}
+    end = last_reads(graph, order)                             # last read, through views
     planned = plannable(graph, folded)
     group: dict[int, int] = {}                                 # planned node -> in-place chain
     roots: dict[int, frozenset[int]] = {}                      # chains a value may read
@@ -247,11 +259,13 @@ def _profile(graph: Graph, order: tuple[int, ...], lives: dict[int, int], size: 
     workspace."""
     out, held = [], 0
     dying: dict[int, int] = {}
+    in_place = program_rope_in_place(graph) if backend != "torch" else frozenset()
     for p, n in enumerate(order):
         if n in lives:
             held += size[n]
             dying[lives[n]] = dying.get(lives[n], 0) + size[n]
-        out.append(held + workspace_bytes(graph.nodes[n], graph, env, backend, itemsize))
+        out.append(held + workspace_bytes(graph.nodes[n], graph, env, backend, itemsize,
+                                          n in in_place))
         held -= dying.pop(p, 0)
     return out
 
