@@ -166,9 +166,9 @@ def test_torch_blocked_kernel_matches_numpy_and_differentiates(impl, pattern):
     (pat.Window(90) & pat.CAUSAL & pat.Window(50), (("alibi",), ("t5", 8, 40, True)))], ids=str)
 def test_torch_band_kernel_matches_numpy_and_differentiates(pattern, bias, monkeypatch):
     """A sliding window (a band: `Pattern.band()`) runs on torch as tiles of queries over
-    their key windows in SDPA's CPU kernel: the NumPy dense numbers, and autograd gradients
-    equal to the dense path's for q, k, v (float64; the T5 table is constant here: with a
-    trainable table the band path is not taken)."""
+    their key windows in SDPA's CPU kernel, a call per tile here: the NumPy dense numbers, and
+    autograd gradients equal to the dense path's for q, k, v (float64; the T5 table is
+    constant here: with a trainable table the band path is not taken)."""
     torch = pytest.importorskip("torch")
     from attndsl.backends import torch_kernels as TK
     rng = np.random.default_rng(6)
@@ -182,6 +182,7 @@ def test_torch_band_kernel_matches_numpy_and_differentiates(pattern, bias, monke
     expected = K.op_attention(q, k, v, *extra, impl="dense", **attrs)
     band, calls = TK._band, []
     monkeypatch.setattr(TK, "_band", lambda *a: calls.append(1) or band(*a))
+    monkeypatch.setattr(TK, "BAND_CALL_TILES", 1)         # one SDPA call per inner tile
     grads = {}
     for mode in ("auto", "dense"):
         ts = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
