@@ -27,6 +27,7 @@ from attndsl.backends.numpy_kernels import (
     BLOCK,
     TILE_ELEMENTS,
     _batch_stats,
+    _block_grid,
     _causal_product,
     _grouped,
     _in_threads,
@@ -852,11 +853,13 @@ def _blocked_vjp(g: Array, q: Array, k: Array, v: Array, ex: dict[str, Array],
     dvals = {i: np.zeros((h, tq + tk - 1), g.dtype) for i, t in enumerate(bias) if t[0] == "t5"}
     heads = np.arange(h)[:, None, None, None]
     values = blocked_bias_values(bias, ex, h, tq, tk, g.dtype)
+    full = None if layout is None else _block_grid(layout[0], tq, tk, BLOCK)
     for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
         per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
         for c in range(0, len(tiles), per_tile):
             t, kk = tiles[c:c + per_tile], keys[c:c + per_tile]             # (nt,), (nt, K)
-            p = blocked_probs(qs, kr, ex, attrs["pattern"], scale, values, t, kk, rows, BLOCK)
+            p = blocked_probs(qs, kr, ex, attrs["pattern"], scale, values, t, kk, rows, BLOCK,
+                              full)
             qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]             # (nt, rows)
             pg = p.reshape(b, hk, grp, *p.shape[2:])                         # (B, Hk, G, nt, r, K)
             gg = g[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)         # (B, Hk, G, nt, r, Dv)

@@ -199,7 +199,7 @@ def _erf(x):
 PARALLEL_MIN = 1 << 16       # elements: below this a kernel runs in one thread
 
 
-def _in_threads(fn, out, *rows):
+def _in_threads(fn, out, *rows, elements=None):
     """fn(*row blocks of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
     ACTIVATION_BLOCK elements at a time (the temporaries of a many-pass kernel stay in
     cache), the blocks split over threads when large, as torch's elementwise kernels use the
@@ -210,14 +210,15 @@ def _in_threads(fn, out, *rows):
     workers = _workers()
     if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or workers < 2
             or threading.current_thread().name.startswith("attndsl-kernel")):
-        _by_blocks(fn, out, *rows)
+        _by_blocks(fn, out, *rows, elements=elements)
         return out
     n = out.shape[0]
     parts = min(workers, n)
     cut = [n * i // parts for i in range(parts + 1)]
-    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows))
+    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows),
+                                 elements=elements)
             for lo, hi in zip(cut[1:-1], cut[2:])]
-    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows))
+    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows), elements=elements)
     for job in jobs:
         job.result()
     return out
@@ -246,9 +247,10 @@ def op_gelu(x, *, approximate, out=None):
     return y
 
 
-def _by_blocks(fn, out, *rows):
-    """fn(*rows, out=out) a block of rows (ACTIVATION_BLOCK elements) at a time."""
-    step = max(ACTIVATION_BLOCK // max(out.shape[1], 1), 1)
+def _by_blocks(fn, out, *rows, elements=None):
+    """fn(*rows, out=out) a block of rows (about `elements`, default ACTIVATION_BLOCK,
+    elements) at a time."""
+    step = max((elements or ACTIVATION_BLOCK) // max(out.shape[1], 1), 1)
     for i in range(0, out.shape[0], step):
         fn(*(r[i:i + step] for r in rows), out=out[i:i + step])
 
@@ -624,9 +626,9 @@ def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope
             s *= scale
     else:
         qs = np.matmul(q, ex["score_w"]) if score == "bilinear" else q
+        qs = qs * qs.dtype.type(scale) if scale != 1.0 else qs           # scale the smaller
         s = np.matmul(_grouped(qs, hk), np.swapaxes(k, -1, -2))          # (B, Hk, G Tq, Tk)
         s = s.reshape(s.shape[0], h, tq, tk)                               # (B, H, Tq, Tk)
-        s *= scale
     if bias:
         _add_bias(s, q, ex, bias, scale)
     mask = attention_mask(pattern, tq, tk)
@@ -636,14 +638,9 @@ def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope
         mask = pad if mask is None else (mask & pad)
     if mask is not None:
         np.copyto(s, -np.inf, where=~mask)
-    m = np.max(s, axis=-1, keepdims=True)                                  # (B, H, Tq, 1)
-    m[~np.isfinite(m)] = 0.0
-    s -= m
-    np.exp(s, out=s)
-    den = np.sum(s, axis=-1, keepdims=True)
-    den[den == 0] = 1.0
-    s /= den
-    _flush_subnormals(s)
+    den = np.empty(s.shape[:-1] + (1,), dtype=s.dtype)                    # (B, H, Tq, 1)
+    _in_threads(lambda d, out: _softmax_rows(d, out, True), _rows(s), _rows(den),
+                elements=SOFTMAX_BLOCK)
     return s, q, k
 
 
@@ -740,17 +737,23 @@ BLOCK = 128                    # query/key block size of the tiled and sparse ke
 TILE_ELEMENTS = 1 << 22        # score elements per step (16 MiB in float32)
 
 
+def _block_grid(expr, tq, tk, block):
+    """(nqb, nkb) bool grid of a block-layout expression (the layout's 'full' or 'empty'
+    source) over (query block, key block) pairs."""
+    q0 = (tk - tq + np.arange(0, tq, block))[:, None]
+    k0 = np.arange(0, tk, block)[None, :]
+    env = {"q0": q0, "q1": np.minimum(q0 + block, tk) - 1, "k0": k0,
+           "k1": np.minimum(k0 + block, tk) - 1, "n": tk}
+    grid = eval(expr, {"abs": abs}, env)  # noqa: S307 - pattern text
+    return np.broadcast_to(grid, (q0.shape[0], k0.shape[1]))
+
+
 def _live_blocks(layout, tq, tk, block):
     """(nqb, nkb) bool grid: the (query block, key block) pairs the pattern's layout does
     not prove empty (every pair for the full pattern)."""
-    q0 = (tk - tq + np.arange(0, tq, block))[:, None]
-    k0 = np.arange(0, tk, block)[None, :]
     if layout is None:
-        return np.ones((q0.shape[0], k0.shape[1]), dtype=bool)
-    env = {"q0": q0, "q1": np.minimum(q0 + block, tk) - 1, "k0": k0,
-           "k1": np.minimum(k0 + block, tk) - 1, "n": tk}
-    empty = eval(layout[1], {"abs": abs}, env)  # noqa: S307 - pattern text
-    return ~np.broadcast_to(empty, (q0.shape[0], k0.shape[1]))
+        return np.ones((-(-tq // block), -(-tk // block)), dtype=bool)
+    return ~_block_grid(layout[1], tq, tk, block)
 
 
 def blocked_plan(layout, tq, tk, block, gather):
@@ -788,70 +791,107 @@ def blocked_bias_values(bias, ex, heads, tq, tk, dtype):
                for i, t in enumerate(bias)).astype(dtype)
 
 
-def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block):
-    """Probabilities for query tiles `tiles` (nt,) over their keys `keys` (nt, K):
-    (B, H, nt, rows, K); q, k already rotated (and q multiplied by W for bilinear);
-    `values` from `blocked_bias_values` (or None)."""
+def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block, full=None,
+                  buf=None, normalize=True):
+    """Probabilities for query tiles `tiles` (nt,) over their keys `keys` (nt, K), in
+    blocks of `block` keys: (B, H, nt, rows, K); q, k already rotated (and q multiplied by W
+    for bilinear); `values` from `blocked_bias_values` (or None). `full`: the layout's
+    (nqb, nkb) grid of blocks the pattern keeps whole (`_block_grid`), whose columns need no
+    mask; `buf`: a flat buffer to hold the scores; without `normalize`, (the unnormalized
+    weights, their row sums) for the caller to divide its smaller product by."""
     b, h, tq, d = q.shape
     hk, tk = k.shape[1], k.shape[2]
+    nt, width = len(tiles), keys.shape[1]
     qpos = (tiles[:, None] * block + np.arange(rows)[None, :])       # (nt, rows) local
-    contiguous = len(tiles) == 1 and keys[0, -1] - keys[0, 0] + 1 == keys.shape[1]
+    contiguous = nt == 1 and keys[0, -1] - keys[0, 0] + 1 == width
     qt = q[:, :, qpos]                                               # (B, H, nt, rows, D)
     kt = k[:, :, keys[0, 0]:keys[0, -1] + 1][:, :, None] if contiguous else k[:, :, keys]
     g = h // hk
-    s = np.matmul(qt.reshape(b, hk, g, *qt.shape[2:]), np.swapaxes(kt, -1, -2)[:, :, None])
+    shape = (max(b, k.shape[0]), hk, g, nt, rows, width)
+    s = np.matmul(qt.reshape(b, hk, g, *qt.shape[2:]), np.swapaxes(kt, -1, -2)[:, :, None],
+                  out=None if buf is None else buf[:math.prod(shape)].reshape(shape))
     s = s.reshape(s.shape[0], h, *s.shape[3:])                       # (B, H, nt, rows, K)
-    s *= scale
+    if scale != 1.0:
+        s *= scale
     if values is not None and contiguous:     # one tile over a key span: Toeplitz views
         start = keys[0, 0] - qpos[0, 0] + tq - 1 - (rows - 1)
         for head in range(h):
-            view = _toeplitz(values[head, start:], rows, keys.shape[1])
+            view = _toeplitz(values[head, start:], rows, width)
             for bi in range(s.shape[0]):
                 s[bi, head, 0] += view
     elif values is not None:
         s += values[:, keys[:, None, :] - qpos[:, :, None] + tq - 1]  # (H, nt, rows, K)
-    allowed = None
-    if pattern is not None:
-        allowed = np.broadcast_to(eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
-            "q": (tk - tq + qpos)[:, :, None], "k": keys[:, None, :], "n": tk}),
-            (len(tiles), rows, keys.shape[1]))
     pad = ex.get("key_padding")
+    c0, c1 = 0, width                         # the columns the mask may touch
+    if pattern is not None and full is not None and pad is None:
+        whole = full[tiles[:, None], keys[:, ::block] // block].all(axis=0)   # per key chunk
+        cut = np.flatnonzero(~whole)
+        c0, c1 = (cut[0] * block, min(width, (cut[-1] + 1) * block)) if cut.size else (0, 0)
+    allowed = None
+    if pattern is not None and c1 > c0:
+        allowed = np.broadcast_to(eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
+            "q": (tk - tq + qpos)[:, :, None], "k": keys[:, None, c0:c1], "n": tk}),
+            (nt, rows, c1 - c0))
     if pad is not None:
         pad = pad[:, keys][:, None, :, None, :]                      # (B, 1, nt, 1, K)
         allowed = pad if allowed is None else (allowed & pad)
     if allowed is not None:
-        np.copyto(s, -np.inf, where=~allowed)
-    m = np.max(s, axis=-1, keepdims=True)
+        np.copyto(s[..., c0:c1], -np.inf, where=~allowed)
+    den = np.empty(s.shape[:-1] + (1,), dtype=s.dtype)
+    _in_threads(lambda d, out: _softmax_rows(d, out, normalize), _rows(s), _rows(den),
+                elements=SOFTMAX_BLOCK)
+    return s if normalize else (s, den)
+
+
+SOFTMAX_BLOCK = 1 << 17     # elements per block of the blocked kernels' softmax (in L2)
+
+
+def _softmax_rows(den, out, normalize):
+    """out (N, K) <- softmax (or with `normalize` false exp(out - row max)) in place, fully
+    masked rows zero; den (N, 1) <- the row sums (1 where a row has no key)."""
+    m = np.max(out, axis=-1, keepdims=True)
     m[~np.isfinite(m)] = 0.0
-    s -= m
-    np.exp(s, out=s)
-    den = np.sum(s, axis=-1, keepdims=True)
+    out -= m
+    np.exp(out, out=out)
+    np.sum(out, axis=-1, keepdims=True, out=den)
     den[den == 0] = 1.0
-    s /= den
-    _flush_subnormals(s)
-    return s
+    if normalize:
+        out /= den
+    _flush_subnormals(out)
 
 
 def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
     """softmax(q k^T * scale + bias + mask) v computed per query tile over the live key
-    blocks of the layout only: extra memory O(B H block K) per step instead of O(B H Tq Tk),
-    work proportional to the live blocks. q/k rotated already; biases ALiBi/T5 only."""
+    blocks of the layout only: extra memory O(B H block K) per step (one score buffer for
+    all steps) instead of O(B H Tq Tk), work proportional to the live blocks; the mask only
+    on blocks the layout does not prove whole, the normalization on the output rows. q/k
+    rotated already; biases ALiBi/T5 only."""
     b, h, tq, _ = q.shape
-    hk, dv = v.shape[1], v.shape[3]
-    out = np.zeros((max(b, v.shape[0]), h, tq, dv), dtype=q.dtype)
-    values = blocked_bias_values(bias, ex, h, tq, k.shape[2], q.dtype)
-    for tiles, keys, rows in blocked_plan(layout, tq, k.shape[2], BLOCK, gather):
-        per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
-        for c in range(0, len(tiles), per_tile):
-            t, kk = tiles[c:c + per_tile], keys[c:c + per_tile]
-            p = blocked_probs(q, k, ex, pattern, scale, values, t, kk, rows, BLOCK)
-            if len(t) == 1 and kk[0, -1] - kk[0, 0] + 1 == kk.shape[1]:
-                vt = v[:, :, kk[0, 0]:kk[0, -1] + 1][:, :, None]     # a span: a view
-            else:
-                vt = v[:, :, kk]                                     # (B, Hk, nt, K, Dv)
-            o = np.matmul(p.reshape(p.shape[0], hk, h // hk, *p.shape[2:]), vt[:, :, None])
-            qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]
-            out[:, :, qpos] = o.reshape(o.shape[0], h, *o.shape[3:])
+    hk, tk, dv = v.shape[1], k.shape[2], v.shape[3]
+    bo = max(b, v.shape[0])
+    out = np.zeros((bo, h, tq, dv), dtype=q.dtype)
+    values = blocked_bias_values(bias, ex, h, tq, tk, q.dtype)
+    full = None if layout is None else _block_grid(layout[0], tq, tk, BLOCK)
+    qs = q * q.dtype.type(scale) if scale != 1.0 else q              # (B, H, Tq, D)
+    steps = []
+    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
+        per_tile = max(1, TILE_ELEMENTS // max(1, bo * h * rows * keys.shape[1]))
+        steps += [(tiles[c:c + per_tile], keys[c:c + per_tile], rows)
+                  for c in range(0, len(tiles), per_tile)]
+    buf = np.empty(max((bo * h * len(t) * rows * kk.shape[1] for t, kk, rows in steps),
+                       default=0), dtype=q.dtype)
+    for t, kk, rows in steps:
+        p, den = blocked_probs(qs, k, ex, pattern, 1.0, values, t, kk, rows, BLOCK, full, buf,
+                               normalize=False)
+        span = len(t) == 1 and kk[0, -1] - kk[0, 0] + 1 == kk.shape[1]
+        vt = v[:, :, kk[0, 0]:kk[0, -1] + 1][:, :, None] if span else v[:, :, kk]
+        o = np.matmul(p.reshape(p.shape[0], hk, h // hk, *p.shape[2:]), vt[:, :, None])
+        o = o.reshape(o.shape[0], h, *o.shape[3:])                   # (B, H, nt, rows, Dv)
+        if len(t) == 1:
+            r0 = int(t[0]) * BLOCK
+            np.divide(o[:, :, 0], den[:, :, 0], out=out[:, :, r0:r0 + rows])
+        else:
+            out[:, :, t[:, None] * BLOCK + np.arange(rows)[None, :]] = o / den
     return out
 
 
@@ -885,7 +925,9 @@ def attention_costs(b, h, hk, tq, tk, d, dv, layout, itemsize, masked, supported
             chunk = min(per_tile, len(tiles))
             gathered = b * hk * chunk * keys.shape[1] * (d + dv)    # the step's K and V
             scores += b * h * len(tiles) * rows * keys.shape[1]
-            peak = max(peak, 2 * b * h * chunk * rows * keys.shape[1] + gathered)
+            rows_q_out = b * h * chunk * rows * (d + 2 * dv)        # q's rows, o, o / den
+            peak = max(peak, b * h * chunk * rows * keys.shape[1] + rows_q_out
+                       + (gathered if gather else 0))    # 'tiled' reads K, V as views
             steps += -(-len(tiles) // per_tile)
             moved += gathered * -(-len(tiles) // per_tile)
         costs[name] = (scores * (per_score + 5), peak * itemsize,

@@ -684,9 +684,12 @@ def test_language_gaps_spec_values() -> None:
 
 def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
     """GELU, LayerNorm and their VJPs split rows over threads above PARALLEL_MIN elements
-    and work a block of ACTIVATION_BLOCK elements at a time: bitwise what one call over the
-    whole array gives."""
+    and work a block of ACTIVATION_BLOCK elements at a time, attention's softmax (dense and
+    tiled) a block of SOFTMAX_BLOCK: bitwise what one call over the whole array gives."""
+    from attndsl.backends.codegen import block_sources
+
     from attndsl.autodiff import VJP_RULES
+    from attndsl.ir import patterns as pat
     if K._workers() < 2:
         pytest.skip("one CPU: kernels run in one thread")
     rng = np.random.default_rng(0)
@@ -700,13 +703,22 @@ def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
             y = K.op_gelu(x, approximate=form)
             out += [y, *VJP_RULES["gelu"](g, y, (x,), {"approximate": form})]
         y = K.op_layer_norm(x, gamma, beta, eps=1e-5, has_bias=True)
-        return out + [y, *VJP_RULES["layer_norm"](g, y, (x, gamma, beta), {"eps": 1e-5})]
+        out += [y, *VJP_RULES["layer_norm"](g, y, (x, gamma, beta), {"eps": 1e-5})]
+        for p in (pat.CAUSAL, pat.CAUSAL & pat.Window(20)):
+            attrs = dict(pattern=p.source(), pattern_blocks=block_sources(p), scale=0.3,
+                         dropout=0.0)
+            out += [K.op_attention(x, g, x + g, impl=impl, **attrs)
+                    for impl in ("dense", "tiled", "sparse")]
+        return out
 
     monkeypatch.setattr(K, "PARALLEL_MIN", 1 << 60)
     monkeypatch.setattr(K, "ACTIVATION_BLOCK", 1 << 60)
+    monkeypatch.setattr(K, "SOFTMAX_BLOCK", 1 << 60)
+    monkeypatch.setattr(K, "BLOCK", 16)                          # several query tiles
     one = run()
     monkeypatch.setattr(K, "PARALLEL_MIN", 1)
     monkeypatch.setattr(K, "ACTIVATION_BLOCK", 1000)              # several blocks per thread
+    monkeypatch.setattr(K, "SOFTMAX_BLOCK", 100)
     split = run()
     assert K._workers.pool._threads                      # the other rows ran there
     for a, b in zip(one, split, strict=True):

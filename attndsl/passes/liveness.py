@@ -11,7 +11,8 @@ Views share their input's buffer (transpose, expand, index, and reshape of a con
 array); a reshape of a transposed array copies, as NumPy does. Workspaces: attention
 materializes what its kernel does — on NumPy the implementation the cost model picks at
 these sizes (dense: the [B, H, Tq, Tk] scores plus a cached [Tq, Tk] mask; tiled/sparse:
-one step's scores and gathers), on torch nothing of that size for SDPA's full/causal
+one step's scores, its query rows and output, and for sparse its gathered keys and values),
+on torch nothing of that size for SDPA's full/causal
 paths, two outputs' worth for sliding windows and T5 at inference (the CPU band/split
 kernels), three row blocks of scores for biased attention (scores, biased scores,
 probabilities), and the scores twice for the explicit path;
