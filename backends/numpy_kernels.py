@@ -202,26 +202,30 @@ PARALLEL_MIN = 1 << 16       # elements: below this a kernel runs in one thread
 def _in_threads(fn, out, *rows, elements=None):
     """fn(*row blocks of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
     ACTIVATION_BLOCK elements at a time (the temporaries of a many-pass kernel stay in
-    cache), the blocks split over threads when large, as torch's elementwise kernels use the
-    cores; for elementwise and row-wise work the same numbers as one call. NumPy only: with
-    `np` bound to CuPy, one thread; inside a kernel thread, one thread (waiting there on the
-    pool could wait on itself)."""
+    cache), the blocks split over threads when large (`_in_parts`), as torch's elementwise
+    kernels use the cores; for elementwise and row-wise work the same numbers as one call."""
+    _in_parts(lambda lo, hi: _by_blocks(fn, out[lo:hi], *(r[lo:hi] for r in rows),
+                                        elements=elements), out.shape[0], out)
+    return out
+
+
+def _in_parts(fn, n, like):
+    """fn(lo, hi) over consecutive parts of range(n), one per thread when the array `like`
+    (what the parts write) has PARALLEL_MIN elements or more. NumPy only: with `np` bound
+    to CuPy, one call; inside a kernel thread, one call (waiting there on the pool could
+    wait on itself)."""
     import threading
     workers = _workers()
-    if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or workers < 2
+    if (like.size < PARALLEL_MIN or type(like).__module__ != "numpy" or workers < 2 or n < 2
             or threading.current_thread().name.startswith("attndsl-kernel")):
-        _by_blocks(fn, out, *rows, elements=elements)
-        return out
-    n = out.shape[0]
+        fn(0, n)
+        return
     parts = min(workers, n)
     cut = [n * i // parts for i in range(parts + 1)]
-    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows),
-                                 elements=elements)
-            for lo, hi in zip(cut[1:-1], cut[2:])]
-    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows), elements=elements)
+    jobs = [_workers.pool.submit(fn, lo, hi) for lo, hi in zip(cut[1:-1], cut[2:])]
+    fn(0, cut[1])
     for job in jobs:
         job.result()
-    return out
 
 
 def _workers():
@@ -805,20 +809,23 @@ def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block, fu
     qpos = (tiles[:, None] * block + np.arange(rows)[None, :])       # (nt, rows) local
     contiguous = nt == 1 and keys[0, -1] - keys[0, 0] + 1 == width
     qt = q[:, :, qpos]                                               # (B, H, nt, rows, D)
+    if scale != 1.0:
+        qt *= scale                                  # a copy: scale it, not the scores
     kt = k[:, :, keys[0, 0]:keys[0, -1] + 1][:, :, None] if contiguous else k[:, :, keys]
     g = h // hk
     shape = (max(b, k.shape[0]), hk, g, nt, rows, width)
     s = np.matmul(qt.reshape(b, hk, g, *qt.shape[2:]), np.swapaxes(kt, -1, -2)[:, :, None],
                   out=None if buf is None else buf[:math.prod(shape)].reshape(shape))
     s = s.reshape(s.shape[0], h, *s.shape[3:])                       # (B, H, nt, rows, K)
-    if scale != 1.0:
-        s *= scale
     if values is not None and contiguous:     # one tile over a key span: Toeplitz views
         start = keys[0, 0] - qpos[0, 0] + tq - 1 - (rows - 1)
-        for head in range(h):
-            view = _toeplitz(values[head, start:], rows, width)
-            for bi in range(s.shape[0]):
-                s[bi, head, 0] += view
+
+        def add(lo, hi):
+            for head in range(lo, hi):
+                view = _toeplitz(values[head, start:], rows, width)
+                for bi in range(s.shape[0]):
+                    s[bi, head, 0] += view
+        _in_parts(add, h, s)
     elif values is not None:
         s += values[:, keys[:, None, :] - qpos[:, :, None] + tq - 1]  # (H, nt, rows, K)
     pad = ex.get("key_padding")
@@ -848,16 +855,20 @@ SOFTMAX_BLOCK = 1 << 17     # elements per block of the blocked kernels' softmax
 
 def _softmax_rows(den, out, normalize):
     """out (N, K) <- softmax (or with `normalize` false exp(out - row max)) in place, fully
-    masked rows zero; den (N, 1) <- the row sums (1 where a row has no key)."""
+    masked rows zero; den (N, 1) <- the row sums (1 where a row has no key). Weights under
+    tiny^0.8 of the row's largest (4e-31 in float32, far below its resolution) are 0: exp
+    runs ~10x slower where its result is subnormal, and so does the GEMM with v where a
+    weight times a value is (ALiBi puts many far keys there)."""
     m = np.max(out, axis=-1, keepdims=True)
     m[~np.isfinite(m)] = 0.0
     out -= m
+    np.copyto(out, -np.inf, where=out < 0.8 * math.log(np.finfo(out.dtype).tiny))
     np.exp(out, out=out)
     np.sum(out, axis=-1, keepdims=True, out=den)
     den[den == 0] = 1.0
     if normalize:
         out /= den
-    _flush_subnormals(out)
+        _flush_subnormals(out)
 
 
 def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
@@ -872,7 +883,6 @@ def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
     out = np.zeros((bo, h, tq, dv), dtype=q.dtype)
     values = blocked_bias_values(bias, ex, h, tq, tk, q.dtype)
     full = None if layout is None else _block_grid(layout[0], tq, tk, BLOCK)
-    qs = q * q.dtype.type(scale) if scale != 1.0 else q              # (B, H, Tq, D)
     steps = []
     for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
         per_tile = max(1, TILE_ELEMENTS // max(1, bo * h * rows * keys.shape[1]))
@@ -881,7 +891,7 @@ def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
     buf = np.empty(max((bo * h * len(t) * rows * kk.shape[1] for t, kk, rows in steps),
                        default=0), dtype=q.dtype)
     for t, kk, rows in steps:
-        p, den = blocked_probs(qs, k, ex, pattern, 1.0, values, t, kk, rows, BLOCK, full, buf,
+        p, den = blocked_probs(q, k, ex, pattern, scale, values, t, kk, rows, BLOCK, full, buf,
                                normalize=False)
         span = len(t) == 1 and kk[0, -1] - kk[0, 0] + 1 == kk.shape[1]
         vt = v[:, :, kk[0, 0]:kk[0, -1] + 1][:, :, None] if span else v[:, :, kk]

@@ -307,3 +307,26 @@ def test_probabilities_hold_no_subnormals():
             assert (w == 0).sum() > w.size // 2 + 1000          # causal zeros and flushed ones
             np.testing.assert_allclose(out["y"], want, rtol=2e-4, atol=2e-5,
                                        err_msg=f"{backend} {attention}")
+
+
+def test_softmax_rows_drop_weights_whose_products_would_be_subnormal():
+    """The kernels' softmax sets weights under tiny^0.8 of the row's largest to 0 before
+    exp (exp, and the GEMM with v, run ~10x slower on subnormal results); the others are
+    exp(x - max) as computed directly, and the row sums are theirs."""
+    from attndsl.backends import numpy_kernels as K
+    x = np.linspace(-120.0, 5.0, 500, dtype=np.float32) * np.array([[1], [0.9], [0.5], [1]],
+                                                                    np.float32)
+    x[1, :7] = -np.inf                                         # masked keys
+    x[3] = -np.inf                                             # a row with no key
+    m = x.max(axis=-1, keepdims=True)
+    e = np.exp((x - np.where(np.isfinite(m), m, 0.0)).astype(np.float64))
+    keep = e >= np.finfo(np.float32).tiny ** 0.8
+    total = (e * keep).sum(-1, keepdims=True)
+    for normalize in (False, True):
+        out, den = x.copy(), np.empty((4, 1), np.float32)
+        K._softmax_rows(den, out, normalize)
+        assert ((out == 0) == ~keep).all() and (~keep[0]).sum() > 100   # many dropped
+        want = e * keep / (np.where(total > 0, total, 1.0) if normalize else 1.0)
+        np.testing.assert_allclose(out, want, rtol=2e-6, atol=0)
+        np.testing.assert_allclose(den[:3], total[:3], rtol=2e-6)
+        assert den[3, 0] == 1.0
