@@ -201,31 +201,27 @@ PARALLEL_MIN = 1 << 16       # elements: below this a kernel runs in one thread
 
 def _in_threads(fn, out, *rows, elements=None):
     """fn(*row blocks of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
-    ACTIVATION_BLOCK elements at a time (the temporaries of a many-pass kernel stay in
-    cache), the blocks split over threads when large (`_in_parts`), as torch's elementwise
-    kernels use the cores; for elementwise and row-wise work the same numbers as one call."""
-    _in_parts(lambda lo, hi: _by_blocks(fn, out[lo:hi], *(r[lo:hi] for r in rows),
-                                        elements=elements), out.shape[0], out)
-    return out
-
-
-def _in_parts(fn, n, like):
-    """fn(lo, hi) over consecutive parts of range(n), one per thread when the array `like`
-    (what the parts write) has PARALLEL_MIN elements or more. NumPy only: with `np` bound
-    to CuPy, one call; inside a kernel thread, one call (waiting there on the pool could
-    wait on itself)."""
+    `elements` (default ACTIVATION_BLOCK) at a time (the temporaries of a many-pass kernel
+    stay in cache), the blocks split over threads when large, as torch's elementwise kernels
+    use the cores; for elementwise and row-wise work the same numbers as one call. NumPy
+    only: with `np` bound to CuPy, one thread; inside a kernel thread, one thread (waiting
+    there on the pool could wait on itself)."""
     import threading
     workers = _workers()
-    if (like.size < PARALLEL_MIN or type(like).__module__ != "numpy" or workers < 2 or n < 2
+    if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or workers < 2
             or threading.current_thread().name.startswith("attndsl-kernel")):
-        fn(0, n)
-        return
+        _by_blocks(fn, out, *rows, elements=elements)
+        return out
+    n = out.shape[0]
     parts = min(workers, n)
     cut = [n * i // parts for i in range(parts + 1)]
-    jobs = [_workers.pool.submit(fn, lo, hi) for lo, hi in zip(cut[1:-1], cut[2:])]
-    fn(0, cut[1])
+    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows),
+                                 elements=elements)
+            for lo, hi in zip(cut[1:-1], cut[2:])]
+    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows), elements=elements)
     for job in jobs:
         job.result()
+    return out
 
 
 def _workers():
@@ -819,13 +815,10 @@ def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block, fu
     s = s.reshape(s.shape[0], h, *s.shape[3:])                       # (B, H, nt, rows, K)
     if values is not None and contiguous:     # one tile over a key span: Toeplitz views
         start = keys[0, 0] - qpos[0, 0] + tq - 1 - (rows - 1)
-
-        def add(lo, hi):
-            for head in range(lo, hi):
-                view = _toeplitz(values[head, start:], rows, width)
-                for bi in range(s.shape[0]):
-                    s[bi, head, 0] += view
-        _in_parts(add, h, s)
+        for head in range(h):
+            view = _toeplitz(values[head, start:], rows, width)
+            for bi in range(s.shape[0]):
+                s[bi, head, 0] += view
     elif values is not None:
         s += values[:, keys[:, None, :] - qpos[:, :, None] + tq - 1]  # (H, nt, rows, K)
     pad = ex.get("key_padding")
