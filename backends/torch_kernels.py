@@ -676,7 +676,8 @@ def _constant_tail(idx):
 
 
 BAND_ROWS = 64
-BAND_CALL_TILES = 16   # tiles per SDPA call: its output is copied out, so keep it small
+BAND_CALL_KEYS = 16 * 320   # window keys per SDPA call (16 tiles of a 256-key window): its
+                            # output and the end tiles' padded keys and masks are copies
 
 
 def _narrow_band(band, t):
@@ -691,9 +692,9 @@ def _band(q, k, v, values, scale, left, right):
     `values` (H, 2T - 1) or none: (output (B, H, T, Dv), log-sum-exp (B, H, T)); the path
     for sliding windows and T5's near keys, autograd flowing to q, k, v (not `values`).
     Tiles of BAND_ROWS queries with their windows of keys (strided views of k and v, no
-    copy), batched BAND_CALL_TILES at a time into SDPA's CPU kernel with one float mask
-    (bias, -inf outside the band) for the tiles whose window lies inside the sequence; the
-    few tiles at the ends get a padded copy of their keys and their own masks."""
+    copy), batched into SDPA's CPU kernel BAND_CALL_KEYS window keys at a time with one
+    float mask (bias, -inf outside the band) for the tiles whose window lies inside the
+    sequence; the tiles at the ends get a padded copy of their keys and their own masks."""
     b, h, t, d = q.shape
     rows, span = BAND_ROWS, BAND_ROWS + left + right - 2
     tiles = -(-t // rows)
@@ -710,11 +711,10 @@ def _band(q, k, v, values, scale, left, right):
     z = max(a, sum(f + span <= t for f in first))
     out = qt.new_empty(b, h, tiles, rows, v.shape[-1])
     lse = qt.new_empty(b, h, tiles, rows)
-    calls = [(0, a), *((i, min(i + BAND_CALL_TILES, z)) for i in range(a, z, BAND_CALL_TILES)),
-             (z, tiles)]
+    per_call = max(1, BAND_CALL_KEYS // span)
+    calls = [(i, min(i + per_call, end)) for start, end in ((0, a), (a, z), (z, tiles))
+             for i in range(start, end, per_call)]
     for lo, hi in calls:
-        if lo == hi:
-            continue
         k0, k1 = first[lo], first[hi - 1] + span                         # keys the tiles read
         pad = (0, 0, max(0, -k0), max(0, k1 - t))
         m = mask

@@ -45,6 +45,7 @@ def test_plan_and_poisoned_plan_give_the_unplanned_outputs(name, source, monkeyp
 
 
 def test_poisoning_catches_a_buffer_freed_too_early(monkeypatch):
+    monkeypatch.delenv("ATTNDSL_DEBUG", raising=False)        # set below, not before
     model = compiled("gpt", SPECS_DIR / "gpt.attn")
     inputs = random_inputs(model.graph)
     want = model.to_numpy(model(**inputs))["logits"]
@@ -119,11 +120,12 @@ def test_opt_level_0_runs_without_a_plan():
 
 
 @pytest.mark.parametrize("spec, seq, outputs", [("gpt", 512, ["hidden"]), ("bert", 256, None)])
-def test_report_and_measured_peak(spec, seq, outputs):
+def test_report_and_measured_peak(spec, seq, outputs, monkeypatch):
     """Six GPT-2/BERT-base layers: planned peak within 10% of the liveness lower bound and
     2.5x below naive (3x before -O2's fusions took intermediates out of the naive sum: BERT
     at T=256 is 2.99x); the measured peak of a real run (tracemalloc sees NumPy's
     allocations) within 15% of the plan."""
+    monkeypatch.delenv("ATTNDSL_DEBUG", raising=False)    # poisoning measures other buffers
     model = attndsl.compile(SPECS_DIR / f"{spec}.attn", config={"layers": 6}, outputs=outputs)
     env = {"B": 1, "T": seq}
     report = memory_report(model.graph, env)
