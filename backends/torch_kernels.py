@@ -657,16 +657,23 @@ def _t5_split_sdpa(q, k, v, table, term, scale, causal):
         if n >= t:
             continue
         qf, kf, vf = (x.flip(2) if flip else x for x in (q, k, v))
-        o, far = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            qf[:, :, n:], kf[:, :, :t - n], vf[:, :, :t - n], 0.0, True, scale=scale)
-        far = far + c.view(1, h, 1)                        # rows n.. (of the flipped order)
-        o, far = (o.flip(2), far.flip(2)) if flip else (o, far)
         rows = slice(0, t - n) if flip else slice(n, t)
-        total = torch.logaddexp(lse[:, :, rows], far)
-        out[:, :, rows].mul_(torch.exp(lse[:, :, rows] - total)[..., None])
-        out[:, :, rows].add_(o.mul_(torch.exp(far - total)[..., None]))
-        lse[:, :, rows] = total
+        for j in range(0, h, T5_GROUP_HEADS):              # a few heads: o is a copy
+            hs = slice(j, j + T5_GROUP_HEADS)
+            o, far = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qf[:, hs, n:], kf[:, hs, :t - n], vf[:, hs, :t - n], 0.0, True, scale=scale)
+            far = far + c[hs].view(1, -1, 1)               # rows n.. (of the flipped order)
+            o, far = (o.flip(2), far.flip(2)) if flip else (o, far)
+            part = lse[:, hs, rows]
+            total = torch.logaddexp(part, far)
+            out[:, hs, rows].mul_(torch.exp(part - total)[..., None])
+            out[:, hs, rows].add_(o.mul_(torch.exp(far - total)[..., None]))
+            lse[:, hs, rows] = total
+            del o, far
     return out
+
+
+T5_GROUP_HEADS = 4   # heads per far-keys SDPA call of `_t5_split_sdpa`
 
 
 def _constant_tail(idx):
@@ -676,8 +683,8 @@ def _constant_tail(idx):
 
 
 BAND_ROWS = 64
-BAND_CALL_KEYS = 16 * 320   # window keys per SDPA call (16 tiles of a 256-key window): its
-                            # output and the end tiles' padded keys and masks are copies
+BAND_CALL_ELEMENTS = 1 << 20   # window key elements (B H S D) per SDPA call: its output
+                               # and the end tiles' padded keys and masks are copies
 
 
 def _narrow_band(band, t):
@@ -692,8 +699,8 @@ def _band(q, k, v, values, scale, left, right):
     `values` (H, 2T - 1) or none: (output (B, H, T, Dv), log-sum-exp (B, H, T)); the path
     for sliding windows and T5's near keys, autograd flowing to q, k, v (not `values`).
     Tiles of BAND_ROWS queries with their windows of keys (strided views of k and v, no
-    copy), batched into SDPA's CPU kernel BAND_CALL_KEYS window keys at a time with one
-    float mask (bias, -inf outside the band) for the tiles whose window lies inside the
+    copy), batched into SDPA's CPU kernel BAND_CALL_ELEMENTS window key elements at a time
+    with one float mask (bias, -inf outside the band) for the tiles whose window lies inside the
     sequence; the tiles at the ends get a padded copy of their keys and their own masks."""
     b, h, t, d = q.shape
     rows, span = BAND_ROWS, BAND_ROWS + left + right - 2
@@ -711,7 +718,7 @@ def _band(q, k, v, values, scale, left, right):
     z = max(a, sum(f + span <= t for f in first))
     out = qt.new_empty(b, h, tiles, rows, v.shape[-1])
     lse = qt.new_empty(b, h, tiles, rows)
-    per_call = max(1, BAND_CALL_KEYS // span)
+    per_call = max(1, BAND_CALL_ELEMENTS // (b * h * span * d))
     calls = [(i, min(i + per_call, end)) for start, end in ((0, a), (a, z), (z, tiles))
              for i in range(start, end, per_call)]
     for lo, hi in calls:
@@ -730,6 +737,7 @@ def _band(q, k, v, values, scale, left, right):
             qt[:, lo:hi].flatten(0, 1), kw, vw, 0.0, False, attn_mask=m, scale=scale)
         out[:, :, lo:hi] = o.unflatten(0, (b, -1)).transpose(1, 2)
         lse[:, :, lo:hi] = s.unflatten(0, (b, -1)).transpose(1, 2)
+        del o, s                                     # before the next call makes its own
     return out.flatten(2, 3)[:, :, :t], lse.flatten(2, 3)[:, :, :t]
 
 

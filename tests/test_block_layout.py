@@ -182,7 +182,7 @@ def test_torch_band_kernel_matches_numpy_and_differentiates(pattern, bias, monke
     expected = K.op_attention(q, k, v, *extra, impl="dense", **attrs)
     band, calls = TK._band, []
     monkeypatch.setattr(TK, "_band", lambda *a: calls.append(1) or band(*a))
-    monkeypatch.setattr(TK, "BAND_CALL_KEYS", 1)          # one SDPA call per tile
+    monkeypatch.setattr(TK, "BAND_CALL_ELEMENTS", 1)      # one SDPA call per tile
     grads = {}
     for mode in ("auto", "dense"):
         ts = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
