@@ -683,8 +683,8 @@ def _constant_tail(idx):
 
 
 BAND_ROWS = 64
-BAND_CALL_ELEMENTS = 1 << 20   # window key elements (B H S D) per SDPA call: its output
-                               # and the end tiles' padded keys and masks are copies
+BAND_CALL_ELEMENTS = 1 << 21   # window key elements (B H S D) per SDPA call (a quarter
+                               # at the ends, whose padded keys and masks are copies)
 
 
 def _narrow_band(band, t):
@@ -719,8 +719,10 @@ def _band(q, k, v, values, scale, left, right):
     out = qt.new_empty(b, h, tiles, rows, v.shape[-1])
     lse = qt.new_empty(b, h, tiles, rows)
     per_call = max(1, BAND_CALL_ELEMENTS // (b * h * span * d))
-    calls = [(i, min(i + per_call, end)) for start, end in ((0, a), (a, z), (z, tiles))
-             for i in range(start, end, per_call)]
+    ends = max(1, per_call // 4)               # their keys and masks are padded copies
+    calls = [(i, min(i + n, end)) for start, end, n in ((0, a, ends), (a, z, per_call),
+                                                        (z, tiles, ends))
+             for i in range(start, end, n)]
     for lo, hi in calls:
         k0, k1 = first[lo], first[hi - 1] + span                         # keys the tiles read
         pad = (0, 0, max(0, -k0), max(0, k1 - t))
