@@ -168,6 +168,10 @@ def dims_env(graph: Any, batch: int | None, seq: int | None) -> dict[str, int]:
                     env[s] = batch or 1
                 elif seq is not None:
                     env[s] = min(seq, bounds.get(s, seq))
+                    if env[s] < seq:
+                        print(f"note: --seq {seq} is above the spec's bound {s} <= {env[s]}: "
+                              f"using {s}={env[s]} (--set can raise the constant it comes "
+                              f"from, e.g. the context length)", file=sys.stderr)
                 elif s in bounds:
                     env[s] = bounds[s]
     return env

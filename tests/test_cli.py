@@ -105,6 +105,16 @@ def test_stats_with_batch_and_seq(capsys, gpt_spec, tiny_args) -> None:
     assert "one training step (adamw, float32;" in out
 
 
+def test_seq_above_the_spec_bound_is_said(capsys, gpt_spec, tiny_args) -> None:
+    """--seq past `T <= ctx` uses the bound, and says so (stats, --explain, run --random)."""
+    code, out, err = run_cli(capsys, "stats", gpt_spec, "--seq", "4096", *tiny_args)
+    ctx = GPT_TINY["ctx"]
+    assert code == 0 and f"T={ctx})" in out
+    assert f"note: --seq 4096 is above the spec's bound T <= {ctx}: using T={ctx}" in err
+    code, _, err = run_cli(capsys, "compile", gpt_spec, "--explain", "--seq", "4096", *tiny_args)
+    assert code == 0 and f"using T={ctx}" in err and f"T={ctx}:" in err
+
+
 def test_stats_measure(capsys, gpt_spec, tiny_args) -> None:
     """--measure runs one forward and prints its peak next to the plan's (their agreement
     at real sizes: tests/test_memory_plan.py)."""
