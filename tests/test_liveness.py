@@ -17,6 +17,12 @@ from attndsl.passes.liveness import peak_memory
 CONFIG = dict(layers=2, d_model=256, heads=4, vocab=64)
 
 
+@pytest.fixture(autouse=True)
+def _plain_programs(monkeypatch):
+    """Peaks are measured on the plain program (ATTNDSL_DEBUG=1 poisons idle buffers)."""
+    monkeypatch.delenv("ATTNDSL_DEBUG", raising=False)
+
+
 def measured_peak(model, inputs) -> int:
     model(**inputs)                                   # warm caches (masks, emitted module)
     tracemalloc.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -414,8 +415,9 @@ def test_mask_caches_stay_bounded_over_many_lengths(backend):
     most 16 entries (each [T, T] bool is ~3.7 MB here), so once full RSS stops growing: the
     last 50 lengths add a few MB (longer masks), not the 185 MB an unbounded cache would. In
     a fresh process, with malloc_trim before each reading, so that RSS is what is held."""
+    env = {k: v for k, v in os.environ.items() if k != "ATTNDSL_DEBUG"}   # the plain module
     out = subprocess.run([sys.executable, "-c", MASK_SERVER, backend], capture_output=True,
-                         text=True, check=True, timeout=240)
+                         text=True, check=True, timeout=240, env=env)
     entries, grown = map(int, out.stdout.split())
     assert entries == 16
     assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB over the last 50 lengths"
