@@ -199,26 +199,25 @@ def _erf(x):
 PARALLEL_MIN = 1 << 16       # elements: below this a kernel runs in one thread
 
 
-def _in_threads(fn, out, *rows, elements=None):
+def _in_threads(fn, out, *rows):
     """fn(*row blocks of `rows`, out=the same rows of `out`) over all rows of the 2-D `out`,
-    `elements` (default ACTIVATION_BLOCK) at a time (the temporaries of a many-pass kernel
-    stay in cache), the blocks split over threads when large, as torch's elementwise kernels
-    use the cores; for elementwise and row-wise work the same numbers as one call. NumPy
-    only: with `np` bound to CuPy, one thread; inside a kernel thread, one thread (waiting
-    there on the pool could wait on itself)."""
+    ACTIVATION_BLOCK elements at a time (the temporaries of a many-pass kernel stay in
+    cache), the blocks split over threads when large, as torch's elementwise kernels use the
+    cores; for elementwise and row-wise work the same numbers as one call. NumPy only: with
+    `np` bound to CuPy, one thread; inside a kernel thread, one thread (waiting there on the
+    pool could wait on itself)."""
     import threading
     workers = _workers()
     if (out.size < PARALLEL_MIN or type(out).__module__ != "numpy" or workers < 2
             or threading.current_thread().name.startswith("attndsl-kernel")):
-        _by_blocks(fn, out, *rows, elements=elements)
+        _by_blocks(fn, out, *rows)
         return out
     n = out.shape[0]
     parts = min(workers, n)
     cut = [n * i // parts for i in range(parts + 1)]
-    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows),
-                                 elements=elements)
+    jobs = [_workers.pool.submit(_by_blocks, fn, out[lo:hi], *(r[lo:hi] for r in rows))
             for lo, hi in zip(cut[1:-1], cut[2:])]
-    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows), elements=elements)
+    _by_blocks(fn, out[:cut[1]], *(r[:cut[1]] for r in rows))
     for job in jobs:
         job.result()
     return out
@@ -247,10 +246,9 @@ def op_gelu(x, *, approximate, out=None):
     return y
 
 
-def _by_blocks(fn, out, *rows, elements=None):
-    """fn(*rows, out=out) a block of rows (about `elements`, default ACTIVATION_BLOCK,
-    elements) at a time."""
-    step = max((elements or ACTIVATION_BLOCK) // max(out.shape[1], 1), 1)
+def _by_blocks(fn, out, *rows):
+    """fn(*rows, out=out) a block of rows (ACTIVATION_BLOCK elements) at a time."""
+    step = max(ACTIVATION_BLOCK // max(out.shape[1], 1), 1)
     for i in range(0, out.shape[0], step):
         fn(*(r[i:i + step] for r in rows), out=out[i:i + step])
 
@@ -300,7 +298,7 @@ def op_linear(x, w, b=None, *, has_bias, activation=None, out=None):
     return y.reshape(x.shape[:-1] + (w.shape[0],))
 
 
-ACTIVATION_BLOCK = 1 << 14   # elements per block of the fused bias + activation (cache-sized)
+ACTIVATION_BLOCK = 1 << 18   # elements per block of the many-pass row kernels (L2-sized)
 
 
 def _bias_activation(z, b, activation):
@@ -639,8 +637,7 @@ def attention_probs(q, k, extra, pattern, scale, score, bias, rope, extras, rope
     if mask is not None:
         np.copyto(s, -np.inf, where=~mask)
     den = np.empty(s.shape[:-1] + (1,), dtype=s.dtype)                    # (B, H, Tq, 1)
-    _in_threads(lambda d, out: _softmax_rows(d, out, True), _rows(s), _rows(den),
-                elements=SOFTMAX_BLOCK)
+    _in_threads(lambda d, out: _softmax_rows(d, out, True), _rows(s), _rows(den))
     return s, q, k
 
 
@@ -838,12 +835,8 @@ def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block, fu
     if allowed is not None:
         np.copyto(s[..., c0:c1], -np.inf, where=~allowed)
     den = np.empty(s.shape[:-1] + (1,), dtype=s.dtype)
-    _in_threads(lambda d, out: _softmax_rows(d, out, normalize), _rows(s), _rows(den),
-                elements=SOFTMAX_BLOCK)
+    _in_threads(lambda d, out: _softmax_rows(d, out, normalize), _rows(s), _rows(den))
     return s if normalize else (s, den)
-
-
-SOFTMAX_BLOCK = 1 << 17     # elements per block of the blocked kernels' softmax (in L2)
 
 
 def _softmax_rows(den, out, normalize):

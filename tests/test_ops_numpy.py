@@ -684,8 +684,8 @@ def test_language_gaps_spec_values() -> None:
 
 def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
     """GELU, LayerNorm and their VJPs split rows over threads above PARALLEL_MIN elements
-    and work a block of ACTIVATION_BLOCK elements at a time, attention's softmax (dense and
-    tiled) a block of SOFTMAX_BLOCK: bitwise what one call over the whole array gives."""
+    and work a block of ACTIVATION_BLOCK elements at a time, and so does attention's softmax
+    (dense and blocked): bitwise what one call over the whole array gives."""
     from attndsl.backends.codegen import block_sources
 
     from attndsl.autodiff import VJP_RULES
@@ -713,12 +713,10 @@ def test_kernels_split_over_threads_give_the_numbers_of_one_call(monkeypatch):
 
     monkeypatch.setattr(K, "PARALLEL_MIN", 1 << 60)
     monkeypatch.setattr(K, "ACTIVATION_BLOCK", 1 << 60)
-    monkeypatch.setattr(K, "SOFTMAX_BLOCK", 1 << 60)
     monkeypatch.setattr(K, "BLOCK", 16)                          # several query tiles
     one = run()
     monkeypatch.setattr(K, "PARALLEL_MIN", 1)
     monkeypatch.setattr(K, "ACTIVATION_BLOCK", 1000)              # several blocks per thread
-    monkeypatch.setattr(K, "SOFTMAX_BLOCK", 100)
     split = run()
     assert K._workers.pool._threads                      # the other rows ran there
     for a, b in zip(one, split, strict=True):
