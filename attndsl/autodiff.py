@@ -25,7 +25,6 @@ import numpy as np
 
 from attndsl.backends.numpy_kernels import (
     BLOCK,
-    TILE_ELEMENTS,
     _batch_stats,
     _block_grid,
     _causal_product,
@@ -40,11 +39,12 @@ from attndsl.backends.numpy_kernels import (
     _rope,
     _rows,
     _t5_buckets,
+    _tile_keys,
     attention_impl,
     attention_probs,
     blocked_bias_values,
-    blocked_plan,
     blocked_probs,
+    blocked_steps,
     op_sigmoid,
 )
 
@@ -854,26 +854,23 @@ def _blocked_vjp(g: Array, q: Array, k: Array, v: Array, ex: dict[str, Array],
     heads = np.arange(h)[:, None, None, None]
     values = blocked_bias_values(bias, ex, h, tq, tk, g.dtype)
     full = None if layout is None else _block_grid(layout[0], tq, tk, BLOCK)
-    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
-        per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
-        for c in range(0, len(tiles), per_tile):
-            t, kk = tiles[c:c + per_tile], keys[c:c + per_tile]             # (nt,), (nt, K)
-            p = blocked_probs(qs, kr, ex, attrs["pattern"], scale, values, t, kk, rows, BLOCK,
-                              full)
-            qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]             # (nt, rows)
-            pg = p.reshape(b, hk, grp, *p.shape[2:])                         # (B, Hk, G, nt, r, K)
-            gg = g[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)         # (B, Hk, G, nt, r, Dv)
-            np.add.at(dv, (slice(None), slice(None), kk), np.matmul(_swap(pg), gg).sum(axis=2))
-            dp = np.matmul(gg, _swap(v[:, :, kk])[:, :, None])               # (B, Hk, G, nt, r, K)
-            ds = pg * (dp - np.sum(dp * pg, axis=-1, keepdims=True))
-            for i in dvals:
-                idx = kk[:, None, :] - qpos[:, :, None] + tq - 1             # (nt, r, K)
-                np.add.at(dvals[i], (heads, idx[None]), ds.reshape(p.shape).sum(axis=0))
-            ds *= scale
-            dqs[:, :, qpos] = np.matmul(ds, kr[:, :, kk][:, :, None]).reshape(
-                b, h, len(t), rows, -1)                                      # (B, H, nt, r, D)
-            qg = qs[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)
-            np.add.at(dk, (slice(None), slice(None), kk), np.matmul(_swap(ds), qg).sum(axis=2))
+    for t, kk, rows in blocked_steps(layout, tq, tk, b * h, gather):   # (nt,), (nt, K)
+        p = blocked_probs(qs, kr, ex, attrs["pattern"], scale, values, t, kk, rows, BLOCK,
+                          full)
+        qpos = t[:, None] * BLOCK + np.arange(rows)[None, :]             # (nt, rows)
+        pg = p.reshape(b, hk, grp, *p.shape[2:])                         # (B, Hk, G, nt, r, K)
+        gg = g[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)         # (B, Hk, G, nt, r, Dv)
+        np.add.at(dv, (slice(None), slice(None), kk), np.matmul(_swap(pg), gg).sum(axis=2))
+        dp = np.matmul(gg, _swap(_tile_keys(v, kk))[:, :, None])         # (B, Hk, G, nt, r, K)
+        ds = pg * (dp - np.sum(dp * pg, axis=-1, keepdims=True))
+        for i in dvals:
+            idx = kk[:, None, :] - qpos[:, :, None] + tq - 1             # (nt, r, K)
+            np.add.at(dvals[i], (heads, idx[None]), ds.reshape(p.shape).sum(axis=0))
+        ds *= scale
+        dqs[:, :, qpos] = np.matmul(ds, _tile_keys(kr, kk)[:, :, None]).reshape(
+            b, h, len(t), rows, -1)                                      # (B, H, nt, r, D)
+        qg = qs[:, :, qpos].reshape(b, hk, grp, len(t), rows, -1)
+        np.add.at(dk, (slice(None), slice(None), kk), np.matmul(_swap(ds), qg).sum(axis=2))
     grads: dict[str, Array | None] = {name: None for name in extras}
     for i, dval in dvals.items():
         table = ex[f"bias{i}"]

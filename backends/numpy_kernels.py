@@ -779,6 +779,25 @@ def blocked_plan(layout, tq, tk, block, gather):
     return steps
 
 
+def blocked_steps(layout, tq, tk, heads, gather):
+    """`blocked_plan`'s steps cut so that one step's scores hold at most TILE_ELEMENTS
+    (`heads`: batch x heads): (query tiles, their keys, rows) per step."""
+    steps = []
+    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
+        per_tile = max(1, TILE_ELEMENTS // max(1, heads * rows * keys.shape[1]))
+        steps += [(tiles[c:c + per_tile], keys[c:c + per_tile], rows)
+                  for c in range(0, len(tiles), per_tile)]
+    return steps
+
+
+def _tile_keys(x, keys):
+    """x (B, Hk, Tk, D) at the keys (nt, K) of a step: (B, Hk, nt, K, D), a view when the
+    step is one tile reading one contiguous span."""
+    if len(keys) == 1 and keys[0, -1] - keys[0, 0] + 1 == keys.shape[1]:
+        return x[:, :, keys[0, 0]:keys[0, -1] + 1][:, :, None]
+    return x[:, :, keys]
+
+
 def blocked_bias_values(bias, ex, heads, tq, tk, dtype):
     """The ALiBi/T5 terms' summed (H, tq + tk - 1) values per relative position, once per
     call (the blocked kernels read them per tile)."""
@@ -804,7 +823,7 @@ def blocked_probs(q, k, ex, pattern, scale, values, tiles, keys, rows, block, fu
     qt = q[:, :, qpos]                                               # (B, H, nt, rows, D)
     if scale != 1.0:
         qt *= scale                                  # a copy: scale it, not the scores
-    kt = k[:, :, keys[0, 0]:keys[0, -1] + 1][:, :, None] if contiguous else k[:, :, keys]
+    kt = _tile_keys(k, keys)
     g = h // hk
     shape = (max(b, k.shape[0]), hk, g, nt, rows, width)
     s = np.matmul(qt.reshape(b, hk, g, *qt.shape[2:]), np.swapaxes(kt, -1, -2)[:, :, None],
@@ -844,7 +863,8 @@ def _softmax_rows(den, out, normalize):
     masked rows zero; den (N, 1) <- the row sums (1 where a row has no key). Weights under
     tiny^0.8 of the row's largest (4e-31 in float32, far below its resolution) are 0: exp
     runs ~10x slower where its result is subnormal, and so does the GEMM with v where a
-    weight times a value is (ALiBi puts many far keys there)."""
+    weight times a value is (ALiBi puts many far keys there). Normalized, the smallest
+    nonzero weight is tiny^0.8 / K: normal for any K below tiny^-0.2 (4e7 keys)."""
     m = np.max(out, axis=-1, keepdims=True)
     m[~np.isfinite(m)] = 0.0
     out -= m
@@ -854,7 +874,6 @@ def _softmax_rows(den, out, normalize):
     den[den == 0] = 1.0
     if normalize:
         out /= den
-        _flush_subnormals(out)
 
 
 def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
@@ -869,19 +888,14 @@ def blocked_attention(q, k, v, ex, pattern, layout, scale, bias, gather):
     out = np.zeros((bo, h, tq, dv), dtype=q.dtype)
     values = blocked_bias_values(bias, ex, h, tq, tk, q.dtype)
     full = None if layout is None else _block_grid(layout[0], tq, tk, BLOCK)
-    steps = []
-    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
-        per_tile = max(1, TILE_ELEMENTS // max(1, bo * h * rows * keys.shape[1]))
-        steps += [(tiles[c:c + per_tile], keys[c:c + per_tile], rows)
-                  for c in range(0, len(tiles), per_tile)]
+    steps = blocked_steps(layout, tq, tk, bo * h, gather)
     buf = np.empty(max((bo * h * len(t) * rows * kk.shape[1] for t, kk, rows in steps),
                        default=0), dtype=q.dtype)
     for t, kk, rows in steps:
         p, den = blocked_probs(q, k, ex, pattern, scale, values, t, kk, rows, BLOCK, full, buf,
                                normalize=False)
-        span = len(t) == 1 and kk[0, -1] - kk[0, 0] + 1 == kk.shape[1]
-        vt = v[:, :, kk[0, 0]:kk[0, -1] + 1][:, :, None] if span else v[:, :, kk]
-        o = np.matmul(p.reshape(p.shape[0], hk, h // hk, *p.shape[2:]), vt[:, :, None])
+        o = np.matmul(p.reshape(p.shape[0], hk, h // hk, *p.shape[2:]),
+                      _tile_keys(v, kk)[:, :, None])
         o = o.reshape(o.shape[0], h, *o.shape[3:])                   # (B, H, nt, rows, Dv)
         if len(t) == 1:
             r0 = int(t[0]) * BLOCK

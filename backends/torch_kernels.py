@@ -14,12 +14,12 @@ from attndsl.backends.numpy_kernels import (
     BLOCK,
     LSH_MASKED,
     LSH_SELF,
-    TILE_ELEMENTS,
     _favor_matrix,
     _lsh_rotations,
     _moe_route,
     attention_costs,
     blocked_plan,
+    blocked_steps,
 )
 
 CAUSAL = "(k <= q)"
@@ -833,31 +833,29 @@ def _blocked_attention(q, k, v, ex, pattern, layout, scale, bias, p, gather):
     values = [_relative_values(t, ex.get(f"bias{i}"), h, tq, tk, q.device, q.dtype)
               for i, t in enumerate(bias)]
     outs, positions = [], []
-    for tiles, keys, rows in blocked_plan(layout, tq, tk, BLOCK, gather):
-        per_tile = max(1, TILE_ELEMENTS // max(1, b * h * rows * keys.shape[1]))
-        for c in range(0, len(tiles), per_tile):
-            qpos = torch.as_tensor(tiles[c:c + per_tile, None] * BLOCK + np.arange(rows)[None, :],
-                                   device=q.device)                    # (nt, rows)
-            kk = torch.as_tensor(keys[c:c + per_tile], device=q.device)  # (nt, K)
-            qt, kt = q[:, :, qpos], k[:, :, kk]                     # (B, H, nt, rows, D) ...
-            s = torch.matmul(qt.reshape(b, hk, g, *qt.shape[2:]),
-                             kt[:, :, None].transpose(-1, -2)) * scale
-            s = s.reshape(s.shape[0], h, *s.shape[3:])              # (B, H, nt, rows, K)
-            for vals in values:
-                s = s + vals[:, kk[:, None, :] - qpos[:, :, None] + tq - 1]
-            allowed = None
-            if pattern is not None:
-                allowed = eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
-                    "q": (tk - tq + qpos)[:, :, None], "k": kk[:, None, :], "n": tk})
-            pad = ex.get("key_padding")
-            if pad is not None:
-                pad = pad[:, kk][:, None, :, None, :]               # (B, 1, nt, 1, K)
-                allowed = pad if allowed is None else (allowed & pad)
-            probs = _masked_probs(s, allowed, p)
-            o = torch.matmul(probs.reshape(probs.shape[0], hk, g, *probs.shape[2:]),
-                             v[:, :, kk][:, :, None])
-            outs.append(o.reshape(o.shape[0], h, -1, dv))
-            positions.append(qpos.reshape(-1))
+    for tiles, keys, rows in blocked_steps(layout, tq, tk, b * h, gather):
+        qpos = torch.as_tensor(tiles[:, None] * BLOCK + np.arange(rows)[None, :],
+                               device=q.device)                        # (nt, rows)
+        kk = torch.as_tensor(keys, device=q.device)                    # (nt, K)
+        qt, kt = q[:, :, qpos], k[:, :, kk]                     # (B, H, nt, rows, D) ...
+        s = torch.matmul(qt.reshape(b, hk, g, *qt.shape[2:]),
+                         kt[:, :, None].transpose(-1, -2)) * scale
+        s = s.reshape(s.shape[0], h, *s.shape[3:])              # (B, H, nt, rows, K)
+        for vals in values:
+            s = s + vals[:, kk[:, None, :] - qpos[:, :, None] + tq - 1]
+        allowed = None
+        if pattern is not None:
+            allowed = eval(pattern, {"abs": abs}, {  # noqa: S307 - pattern text
+                "q": (tk - tq + qpos)[:, :, None], "k": kk[:, None, :], "n": tk})
+        pad = ex.get("key_padding")
+        if pad is not None:
+            pad = pad[:, kk][:, None, :, None, :]               # (B, 1, nt, 1, K)
+            allowed = pad if allowed is None else (allowed & pad)
+        probs = _masked_probs(s, allowed, p)
+        o = torch.matmul(probs.reshape(probs.shape[0], hk, g, *probs.shape[2:]),
+                         v[:, :, kk][:, :, None])
+        outs.append(o.reshape(o.shape[0], h, -1, dv))
+        positions.append(qpos.reshape(-1))
     return _assemble(outs, positions, q, v, tq)
 
 

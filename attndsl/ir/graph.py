@@ -115,6 +115,16 @@ class Graph:
                     stack.append(src)
         return seen
 
+    def fusable_pairs(self, ops: Iterable[str], producer: str) -> list[tuple[int, int]]:
+        """(node, its first input) for each node of an op in `ops` whose first input is a
+        `producer` node read by nothing else and not an output: what a fusion pass may merge
+        into one node."""
+        users = self.users()
+        outputs = set(self.outputs.values())
+        return [(nid, node.inputs[0]) for nid, node in self.nodes.items()
+                if node.op in ops and self.nodes[node.inputs[0]].op == producer
+                and len(users[node.inputs[0]]) == 1 and node.inputs[0] not in outputs]
+
     def users(self) -> dict[int, list[int]]:
         """Map each node to the nodes that read it (one entry per use)."""
         out: dict[int, list[int]] = {n: [] for n in self.nodes}

@@ -18,35 +18,27 @@ from attndsl.passes.manager import PassResult
 ACTIVATIONS = ("relu", "silu", "gelu")
 
 
-def _activation(graph: Graph, nid: int) -> str | None:
+def _activation(graph: Graph, nid: int) -> str:
     node = graph.nodes[nid]
-    if node.op not in ACTIVATIONS:
-        return None
     if node.op == "gelu":
         return "gelu_tanh" if node.attr("approximate") == "tanh" else "gelu"
     return node.op
 
 
 def fuse_bias_activation(graph: Graph) -> PassResult:
-    users = graph.users()
-    outputs = set(graph.outputs.values())
+    pairs = [(nid, src) for nid, src in graph.fusable_pairs(ACTIVATIONS, "linear")
+             if graph.nodes[src].attr("activation") is None]
+    if not pairs:
+        return PassResult(graph, False)
     out = graph.copy()
-    changed = False
-    for nid, node in graph.nodes.items():
-        act = _activation(graph, nid)
-        if act is None:
-            continue
-        src = node.inputs[0]
+    for nid, src in pairs:
         lin = graph.nodes[src]
-        if (lin.op != "linear" or lin.attr("activation") is not None
-                or len(users[src]) != 1 or src in outputs):
-            continue
         out.replace_node(nid, op="linear", inputs=lin.inputs,
-                         attrs=tuple(sorted({**lin.attr_dict, "activation": act}.items())),
-                         span=node.span)
+                         attrs=tuple(sorted({**lin.attr_dict,
+                                             "activation": _activation(graph, nid)}.items())),
+                         span=graph.nodes[nid].span)
         del out.nodes[src]
-        changed = True
-    return PassResult(out if changed else graph, changed)
+    return PassResult(out, True)
 
 
 def unfuse_bias_activation(graph: Graph) -> PassResult:

@@ -17,19 +17,14 @@ from attndsl.passes.manager import PassResult
 
 
 def fuse_residual_norm(graph: Graph) -> PassResult:
-    users = graph.users()
-    outputs = set(graph.outputs.values())
+    pairs = [(nid, src) for nid, src in graph.fusable_pairs(("layer_norm",), "add")
+             if all(graph.nodes[i].type == graph.nodes[src].type
+                    for i in graph.nodes[src].inputs)]
+    if not pairs:
+        return PassResult(graph, False)
     out = graph.copy()
-    changed = False
-    for nid, node in graph.nodes.items():
-        if node.op != "layer_norm":
-            continue
-        src = node.inputs[0]
-        add = graph.nodes[src]
-        if (add.op != "add" or len(users[src]) != 1 or src in outputs
-                or any(graph.nodes[i].type != add.type for i in add.inputs)):
-            continue
-        out.replace_node(nid, op="add_layer_norm", inputs=(*add.inputs, *node.inputs[1:]))
+    for nid, src in pairs:
+        out.replace_node(nid, op="add_layer_norm",
+                         inputs=(*graph.nodes[src].inputs, *graph.nodes[nid].inputs[1:]))
         del out.nodes[src]
-        changed = True
-    return PassResult(out if changed else graph, changed)
+    return PassResult(out, True)
